@@ -1,0 +1,33 @@
+# Lumen: run `make help` for the targets.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+DEST  ?= /opt/cni/bin
+
+.DEFAULT_GOAL := help
+
+help: ## Show this help
+	@grep -E '^[a-z][a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-12s %s\n",$$1,$$2}'
+
+setup: ## Install apt packages, kernel-header links for bcc, and the venv (idempotent)
+	@bash scripts/setup.sh
+
+demo: setup ## Run a local node: pods wired by the plugin, live traffic, agent and UI (Ctrl-C stops and cleans up)
+	@$(PY) -m scripts.demo
+
+test: setup ## Run every test: unit, privileged (netns, bpf), real runtimes, browser
+	@$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-unit: setup ## Run only the unprivileged unit tests
+	@$(PY) -m pytest -q tests/unit
+
+lint: setup ## ruff lint + format check, mypy on the pure modules
+	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy plugin
+
+cni-bin: ## Install the CNI plugin executable `lumen` into DEST (default /opt/cni/bin)
+	@bash scripts/install-cni.sh "$(DEST)"
+
+bench: setup ## Run the benchmarks (bench/cni, bench/datapath, bench/pipeline)
+	@for b in bench/cni bench/datapath bench/pipeline; do [ -f $$b/run.py ] && $(PY) $$b/run.py; done; true
+
+.PHONY: help setup demo test test-unit lint cni-bin bench
