@@ -1,0 +1,159 @@
+"""The plugin's inputs: CNI_* environment and the network configuration on stdin, validated."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from plugin.errors import DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG, INVALID_ENV, CNIError
+
+SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
+
+_NETWORK_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+_CONTAINER_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+_IFNAME_BAD = re.compile(r"[/:\s%]")
+
+
+def check_container_id(value: str) -> str:
+    """CNI_CONTAINERID names files under dataDir and stateDir: nothing may escape them."""
+    if not value or len(value) > 255 or not _CONTAINER_ID.match(value):
+        raise CNIError(INVALID_ENV, "invalid CNI_CONTAINERID", f"{value!r}: want [a-zA-Z0-9][a-zA-Z0-9_.-]*")
+    return value
+
+
+def check_ifname(value: str) -> str:
+    if not value or len(value) > 15 or value in (".", "..") or _IFNAME_BAD.search(value):
+        raise CNIError(INVALID_ENV, "invalid CNI_IFNAME", f"{value!r}: 1-15 chars, no '/', ':', '%' or spaces")
+    return value
+
+
+@dataclass(frozen=True)
+class Env:
+    command: str
+    container_id: str = ""
+    netns: str = ""
+    ifname: str = ""
+    path: tuple[str, ...] = ()
+    args: dict[str, str] = field(default_factory=dict)
+
+
+def parse_env(environ: dict[str, str]) -> Env:
+    command = environ.get("CNI_COMMAND", "")
+    if command not in COMMANDS:
+        raise CNIError(INVALID_ENV, "invalid CNI_COMMAND", f"{command!r}: want one of {', '.join(COMMANDS)}")
+    path = tuple(p for p in environ.get("CNI_PATH", "").split(":") if p)
+    if command == "VERSION":
+        return Env(command=command)
+    if command in ("GC", "STATUS"):
+        if not path:
+            raise CNIError(INVALID_ENV, "CNI_PATH is required")
+        return Env(command=command, path=path)
+    container_id = check_container_id(environ.get("CNI_CONTAINERID", ""))
+    ifname = check_ifname(environ.get("CNI_IFNAME", ""))
+    netns = environ.get("CNI_NETNS", "")
+    if command in ("ADD", "CHECK") and not netns:
+        raise CNIError(INVALID_ENV, f"CNI_NETNS is required for {command}")
+    if command != "DEL" and not path:
+        raise CNIError(INVALID_ENV, "CNI_PATH is required")
+    return Env(command, container_id, netns, ifname, path, parse_cni_args(environ.get("CNI_ARGS", "")))
+
+
+def parse_cni_args(raw: str) -> dict[str, str]:
+    """CNI_ARGS is `K=V;K2=V2`. Unknown keys are ignored (runtimes add their own)."""
+    out: dict[str, str] = {}
+    for pair in filter(None, raw.split(";")):
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CNIError(INVALID_ENV, "invalid CNI_ARGS", f"{pair!r} is not KEY=VALUE")
+        out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class NetConf:
+    cni_version: str
+    name: str
+    type: str
+    bridge: str
+    mtu: int | None
+    is_gateway: bool
+    hairpin_mode: bool
+    ipam: dict[str, Any]
+    dns: dict[str, Any]
+    state_dir: str
+    log_file: str
+    bpf_pin_dir: str
+    prev_result: dict[str, Any] | None
+    runtime_config: dict[str, Any]
+    args: dict[str, Any]
+    raw: dict[str, Any]
+
+
+def load_json(data: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(data or b"null")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CNIError(DECODE_FAILURE, "failed to decode network configuration", str(e)) from None
+    if not isinstance(obj, dict):
+        raise CNIError(DECODE_FAILURE, "network configuration must be a JSON object")
+    return obj
+
+
+def check_version(version: object) -> str:
+    if not isinstance(version, str) or not version:
+        raise CNIError(INVALID_CONFIG, "cniVersion is required")
+    if version not in SUPPORTED_VERSIONS:
+        raise CNIError(
+            INCOMPATIBLE_VERSION,
+            "incompatible CNI versions",
+            f"config is {version!r}, plugin supports {', '.join(SUPPORTED_VERSIONS)}",
+        )
+    return version
+
+
+def _opt(raw: dict[str, Any], key: str, kind: type, default: Any) -> Any:
+    value = raw.get(key, default)
+    # bool is an int subclass: keep "mtu": true out.
+    if value is not default and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+        raise CNIError(INVALID_CONFIG, f"invalid {key}", f"want {kind.__name__}, got {value!r}")
+    return value
+
+
+def parse_netconf(raw: dict[str, Any]) -> NetConf:
+    version = check_version(raw.get("cniVersion"))
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NETWORK_NAME.match(name):
+        raise CNIError(INVALID_CONFIG, "invalid name", f"{name!r}: want [a-zA-Z0-9][a-zA-Z0-9_.-]*")
+    bridge = _opt(raw, "bridge", str, "lumen0")
+    if not bridge or len(bridge) > 15 or _IFNAME_BAD.search(bridge):
+        raise CNIError(INVALID_CONFIG, "invalid bridge", f"{bridge!r}: an interface name of 1-15 chars")
+    mtu = _opt(raw, "mtu", int, None)
+    if mtu is not None and not 68 <= mtu <= 65535:
+        raise CNIError(INVALID_CONFIG, "invalid mtu", f"{mtu} is outside 68..65535")
+    ipam = _opt(raw, "ipam", dict, None)
+    if not ipam or not isinstance(ipam.get("type"), str) or not ipam["type"]:
+        raise CNIError(INVALID_CONFIG, "ipam.type is required")
+    if "/" in ipam["type"]:
+        raise CNIError(INVALID_CONFIG, "invalid ipam.type", "a plugin name, not a path")
+    prev = _opt(raw, "prevResult", dict, None)
+    return NetConf(
+        cni_version=version,
+        name=name,
+        type=_opt(raw, "type", str, "lumen"),
+        bridge=bridge,
+        mtu=mtu,
+        is_gateway=_opt(raw, "isGateway", bool, True),
+        hairpin_mode=_opt(raw, "hairpinMode", bool, False),
+        ipam=ipam,
+        dns=_opt(raw, "dns", dict, {}),
+        state_dir=_opt(raw, "stateDir", str, "/run/lumen"),
+        log_file=_opt(raw, "logFile", str, "/var/log/lumen/cni.log"),
+        bpf_pin_dir=_opt(raw, "bpfPinDir", str, "/sys/fs/bpf/lumen"),
+        prev_result=prev,
+        runtime_config=_opt(raw, "runtimeConfig", dict, {}),
+        args=_opt(raw, "args", dict, {}),
+        raw=raw,
+    )

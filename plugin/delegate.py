@@ -1,0 +1,46 @@
+"""Delegated IPAM: exec another CNI plugin from CNI_PATH, as the reference bridge does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from typing import Any
+
+from plugin.errors import INVALID_CONFIG, IO_FAILURE, CNIError
+
+
+def find_plugin(name: str, path: tuple[str, ...]) -> str:
+    for directory in path:
+        candidate = os.path.join(directory, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise CNIError(INVALID_CONFIG, f"failed to find plugin {name!r}", f"searched CNI_PATH {':'.join(path)}")
+
+
+def exec_plugin(
+    name: str, command: str, netconf: dict[str, Any], environ: dict[str, str], path: tuple[str, ...]
+) -> dict[str, Any] | None:
+    """Run `name` with CNI_COMMAND=`command`; its error JSON becomes our CNIError, code preserved."""
+    binary = find_plugin(name, path)
+    env = dict(environ, CNI_COMMAND=command)
+    try:
+        proc = subprocess.run(
+            [binary], input=json.dumps(netconf).encode(), env=env, capture_output=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise CNIError(IO_FAILURE, f"failed to run IPAM plugin {name!r}", str(e)) from None
+    out = proc.stdout.strip()
+    parsed: dict[str, Any] | None = None
+    if out:
+        try:
+            parsed = json.loads(out)
+        except ValueError:
+            raise CNIError(IO_FAILURE, f"IPAM plugin {name!r} wrote invalid JSON", out[:200].decode()) from None
+    if proc.returncode != 0:
+        if isinstance(parsed, dict) and "code" in parsed:
+            raise CNIError(int(parsed["code"]), str(parsed.get("msg", "")), str(parsed.get("details", "")))
+        raise CNIError(
+            IO_FAILURE, f"IPAM plugin {name!r} failed (exit {proc.returncode})", proc.stderr[-500:].decode()
+        )
+    return parsed

@@ -1,0 +1,69 @@
+"""Endpoint records: one JSON file per pod attachment under <stateDir>/endpoints, read by the agent.
+
+The record is written before anything is created for the pod (state "creating") and completed at the
+end of ADD, so a plugin killed mid-ADD leaves a record that GC can follow to what it built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+ENDPOINTS_DIR = "endpoints"
+
+
+def host_veth_name(container_id: str, ifname: str) -> str:
+    """Deterministic, so DEL and GC find the host side even when the pod's netns is gone."""
+    return "lmn" + hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:11]
+
+
+def record_path(state_dir: str, container_id: str, ifname: str) -> str:
+    return os.path.join(state_dir, ENDPOINTS_DIR, f"{container_id}_{ifname}.json")
+
+
+def write(state_dir: str, record: dict[str, Any]) -> None:
+    path = record_path(state_dir, record["containerId"], record["ifname"])
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(record, f, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def read(state_dir: str, container_id: str, ifname: str) -> dict[str, Any] | None:
+    try:
+        with open(record_path(state_dir, container_id, ifname)) as f:
+            record: dict[str, Any] = json.load(f)
+            return record
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        # A torn record cannot happen (atomic replace) but a hand-edited one can: treat it as unknown.
+        return None
+
+
+def remove(state_dir: str, container_id: str, ifname: str) -> None:
+    try:
+        os.unlink(record_path(state_dir, container_id, ifname))
+    except FileNotFoundError:
+        pass
+
+
+def all_records(state_dir: str) -> list[dict[str, Any]]:
+    directory = os.path.join(state_dir, ENDPOINTS_DIR)
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(directory, name)) as f:
+                out.append(json.load(f))
+        except (OSError, ValueError):
+            continue
+    return out
