@@ -26,7 +26,9 @@ def check_container_id(value: str) -> str:
 
 def check_ifname(value: str) -> str:
     if not value or len(value) > 15 or value in (".", "..") or _IFNAME_BAD.search(value):
-        raise CNIError(INVALID_ENV, "invalid CNI_IFNAME", f"{value!r}: 1-15 chars, no '/', ':', '%' or spaces")
+        raise CNIError(
+            INVALID_ENV, "invalid CNI_IFNAME", f"{value!r}: 1-15 chars, no '/', ':', '%' or spaces"
+        )
     return value
 
 

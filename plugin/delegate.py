@@ -36,7 +36,9 @@ def exec_plugin(
         try:
             parsed = json.loads(out)
         except ValueError:
-            raise CNIError(IO_FAILURE, f"IPAM plugin {name!r} wrote invalid JSON", out[:200].decode()) from None
+            raise CNIError(
+                IO_FAILURE, f"IPAM plugin {name!r} wrote invalid JSON", out[:200].decode()
+            ) from None
     if proc.returncode != 0:
         if isinstance(parsed, dict) and "code" in parsed:
             raise CNIError(int(parsed["code"]), str(parsed.get("msg", "")), str(parsed.get("details", "")))

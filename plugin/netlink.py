@@ -384,7 +384,9 @@ class Netlink:
         flags = IFA_F_PERMANENT | (IFA_F_NODAD if nodad and iface.version == 6 else 0)
         packed = iface.ip.packed
         attrs = nla(IFA_LOCAL, packed) + nla(IFA_ADDRESS, packed) + nla_u32(IFA_FLAGS, flags)
-        body = _IFADDRMSG.pack(family, iface.network.prefixlen, flags & 0xFF, RT_SCOPE_UNIVERSE, index) + attrs
+        body = (
+            _IFADDRMSG.pack(family, iface.network.prefixlen, flags & 0xFF, RT_SCOPE_UNIVERSE, index) + attrs
+        )
         self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body)
 
     def addrs(self, index: int | None = None) -> list[tuple[int, IPInterface]]:
