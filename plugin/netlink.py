@@ -475,7 +475,7 @@ class Netlink:
                 return []
             raise
         names = []
-        for t, payload in replies:
+        for _type, payload in replies:
             attrs = parse_attrs(payload, _TCMSG.size)
             if _cstr(attrs.get(TCA_KIND, b"")) != "bpf" or TCA_OPTIONS not in attrs:
                 continue

@@ -96,7 +96,7 @@ def cmd_add(env: Env, conf: NetConf, environ: dict[str, str]) -> dict[str, Any]:
         if existing.get("state") == "ready":
             raise CNIError(
                 ALREADY_EXISTS,
-                f"container {env.container_id[:12]} already has {env.ifname} on network {existing.get('network')}",
+                f"container {env.container_id[:12]} already has {env.ifname} on {existing.get('network')}",
                 "DEL it first",
             )
         if _pid_alive(int(existing.get("pid", 0))):

@@ -169,7 +169,8 @@ class Node:
         ns = f"lt{self.tag}{name}"[:15]
         netns = netns_add(ns)
         cid = secrets.token_hex(32)
-        args = f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_UID={secrets.token_hex(8)}"
+        uid = secrets.token_hex(8)
+        args = f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_UID={uid}"
         res = invoke(self.binary, "ADD", kw.pop("conf", None) or self.conf(), cid, netns, cni_args=args, **kw)
         if not res.ok:
             netns_del(ns)
