@@ -18,6 +18,7 @@ from plugin.errors import (
     UNKNOWN_CONTAINER,
     CNIError,
 )
+from plugin.faults import checkpoint
 from plugin.netlink import IPAddr, IPNet, Netlink
 from plugin.result import convert, merge, to_current
 
@@ -113,6 +114,7 @@ def cmd_add(env: Env, conf: NetConf, environ: dict[str, str]) -> dict[str, Any]:
     with Netlink() as nl, ExitStack() as undo:
         addr = addressing.add(conf, env, environ)
         undo.callback(addressing.delete, conf, env, environ)
+        checkpoint("after-ipam")
         ips = [ip["address"] for ip in addr.ips]
         record: dict[str, Any] = {
             "containerId": env.container_id,
@@ -131,6 +133,7 @@ def cmd_add(env: Env, conf: NetConf, environ: dict[str, str]) -> dict[str, Any]:
         }
         endpoint.write(conf.state_dir, record)
         undo.callback(endpoint.remove, conf.state_dir, env.container_id, env.ifname)
+        checkpoint("after-record")
 
         gateways = []
         if conf.is_gateway:
@@ -139,6 +142,7 @@ def cmd_add(env: Env, conf: NetConf, environ: dict[str, str]) -> dict[str, Any]:
                     net = ipaddress.ip_interface(ip["address"]).network
                     gateways.append(ipaddress.ip_interface(f"{ip['gateway']}/{net.prefixlen}"))
         bridge = wiring.ensure_bridge(nl, conf.bridge, conf.mtu, gateways)
+        checkpoint("after-bridge")
         with Netlink(netns=env.netns) as pod:
             if pod.link(env.ifname) is not None:
                 raise CNIError(ALREADY_EXISTS, f"{env.ifname} already exists in {env.netns}")
@@ -146,12 +150,15 @@ def cmd_add(env: Env, conf: NetConf, environ: dict[str, str]) -> dict[str, Any]:
             host, pod_link = wiring.create_veth(
                 nl, pod, env.netns, host_name, env.ifname, conf.mtu, mac, bridge, conf.hairpin_mode
             )
+            checkpoint("after-veth")
             routes, install = _routes_for(addr)
             pod_link = wiring.configure_pod(
                 pod, env.netns, pod_link, [ipaddress.ip_interface(a) for a in ips], install
             )
+        checkpoint("after-configure")
         undo.callback(_detach_bpf, conf, ips)
         observed = _attach_bpf(conf, host.index, ips)
+        checkpoint("after-attach")
         record.update(
             state="ready",
             hostIfindex=host.index,

@@ -213,10 +213,19 @@ def host_links(prefix: str) -> list[str]:
 
 
 def ipam_records(node: Node) -> list[str]:
+    """Addresses the built-in IPAM holds on disk for this node's network (one file per IP)."""
+    import ipaddress
+
     root = node.data_dir / f"lt-{node.tag}"
     if not root.exists():
         return []
-    return sorted(p.name for p in root.iterdir() if not p.name.startswith(("lock", "last_reserved", ".")))
+    held = []
+    for p in root.iterdir():
+        try:
+            held.append(str(ipaddress.ip_address(p.name)))
+        except ValueError:
+            continue
+    return sorted(held)
 
 
 def cleanup_netns_prefix(prefix: str) -> None:
