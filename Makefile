@@ -13,7 +13,7 @@ setup: ## Install apt packages, kernel-header links for bcc, and the venv (idemp
 	@bash scripts/setup.sh
 
 demo: setup ## Run a local node: pods wired by the plugin, live traffic, agent and UI (Ctrl-C stops and cleans up)
-	@$(PY) -m scripts.demo
+	@$(PY) scripts/demo.py
 
 test: setup ## Run every test: unit, privileged (netns, bpf), real runtimes, browser
 	@$(PY) -m pytest -q -p no:cacheprovider tests

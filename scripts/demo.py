@@ -1,0 +1,165 @@
+"""`make demo`: a local Lumen node. Pods wired by the plugin (exec'd exactly as a runtime does), live
+traffic between them, and the node agent with its API and UI when it is available. Ctrl-C cleans up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.cni_harness import Node, Pod, install_plugin  # noqa: E402
+
+SYS_PY = "/usr/bin/python3"
+TRAFFIC = str(REPO / "scripts" / "traffic.py")
+
+# (k8s namespace, pod name)
+PODS = [("shop", "frontend"), ("shop", "cart"), ("shop", "catalog"), ("ops", "monitor"), ("ops", "probe")]
+
+
+class Demo:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.node: Node | None = None
+        self.logdir = Path(args.workdir)
+
+    def spawn(self, argv: list[str], log: str) -> subprocess.Popen[bytes]:
+        out = open(self.logdir / log, "ab")  # noqa: SIM115 - lives as long as the process
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def in_pod(self, pod: Pod, argv: list[str], log: str) -> subprocess.Popen[bytes]:
+        return self.spawn(["ip", "netns", "exec", pod.ns, *argv], log)
+
+    def start_agent(self) -> str | None:
+        lumen = REPO / ".venv" / "bin" / "lumen"
+        if self.args.no_agent or not lumen.exists():
+            return None
+        probe = subprocess.run([str(lumen), "agent", "--help"], capture_output=True)
+        if probe.returncode != 0:
+            return None
+        self.spawn(
+            [str(lumen), "agent", "--state-dir", self.args.state_dir, "--port", str(self.args.port)],
+            "agent.log",
+        )
+        url = f"http://127.0.0.1:{self.args.port}"
+        deadline = time.monotonic() + 60
+        import urllib.request
+
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return url
+            except OSError:
+                time.sleep(0.5)
+        print(f"demo: the agent did not become ready; see {self.logdir / 'agent.log'}", file=sys.stderr)
+        return None
+
+    def run(self) -> None:
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        binary = install_plugin(self.logdir / "cni-bin")
+        print(f"demo: installed the CNI plugin at {binary}")
+        agent_url = self.start_agent()
+
+        node = Node(binary=binary, tag="demo", subnet_octet=244, workdir=self.logdir / "node")
+        node.workdir.mkdir(parents=True, exist_ok=True)
+        node.bridge = self.args.bridge
+        node.subnet4, node.gateway4 = "10.244.0.0/24", "10.244.0.1"
+        node.subnet6, node.gateway6 = "fd00:244::/64", "fd00:244::1"
+        node.extra = {
+            "name": "lumen-demo",
+            "stateDir": self.args.state_dir,
+            "bpfPinDir": self.args.pin_dir,
+            "logFile": str(self.logdir / "cni.log"),
+        }
+        self.node = node
+        pods = {name: node.add_pod(name, namespace=ns) for ns, name in PODS}
+
+        print(f"\n{'NAMESPACE':<10} {'POD':<10} {'IPv4':<14} {'IPv6':<18} HOST VETH")
+        for ns, name in PODS:
+            p = pods[name]
+            print(f"{ns:<10} {name:<10} {p.ip(4):<14} {p.ip(6):<18} {p.result['interfaces'][1]['name']}")
+
+        for p in pods.values():
+            self.in_pod(p, [SYS_PY, TRAFFIC, "server", "--tcp", "8080", "--tcp", "9090", "--udp", "5353"], "srv.log")
+        time.sleep(0.5)
+        f, c, k, m, pr = (pods[n] for n in ("frontend", "cart", "catalog", "monitor", "probe"))
+        self.in_pod(f, [SYS_PY, TRAFFIC, "client", f"{c.ip(4)}:8080:tcp", f"{k.ip(4)}:8080:tcp"], "cli.log")
+        self.in_pod(c, [SYS_PY, TRAFFIC, "client", f"{k.ip(4)}:5353:udp", f"{k.ip(6)}:8080:tcp"], "cli.log")
+        self.in_pod(pr, [SYS_PY, TRAFFIC, "client", "--interval", "2", f"{f.ip(4)}:9090:tcp"], "cli.log")
+        for target in (f, c, k):
+            self.in_pod(m, ["ping", "-q", "-i", "2", target.ip(4)], "ping.log")
+
+        print("\ndemo: traffic: frontend->cart,catalog tcp/8080; cart->catalog udp/5353 + tcp/8080 over IPv6;")
+        print("      probe->frontend tcp/9090; monitor pings frontend, cart, catalog")
+        if agent_url:
+            print(f"demo: agent API  {agent_url}/api/flows   (live: {agent_url}/api/flows/stream)")
+            print(f"demo: web UI     {agent_url}/")
+            print(f"demo: metrics    {agent_url}/metrics")
+            print("demo: live flows .venv/bin/lumen observe -f")
+        print(f"demo: logs in {self.logdir}; Ctrl-C stops and cleans up\n")
+
+        deadline = time.monotonic() + self.args.duration if self.args.duration else None
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(5)
+            print(f"demo: {time.strftime('%H:%M:%S')} {self.bridge_counters()}", flush=True)
+
+    def bridge_counters(self) -> str:
+        try:
+            stats = Path(f"/sys/class/net/{self.args.bridge}/statistics")
+            rx = int((stats / "rx_packets").read_text())
+            return f"{len(PODS)} pods up, bridge {self.args.bridge} rx_packets={rx}"
+        except OSError:
+            return "bridge gone"
+
+    def cleanup(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        if self.node is not None:
+            self.node.cleanup()
+        print("demo: cleaned up pods, bridge and processes")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--duration", type=float, default=float(os.environ.get("DEMO_DURATION", "0")),
+                    help="seconds to run (0: until Ctrl-C)")
+    ap.add_argument("--bridge", default="lumen0")
+    ap.add_argument("--state-dir", default="/run/lumen")
+    ap.add_argument("--pin-dir", default="/sys/fs/bpf/lumen")
+    ap.add_argument("--port", type=int, default=int(os.environ.get("LUMEN_PORT", "9900")))
+    ap.add_argument("--workdir", default="/tmp/lumen-demo")
+    ap.add_argument("--no-agent", action="store_true")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("demo: needs root (network namespaces, veths, bpf)")
+    shutil.rmtree(Path(args.workdir) / "node", ignore_errors=True)
+    demo = Demo(args)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        demo.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        demo.cleanup()
+
+
+if __name__ == "__main__":
+    main()
