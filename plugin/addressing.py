@@ -32,7 +32,9 @@ def requested_ips(conf: NetConf, env: Env) -> list[ipaddress.IPv4Address | ipadd
     if env.args.get("IP"):
         raw.extend(env.args["IP"].split(","))
     raw.extend(conf.runtime_config.get("ips") or [])
-    cni_args = conf.args.get("cni") if isinstance(conf.args.get("cni"), dict) else {}
+    cni_args = conf.args.get("cni")
+    if not isinstance(cni_args, dict):
+        cni_args = {}
     raw.extend(cni_args.get("ips") or [])
     out = []
     for value in raw:

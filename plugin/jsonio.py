@@ -42,7 +42,7 @@ def loads(text: str | bytes) -> Any:
         import json
 
         return json.loads(text)
-    scan = _json.make_scanner(_Context)
+    scan = _json.make_scanner(_Context)  # type: ignore[arg-type]  # duck-typed JSONDecoder
     start = len(text) - len(text.lstrip(_WS))
     try:
         value, end = scan(text, start)

@@ -190,21 +190,19 @@ def _libc_setns(fd: int) -> None:
 @contextmanager
 def in_netns(path: str) -> Iterator[None]:
     """Run the body inside the network namespace at `path` (this thread only), then come back."""
-    if hasattr(os, "setns"):
-        setns = lambda fd: os.setns(fd, os.CLONE_NEWNET)  # noqa: E731
-    else:
-        setns = _libc_setns
+    setns = getattr(os, "setns", None)
+    enter = (lambda fd: setns(fd, 0x40000000)) if setns else _libc_setns  # CLONE_NEWNET
     origin = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            setns(target)
+            enter(target)
         finally:
             os.close(target)
         try:
             yield
         finally:
-            setns(origin)
+            enter(origin)
     finally:
         os.close(origin)
 
