@@ -92,7 +92,9 @@ class Demo:
             print(f"{ns:<10} {name:<10} {p.ip(4):<14} {p.ip(6):<18} {p.result['interfaces'][1]['name']}")
 
         for p in pods.values():
-            self.in_pod(p, [SYS_PY, TRAFFIC, "server", "--tcp", "8080", "--tcp", "9090", "--udp", "5353"], "srv.log")
+            self.in_pod(
+                p, [SYS_PY, TRAFFIC, "server", "--tcp", "8080", "--tcp", "9090", "--udp", "5353"], "srv.log"
+            )
         time.sleep(0.5)
         f, c, k, m, pr = (pods[n] for n in ("frontend", "cart", "catalog", "monitor", "probe"))
         self.in_pod(f, [SYS_PY, TRAFFIC, "client", f"{c.ip(4)}:8080:tcp", f"{k.ip(4)}:8080:tcp"], "cli.log")
@@ -101,7 +103,9 @@ class Demo:
         for target in (f, c, k):
             self.in_pod(m, ["ping", "-q", "-i", "2", target.ip(4)], "ping.log")
 
-        print("\ndemo: traffic: frontend->cart,catalog tcp/8080; cart->catalog udp/5353 + tcp/8080 over IPv6;")
+        print(
+            "\ndemo: traffic: frontend->cart,catalog tcp/8080; cart->catalog udp/5353 + tcp/8080 over IPv6;"
+        )
         print("      probe->frontend tcp/9090; monitor pings frontend, cart, catalog")
         if agent_url:
             print(f"demo: agent API  {agent_url}/api/flows   (live: {agent_url}/api/flows/stream)")
@@ -113,15 +117,19 @@ class Demo:
         deadline = time.monotonic() + self.args.duration if self.args.duration else None
         while deadline is None or time.monotonic() < deadline:
             time.sleep(5)
-            print(f"demo: {time.strftime('%H:%M:%S')} {self.bridge_counters()}", flush=True)
+            print(f"demo: {time.strftime('%H:%M:%S')} {self.traffic_summary()}", flush=True)
 
-    def bridge_counters(self) -> str:
-        try:
-            stats = Path(f"/sys/class/net/{self.args.bridge}/statistics")
-            rx = int((stats / "rx_packets").read_text())
-            return f"{len(PODS)} pods up, bridge {self.args.bridge} rx_packets={rx}"
-        except OSError:
-            return "bridge gone"
+    def traffic_summary(self) -> str:
+        """Packets the pods sent and received, from their host veths (host side tx = pod rx)."""
+        rx = tx = 0
+        for pod in self.node.pods.values() if self.node else []:
+            stats = Path(f"/sys/class/net/{pod.result['interfaces'][1]['name']}/statistics")
+            try:
+                tx += int((stats / "rx_packets").read_text())
+                rx += int((stats / "tx_packets").read_text())
+            except OSError:
+                continue
+        return f"{len(PODS)} pods; packets sent by pods {tx}, received by pods {rx}"
 
     def cleanup(self) -> None:
         for proc in reversed(self.procs):
@@ -139,8 +147,12 @@ class Demo:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--duration", type=float, default=float(os.environ.get("DEMO_DURATION", "0")),
-                    help="seconds to run (0: until Ctrl-C)")
+    ap.add_argument(
+        "--duration",
+        type=float,
+        default=float(os.environ.get("DEMO_DURATION", "0")),
+        help="seconds to run (0: until Ctrl-C)",
+    )
     ap.add_argument("--bridge", default="lumen0")
     ap.add_argument("--state-dir", default="/run/lumen")
     ap.add_argument("--pin-dir", default="/sys/fs/bpf/lumen")
