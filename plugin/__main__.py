@@ -59,8 +59,10 @@ def run(environ: dict[str, str], stdin: bytes) -> tuple[int, dict[str, Any] | No
         return 1, CNIError(INTERNAL, "internal error", repr(e)).to_json(version)
 
 
-def main() -> int:
-    code, out = run(dict(os.environ), sys.stdin.buffer.read() if not sys.stdin.isatty() else b"")
+def main(stdin: bytes | None = None) -> int:
+    if stdin is None:
+        stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+    code, out = run(dict(os.environ), stdin)
     if out is not None:
         _print(out)
     return code

@@ -24,7 +24,7 @@ cat > "$dest/.lumen.tmp" <<'PY'
 # Lumen CNI plugin launcher (installed by `make cni-bin`).
 import os, sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), "lumen.d"))
-from plugin.__main__ import main
+from plugin.launcher import main
 sys.exit(main())
 PY
 chmod 0755 "$dest/.lumen.tmp"

@@ -56,6 +56,8 @@ def invoke(
         "CNI_NETNS": netns,
         "CNI_IFNAME": ifname,
         "CNI_PATH": cni_path or f"{Path(binary).parent}:{REFERENCE_CNI_DIR}",
+        # Cold plugin unless a test hands calls to a warm server on purpose.
+        "LUMEN_PLUGIN_SOCKET": "",
     }
     if cni_args:
         env["CNI_ARGS"] = cni_args
