@@ -41,6 +41,17 @@ class Demo:
     def in_pod(self, pod: Pod, argv: list[str], log: str) -> subprocess.Popen[bytes]:
         return self.spawn(["ip", "netns", "exec", pod.ns, *argv], log)
 
+    def start_plugin_server(self, binary: Path) -> None:
+        """The warm server the plugin hands calls to (the agent runs it on a real node)."""
+        support = str(binary.parent / "lumen.d")
+        sock = Path(self.args.state_dir) / "plugin.sock"
+        code = f"import sys; sys.path.insert(0, {support!r}); from plugin.server import serve; serve({str(sock)!r})"  # noqa: E501
+        self.spawn([SYS_PY, "-I", "-c", code], "plugin-server.log")
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print(f"demo: plugin server on {sock} (ADD/DEL skip the interpreter's start-up)")
+
     def start_agent(self) -> str | None:
         lumen = REPO / ".venv" / "bin" / "lumen"
         if self.args.no_agent or not lumen.exists():
@@ -70,6 +81,7 @@ class Demo:
         self.logdir.mkdir(parents=True, exist_ok=True)
         binary = install_plugin(self.logdir / "cni-bin")
         print(f"demo: installed the CNI plugin at {binary}")
+        self.start_plugin_server(binary)
         agent_url = self.start_agent()
 
         node = Node(binary=binary, tag="demo", subnet_octet=244, workdir=self.logdir / "node")
@@ -83,6 +95,7 @@ class Demo:
             "bpfPinDir": self.args.pin_dir,
             "logFile": str(self.logdir / "cni.log"),
         }
+        node.env = {"LUMEN_PLUGIN_SOCKET": str(Path(self.args.state_dir) / "plugin.sock")}
         self.node = node
         pods = {name: node.add_pod(name, namespace=ns) for ns, name in PODS}
 

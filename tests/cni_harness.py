@@ -116,6 +116,8 @@ class Node:
     ipv6: bool = True
     cni_version: str = "1.1.0"
     extra: dict[str, Any] = field(default_factory=dict)
+    #: environment added to every call (e.g. LUMEN_PLUGIN_SOCKET to use a warm server)
+    env: dict[str, str] = field(default_factory=dict)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="lumen-node-")))
     pods: dict[str, Pod] = field(default_factory=dict)
 
@@ -165,6 +167,7 @@ class Node:
         p = self.pods.get(pod)
         kw.setdefault("container_id", p.container_id if p else "")
         kw.setdefault("netns", p.netns if p else "")
+        kw["extra_env"] = {**self.env, **(kw.get("extra_env") or {})}
         return invoke(self.binary, command, conf or self.conf(), **kw)
 
     def add_pod(self, name: str, namespace: str = "default", **kw: Any) -> Pod:
@@ -173,6 +176,7 @@ class Node:
         cid = secrets.token_hex(32)
         uid = secrets.token_hex(8)
         args = f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_UID={uid}"
+        kw["extra_env"] = {**self.env, **(kw.get("extra_env") or {})}
         res = invoke(self.binary, "ADD", kw.pop("conf", None) or self.conf(), cid, netns, cni_args=args, **kw)
         if not res.ok:
             netns_del(ns)
@@ -184,7 +188,7 @@ class Node:
 
     def del_pod(self, name: str) -> Invocation:
         pod = self.pods.pop(name)
-        res = invoke(self.binary, "DEL", self.conf(), pod.container_id, pod.netns)
+        res = invoke(self.binary, "DEL", self.conf(), pod.container_id, pod.netns, extra_env=self.env)
         netns_del(pod.ns)
         return res
 
