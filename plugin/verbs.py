@@ -180,7 +180,7 @@ def cmd_add(env: Env, conf: NetConf, environ: dict[str, str]) -> dict[str, Any]:
             "dns": conf.dns or addr.dns,
         }
         undo.pop_all()
-    log.info(f"ADD {env.ifname} ips={','.join(ips)} host={host_name} observed={observed}")
+    log.info(f"ADD {env.ifname} ips={','.join(ips)} host={host_name} observed={observed} args={env.args}")
     return convert(merge(conf.prev_result, result), conf.cni_version)
 
 
