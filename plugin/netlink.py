@@ -177,12 +177,25 @@ class Route:
         return f"Route(dst={self.dst}, gateway={self.gateway}, oif={self.oif}, table={self.table})"
 
 
+_setns_addr: list[int] = []
+
+
 def _libc_setns(fd: int) -> None:
-    # os.setns arrived in Python 3.12; Debian's interpreter is 3.11.
+    """setns(2) through libc. os.setns arrived in Python 3.12; Debian's interpreter is 3.11.
+
+    The bare `_ctypes` calls cost nothing to import; the `ctypes` package costs ~4 ms per pod, so it is
+    only loaded to read errno when the call fails.
+    """
+    import _ctypes
+
+    if not _setns_addr:
+        _setns_addr.append(_ctypes.dlsym(_ctypes.dlopen(None, 2), "setns"))  # type: ignore[arg-type]  # RTLD_NOW
+    if _ctypes.call_function(_setns_addr[0], (fd, 0x40000000)) == 0:  # CLONE_NEWNET
+        return
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+    if libc.setns(fd, 0x40000000) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
 
