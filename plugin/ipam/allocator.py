@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from plugin.config import check_container_id, check_ifname
 from plugin.errors import ALREADY_EXISTS, INVALID_CONFIG, IPAM_EXHAUSTED, CNIError
 from plugin.ipam.config import IPAddress, IPAMConfig, Range
 
@@ -29,11 +30,19 @@ class IPConfig:
         return f"IPConfig({self.address}, gw={self.gateway})"
 
 
-def _config_for(ip: IPAddress, rset: list[Range]) -> IPConfig:
+def _range_of(ip: IPAddress, rset: list[Range]) -> Range | None:
+    """The range that hands out `ip`, else one whose subnet holds it (the ranges may have been edited)."""
+    for r in rset:
+        if ip in r:
+            return r
     for r in rset:
         if ip in r.subnet:
-            return IPConfig(ipaddress.ip_interface(f"{ip}/{r.subnet.prefixlen}"), r.gateway)
-    raise ValueError(f"{ip} not in range set")
+            return r
+    return None
+
+
+def _config_for(ip: IPAddress, r: Range) -> IPConfig:
+    return IPConfig(ipaddress.ip_interface(f"{ip}/{r.subnet.prefixlen}"), r.gateway)
 
 
 def _candidates(rset: list[Range], last: IPAddress | None) -> Iterator[tuple[IPAddress, Range]]:
@@ -70,6 +79,9 @@ def allocate(
     conf: IPAMConfig, store: Store, container_id: str, ifname: str, requested: list[IPAddress]
 ) -> list[IPConfig]:
     """One address per range set for (container_id, ifname); nothing is kept if any set fails."""
+    # The owner is written into records: keep newlines and paths out even if a caller skipped the env checks.
+    check_container_id(container_id)
+    check_ifname(ifname)
     with store.lock():
         held = store.allocations()
         mine = [ip for ip, cid, ifn in held if (cid, ifn) == (container_id, ifname)]
@@ -79,6 +91,13 @@ def allocate(
                 f"{container_id[:12]}/{ifname} already holds {', '.join(map(str, mine))}",
                 "release it (DEL) first",
             )
+        stray = [ip for ip in requested if not any(ip in r for rset in conf.ranges for r in rset)]
+        if stray:
+            raise CNIError(
+                INVALID_CONFIG,
+                f"requested IP {', '.join(map(str, stray))} is in none of the ranges",
+                "ranges: " + ", ".join(f"{r.start}-{r.end}" for rset in conf.ranges for r in rset),
+            )
         taken = {ip for ip, _, _ in held}
         unmatched = list(requested)
         reserved: list[IPAddress] = []
@@ -86,13 +105,20 @@ def allocate(
         try:
             for idx, rset in enumerate(conf.ranges):
                 want = [ip for ip in unmatched if any(ip in r for r in rset)]
+                if len(want) > 1:
+                    raise CNIError(
+                        INVALID_CONFIG,
+                        f"requested IPs {', '.join(map(str, want))} are in the same range set {idx}",
+                        "one address is allocated per range set",
+                    )
                 if want:
                     ip = want[0]
                     unmatched.remove(ip)
                     if any(ip == r.gateway for r in rset):
                         raise CNIError(INVALID_CONFIG, f"requested IP {ip} is the gateway")
                     if ip in taken:
-                        raise CNIError(ALREADY_EXISTS, f"requested IP {ip} is already allocated")
+                        owner = next(f"{c[:12]}/{i}" for a, c, i in held if a == ip)
+                        raise CNIError(ALREADY_EXISTS, f"requested IP {ip} is already allocated to {owner}")
                 else:
                     picked = _pick(rset, taken, store.last_reserved(idx))
                     if picked is None:
@@ -105,39 +131,42 @@ def allocate(
                 taken.add(ip)
                 if not want:
                     store.set_last_reserved(idx, ip)
-                out.append(_config_for(ip, rset))
-            if unmatched:
-                raise CNIError(
-                    INVALID_CONFIG,
-                    f"requested IP {', '.join(map(str, unmatched))} is in none of the ranges",
-                )
+                r = _range_of(ip, rset)
+                assert r is not None  # ip was picked from, or matched against, this set
+                out.append(_config_for(ip, r))
         except BaseException:
             for ip in reserved:
-                store.release(ip)
+                try:
+                    store.release(ip)
+                except CNIError:
+                    pass  # keep the first error; GC reclaims what could not be released
             raise
         return out
 
 
 def release(store: Store, container_id: str, ifname: str) -> list[IPAddress]:
+    """Idempotent: releasing what is not held returns []."""
     with store.lock():
-        mine = [ip for ip, cid, ifn in store.allocations() if (cid, ifn) == (container_id, ifname)]
-        for ip in mine:
-            store.release(ip)
-        return mine
+        return store.release_by_owner(container_id, ifname)
 
 
 def get(conf: IPAMConfig, store: Store, container_id: str, ifname: str) -> list[IPConfig]:
-    out = []
-    for ip, cid, ifn in store.allocations():
-        if (cid, ifn) != (container_id, ifname):
-            continue
-        for rset in conf.ranges:
-            if any(ip in r.subnet for r in rset):
-                out.append(_config_for(ip, rset))
+    """What the owner holds, in range-set order; an address outside every set keeps a host prefix."""
+    held = store.get_by_owner(container_id, ifname)
+    out: list[IPConfig] = []
+    for rset in conf.ranges:
+        for ip in held:
+            r = _range_of(ip, rset)
+            if r is not None and all(ip != o.address.ip for o in out):
+                out.append(_config_for(ip, r))
+    for ip in held:
+        if all(ip != o.address.ip for o in out):
+            out.append(IPConfig(ipaddress.ip_interface(ip), None))
     return out
 
 
 def gc(store: Store, valid: set[tuple[str, str]]) -> list[tuple[IPAddress, str, str]]:
+    """Release every allocation whose owner is not in `valid`, and debris of killed writers."""
     with store.lock():
         store.sweep()
         stale = [a for a in store.allocations() if (a[1], a[2]) not in valid]

@@ -68,6 +68,19 @@ def _address(value: object, field: str) -> IPAddress:
         raise _bad(field, f"{value!r} is not an IP address") from None
 
 
+def _check_network_name(network: object) -> str:
+    # The name becomes a directory under dataDir: it must stay one path component.
+    if (
+        not isinstance(network, str)
+        or not network
+        or network in (".", "..")
+        or "/" in network
+        or "\0" in network
+    ):
+        raise _bad("name", f"network name {network!r} cannot name a directory under dataDir")
+    return network
+
+
 def parse_range(raw: object, where: str) -> Range:
     if not isinstance(raw, dict) or "subnet" not in raw:
         raise _bad(f"{where}.subnet", "each range needs a subnet")
@@ -75,7 +88,8 @@ def parse_range(raw: object, where: str) -> Range:
         subnet = ipaddress.ip_network(str(raw["subnet"]), strict=False)
     except ValueError:
         raise _bad(f"{where}.subnet", f"{raw['subnet']!r} is not a subnet") from None
-    if subnet.num_addresses < (4 if subnet.version == 4 else 2):
+    # Like host-local: /31, /32, /127 and /128 leave no room for a gateway and a pod.
+    if subnet.num_addresses < 4:
         raise _bad(f"{where}.subnet", f"{subnet} is too small to hold a gateway and a pod")
     first = subnet.network_address + 1
     # IPv4's broadcast address is never a host.
@@ -86,16 +100,41 @@ def parse_range(raw: object, where: str) -> Range:
     for name, ip in (("rangeStart", start), ("rangeEnd", end), ("gateway", gateway)):
         if ip.version != subnet.version or ip not in subnet:
             raise _bad(f"{where}.{name}", f"{ip} is outside subnet {subnet}")
-    if not first <= start <= end <= last:  # type: ignore[operator]
-        raise _bad(where, f"range {start}-{end} is empty or covers the network/broadcast address")
+    if int(start) < int(first):
+        raise _bad(f"{where}.rangeStart", f"{start} is the network address of {subnet}")
+    if int(end) > int(last):
+        raise _bad(f"{where}.rangeEnd", f"{end} is the broadcast address of {subnet}")
+    if int(start) > int(end):
+        raise _bad(f"{where}.rangeStart", f"{start} is after rangeEnd {end}")
     return Range(subnet, start, end, gateway)
 
 
+def _parse_route(raw: object, where: str) -> Route:
+    if not isinstance(raw, dict) or "dst" not in raw:
+        raise _bad(where, "a route needs dst")
+    try:
+        dst = ipaddress.ip_network(str(raw["dst"]), strict=False)
+    except ValueError:
+        raise _bad(f"{where}.dst", f"{raw['dst']!r} is not a network") from None
+    gw = _address(raw["gw"], f"{where}.gw") if raw.get("gw") else None
+    if gw is not None and gw.version != dst.version:
+        raise _bad(f"{where}.gw", f"{gw} and dst {dst} are different IP families")
+    return Route(dst, gw)
+
+
 def parse_ipam_config(network: str, ipam: dict[str, Any]) -> IPAMConfig:
-    raw_sets = ipam.get("ranges")
-    if raw_sets is None and "subnet" in ipam:
-        raw_sets = [[{k: ipam[k] for k in ("subnet", "rangeStart", "rangeEnd", "gateway") if k in ipam}]]
-    if not isinstance(raw_sets, list) or not raw_sets:
+    """Raises CNIError(INVALID_CONFIG) whose message names the offending field."""
+    if not isinstance(ipam, dict):
+        raise _bad("section", "ipam must be a JSON object")
+    network = _check_network_name(network)
+    raw_sets = ipam.get("ranges", [])
+    if not isinstance(raw_sets, list):
+        raise _bad("ranges", "a list of range sets is required")
+    if ipam.get("subnet"):
+        # host-local's legacy single range goes first, before any `ranges`.
+        legacy = {k: ipam[k] for k in ("subnet", "rangeStart", "rangeEnd", "gateway") if k in ipam}
+        raw_sets = [[legacy], *raw_sets]
+    if not raw_sets:
         raise _bad("ranges", "at least one range set is required")
     sets: list[list[Range]] = []
     for i, raw_set in enumerate(raw_sets):
@@ -114,17 +153,11 @@ def parse_ipam_config(network: str, ipam: dict[str, Any]) -> IPAMConfig:
                 and int(b.start) <= int(a.end)
             ):
                 raise _bad(f"ranges[{i}]", f"range {a.start}-{a.end} overlaps {b.start}-{b.end} (set {j})")
-    routes = []
-    for k, raw in enumerate(ipam.get("routes") or []):
-        if not isinstance(raw, dict) or "dst" not in raw:
-            raise _bad(f"routes[{k}]", "a route needs dst")
-        try:
-            dst = ipaddress.ip_network(str(raw["dst"]), strict=False)
-        except ValueError:
-            raise _bad(f"routes[{k}].dst", f"{raw['dst']!r} is not a network") from None
-        gw = _address(raw["gw"], f"routes[{k}].gw") if raw.get("gw") else None
-        routes.append(Route(dst, gw))
-    data_dir = ipam.get("dataDir", DEFAULT_DATA_DIR)
+    raw_routes = ipam.get("routes") or []
+    if not isinstance(raw_routes, list):
+        raise _bad("routes", "routes must be a list")
+    routes = [_parse_route(r, f"routes[{k}]") for k, r in enumerate(raw_routes)]
+    data_dir = ipam.get("dataDir") or DEFAULT_DATA_DIR
     if not isinstance(data_dir, str) or not data_dir.startswith("/"):
         raise _bad("dataDir", f"{data_dir!r} must be an absolute path")
     return IPAMConfig(network, sets, routes, data_dir)

@@ -1,8 +1,9 @@
 """The disk store: one file per allocated IP under <dataDir>/<network>/, all changes under an flock.
 
-A file appears only by `link()` of a fully written, fsync'd temp file, so a process killed at any point
+A record appears only by `link()` of a fully written, fsync'd temp file, so a process killed at any point
 leaves either no record or a whole one (which GC then releases), never a torn one, and two writers can
-never both own an address even without the lock.
+never both own an address even without the lock. Directory entries are not fsync'd: after a power loss
+every pod is gone anyway, and GC reconciles the rest.
 """
 
 from __future__ import annotations
@@ -21,34 +22,34 @@ if TYPE_CHECKING:
 
 LOCK_FILE = "lock"
 LAST_RESERVED = "last_reserved_ip."
+TEMP_MARK = ".tmp."
 
 
-def _alive(pid: int) -> bool:
+@contextmanager
+def _io(what: str, path: str) -> Iterator[None]:
+    """Disk trouble (ENOSPC, EROFS, EACCES...) becomes the spec's I/O error instead of a traceback."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        yield
+    except OSError as e:
+        raise CNIError(IO_FAILURE, f"IPAM store: cannot {what}", f"{path}: {e.strerror or e}") from None
 
 
 class DiskStore:
     def __init__(self, data_dir: str, network: str) -> None:
-        if not network or "/" in network or network in (".", ".."):
-            raise CNIError(IO_FAILURE, f"invalid network name {network!r} for the IPAM store")
+        # parse_ipam_config has checked the name; this guards direct use.
+        assert network and "/" not in network and network not in (".", ".."), network
         self.dir = os.path.join(data_dir, network)
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        try:
+        path = os.path.join(self.dir, LOCK_FILE)
+        with _io("open the lock file", path):
             os.makedirs(self.dir, mode=0o755, exist_ok=True)
-            fd = os.open(os.path.join(self.dir, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as e:
-            raise CNIError(IO_FAILURE, "cannot open the IPAM store", f"{self.dir}: {e}") from None
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             # The kernel drops the lock when the holder dies, so a SIGKILL never wedges the node.
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            with _io("lock", path):
+                fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)
@@ -56,78 +57,98 @@ class DiskStore:
     def _path(self, ip: IPAddress) -> str:
         return os.path.join(self.dir, str(ip))
 
-    def _write_new(self, path: str, data: bytes) -> bool:
-        tmp = f"{path}.tmp.{os.getpid()}"
+    def _write_temp(self, path: str, data: bytes, durable: bool = True) -> str:
+        tmp = f"{path}{TEMP_MARK}{os.getpid()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
+            if os.write(fd, data) != len(data):
+                raise OSError(28, "short write")  # ENOSPC in all but name
+            if durable:
+                os.fsync(fd)
+        except BaseException:
             os.close(fd)
-        try:
-            os.link(tmp, path)
-            return True
-        except FileExistsError:
-            return False
-        finally:
             os.unlink(tmp)
+            raise
+        os.close(fd)
+        return tmp
 
     def reserve(self, ip: IPAddress, container_id: str, ifname: str) -> bool:
-        return self._write_new(self._path(ip), f"{container_id}\n{ifname}\n".encode())
+        path = self._path(ip)
+        with _io("record the address", path):
+            tmp = self._write_temp(path, f"{container_id}\n{ifname}\n".encode())
+            try:
+                os.link(tmp, path)  # fails if the record exists: never overwrite an owner
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
 
     def release(self, ip: IPAddress) -> None:
-        try:
-            os.unlink(self._path(ip))
-        except FileNotFoundError:
-            pass
+        path = self._path(ip)
+        with _io("release the address", path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def release_by_owner(self, container_id: str, ifname: str) -> list[IPAddress]:
+        mine = self.get_by_owner(container_id, ifname)
+        for ip in mine:
+            self.release(ip)
+        return mine
+
+    def get_by_owner(self, container_id: str, ifname: str) -> list[IPAddress]:
+        return [ip for ip, cid, ifn in self.allocations() if (cid, ifn) == (container_id, ifname)]
+
+    def _names(self) -> list[str]:
+        with _io("list the store", self.dir):
+            try:
+                return os.listdir(self.dir)
+            except FileNotFoundError:
+                return []
 
     def allocations(self) -> list[tuple[IPAddress, str, str]]:
         out: list[tuple[IPAddress, str, str]] = []
-        try:
-            names = os.listdir(self.dir)
-        except FileNotFoundError:
-            return out
-        for name in names:
+        for name in self._names():
             try:
                 ip = ipaddress.ip_address(name)
             except ValueError:
                 continue  # lock, last_reserved_ip.N, temp files of a killed writer
-            try:
-                with open(os.path.join(self.dir, name)) as f:
-                    owner = f.read().split("\n")
-            except FileNotFoundError:
-                continue
+            path = os.path.join(self.dir, name)
+            with _io("read a record", path):
+                try:
+                    with open(path, "rb") as f:
+                        owner = f.read().decode(errors="replace").split("\n")
+                except FileNotFoundError:
+                    continue  # released while we listed
             out.append((ip, owner[0], owner[1] if len(owner) > 1 else ""))
         return out
 
     def sweep(self) -> int:
-        """Remove temp files left by writers that were killed; returns how many."""
+        """Remove temp files; under lock() every one is left by a writer that was killed mid-write."""
         removed = 0
-        try:
-            names = os.listdir(self.dir)
-        except FileNotFoundError:
-            return 0
-        for name in names:
-            _, sep, pid = name.rpartition(".tmp.")
-            if not sep or not pid.isdigit() or _alive(int(pid)):
+        for name in self._names():
+            if TEMP_MARK not in name:
                 continue
-            try:
-                os.unlink(os.path.join(self.dir, name))
-                removed += 1
-            except FileNotFoundError:
-                pass
+            path = os.path.join(self.dir, name)
+            with _io("remove debris", path):
+                try:
+                    os.unlink(path)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
         return removed
 
     def last_reserved(self, set_index: int) -> IPAddress | None:
         try:
             with open(os.path.join(self.dir, f"{LAST_RESERVED}{set_index}")) as f:
                 return ipaddress.ip_address(f.read().strip())
-        except (FileNotFoundError, ValueError):
-            return None
+        except (OSError, ValueError):
+            return None  # only a hint: without it round robin restarts at rangeStart
 
     def set_last_reserved(self, set_index: int, ip: IPAddress) -> None:
         path = os.path.join(self.dir, f"{LAST_RESERVED}{set_index}")
-        tmp = f"{path}.tmp.{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(str(ip))
-        os.replace(tmp, path)
+        with _io("record the round-robin position", path):
+            # A hint, so no fsync: a lost or torn one only restarts round robin at rangeStart.
+            os.replace(self._write_temp(path, str(ip).encode(), durable=False), path)

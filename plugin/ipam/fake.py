@@ -1,4 +1,4 @@
-"""In-memory store for allocator tests (no root, no disk)."""
+"""In-memory store for allocator tests (no root, no disk); it also checks the locking discipline."""
 
 from __future__ import annotations
 
@@ -27,24 +27,35 @@ class FakeStore:
             self.locked = False
 
     def reserve(self, ip: IPAddress, container_id: str, ifname: str) -> bool:
-        assert self.locked
+        assert self.locked, "reserve outside lock()"
         if ip in self.held:
             return False
         self.held[ip] = (container_id, ifname)
         return True
 
     def release(self, ip: IPAddress) -> None:
-        assert self.locked
+        assert self.locked, "release outside lock()"
         self.held.pop(ip, None)
+
+    def release_by_owner(self, container_id: str, ifname: str) -> list[IPAddress]:
+        mine = self.get_by_owner(container_id, ifname)
+        for ip in mine:
+            self.release(ip)
+        return mine
+
+    def get_by_owner(self, container_id: str, ifname: str) -> list[IPAddress]:
+        return [ip for ip, owner in self.held.items() if owner == (container_id, ifname)]
 
     def allocations(self) -> list[tuple[IPAddress, str, str]]:
         return [(ip, cid, ifn) for ip, (cid, ifn) in self.held.items()]
 
     def sweep(self) -> int:
+        assert self.locked, "sweep outside lock()"
         return 0
 
     def last_reserved(self, set_index: int) -> IPAddress | None:
         return self.last.get(set_index)
 
     def set_last_reserved(self, set_index: int, ip: IPAddress) -> None:
+        assert self.locked, "set_last_reserved outside lock()"
         self.last[set_index] = ip
