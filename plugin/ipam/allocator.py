@@ -30,13 +30,10 @@ class IPConfig:
         return f"IPConfig({self.address}, gw={self.gateway})"
 
 
-def _range_of(ip: IPAddress, rset: list[Range]) -> Range | None:
-    """The range that hands out `ip`, else one whose subnet holds it (the ranges may have been edited)."""
+def _range_of(ip: IPAddress, rset: list[Range], loose: bool = False) -> Range | None:
+    """The range that hands out `ip`; `loose` also takes one whose subnet holds it (edited ranges)."""
     for r in rset:
-        if ip in r:
-            return r
-    for r in rset:
-        if ip in r.subnet:
+        if ip in r or (loose and ip in r.subnet):
             return r
     return None
 
@@ -151,16 +148,18 @@ def release(store: Store, container_id: str, ifname: str) -> list[IPAddress]:
 
 
 def get(conf: IPAMConfig, store: Store, container_id: str, ifname: str) -> list[IPConfig]:
-    """What the owner holds, in range-set order; an address outside every set keeps a host prefix."""
+    """What the owner holds, in range-set order; an address outside every subnet gets a host prefix."""
     held = store.get_by_owner(container_id, ifname)
-    out: list[IPConfig] = []
-    for rset in conf.ranges:
+    placed: dict[IPAddress, tuple[int, Range]] = {}
+    for loose in (False, True):
         for ip in held:
-            r = _range_of(ip, rset)
-            if r is not None and all(ip != o.address.ip for o in out):
-                out.append(_config_for(ip, r))
+            for idx, rset in enumerate(conf.ranges):
+                r = _range_of(ip, rset, loose)
+                if r is not None and ip not in placed:
+                    placed[ip] = (idx, r)
+    out = [_config_for(ip, r) for ip, (_, r) in sorted(placed.items(), key=lambda kv: kv[1][0])]
     for ip in held:
-        if all(ip != o.address.ip for o in out):
+        if ip not in placed:
             out.append(IPConfig(ipaddress.ip_interface(ip), None))
     return out
 
