@@ -39,12 +39,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _attach_bpf(conf: NetConf, host_ifindex: int, ips: list[str]) -> bool:
+def _attach_bpf(conf: NetConf, host_ifindex: int, ips: list[str], mac: str) -> bool:
     if not os.path.isdir(conf.bpf_pin_dir):
         return False  # no agent has ever run: the pod is unobserved, and ADD skips the bpf(2) set-up cost
     from plugin import attach
 
-    return attach.attach_endpoint(conf.bpf_pin_dir, host_ifindex, ips, host_ifindex)
+    return attach.attach_endpoint(conf.bpf_pin_dir, host_ifindex, ips, host_ifindex, mac)
 
 
 def _detach_bpf(conf: NetConf, ips: list[str]) -> None:
@@ -157,7 +157,7 @@ def cmd_add(env: Env, conf: NetConf, environ: dict[str, str]) -> dict[str, Any]:
             )
         checkpoint("after-configure")
         undo.callback(_detach_bpf, conf, ips)
-        observed = _attach_bpf(conf, host.index, ips)
+        observed = _attach_bpf(conf, host.index, ips, pod_link.mac)
         checkpoint("after-attach")
         record.update(
             state="ready",

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.netns
 def server(cni_bin: Path, tmp_path: Path):
     sock = tmp_path / "srv" / "plugin.sock"
     support = str(cni_bin.parent / "lumen.d")
-    code = f"import sys; sys.path.insert(0, {support!r}); from plugin.server import serve; serve({str(sock)!r})"  # noqa: E501
+    code = (
+        f"import sys; sys.path.insert(0, {support!r}); from plugin.server import serve; serve({str(sock)!r})"  # noqa: E501
+    )
     proc = subprocess.Popen(["/usr/bin/python3", "-I", "-c", code], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 10
     while not sock.exists():

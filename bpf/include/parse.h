@@ -1,0 +1,91 @@
+/* Packet parsing: Ethernet, one VLAN tag (802.1Q/802.1ad), IPv4, IPv6 (no extension headers),
+ * TCP, UDP, ICMP, ICMPv6. Fills a flow key; returns the offset of the L4 payload, or -1. */
+#ifndef LUMEN_PARSE_H
+#define LUMEN_PARSE_H
+
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/icmp.h>
+
+#include "types.h"
+
+#define LUMEN_ETH_P_8021Q 0x8100
+#define LUMEN_ETH_P_8021AD 0x88A8
+
+struct lumen_vlan_hdr {
+    __be16 tci;
+    __be16 proto;
+};
+
+static __always_inline int lumen_parse(struct __sk_buff *skb, struct flow_key *key, __u8 *tcp_flags)
+{
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end)
+        return -1;
+    __u16 proto = eth->h_proto;
+    int off = sizeof(*eth);
+    if (proto == bpf_htons(LUMEN_ETH_P_8021Q) || proto == bpf_htons(LUMEN_ETH_P_8021AD)) {
+        struct lumen_vlan_hdr *vh = data + off;
+        if ((void *)(vh + 1) > end)
+            return -1;
+        proto = vh->proto;
+        off += sizeof(*vh);
+    }
+    __u8 l4;
+    if (proto == bpf_htons(ETH_P_IP)) {
+        struct iphdr *ip = data + off;
+        if ((void *)(ip + 1) > end)
+            return -1;
+        __builtin_memcpy(key->saddr, &ip->saddr, 4);
+        __builtin_memcpy(key->daddr, &ip->daddr, 4);
+        key->family = 4;
+        l4 = ip->protocol;
+        off += ip->ihl * 4;
+    } else if (proto == bpf_htons(ETH_P_IPV6)) {
+        struct ipv6hdr *ip6 = data + off;
+        if ((void *)(ip6 + 1) > end)
+            return -1;
+        __builtin_memcpy(key->saddr, &ip6->saddr, 16);
+        __builtin_memcpy(key->daddr, &ip6->daddr, 16);
+        key->family = 6;
+        l4 = ip6->nexthdr;
+        off += sizeof(*ip6);
+    } else {
+        return -1; /* ARP and other non-IP: not a flow */
+    }
+    key->proto = l4;
+    if (l4 == IPPROTO_TCP) {
+        struct tcphdr *tcp = data + off;
+        if ((void *)(tcp + 1) > end)
+            return off;
+        key->sport = bpf_ntohs(tcp->source);
+        key->dport = bpf_ntohs(tcp->dest);
+        *tcp_flags = ((__u8 *)tcp)[13];
+        return off + tcp->doff * 4;
+    }
+    if (l4 == IPPROTO_UDP) {
+        struct udphdr *udp = data + off;
+        if ((void *)(udp + 1) > end)
+            return off;
+        key->sport = bpf_ntohs(udp->source);
+        key->dport = bpf_ntohs(udp->dest);
+        return off + sizeof(*udp);
+    }
+    if (l4 == IPPROTO_ICMP || l4 == IPPROTO_ICMPV6) {
+        __u8 *icmp = data + off;
+        if ((void *)(icmp + 2) > end)
+            return off;
+        key->sport = icmp[0]; /* type */
+        key->dport = icmp[1]; /* code */
+        return off + 8;
+    }
+    return off;
+}
+
+#endif

@@ -1,0 +1,197 @@
+"""Compile, load, pin and attach the datapath with bcc. The only module that imports bcc.
+
+Cost: one clang compile per agent start (~0.4 s here); per packet see bench/datapath. Needs kernel BTF-free
+bcc with headers at /lib/modules/$(uname -r)/build (scripts/setup.sh links Debian's when the kernel has
+none), clsact, bpf_redirect_peer (5.10+) and BPF ring buffers (5.8+).
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bcc import BPF, libbcc  # noqa: TID251 - this is the bcc wrapper
+
+from bpf import abi
+from plugin import endpoint
+from plugin.netlink import Netlink
+
+PROG_PINS = {abi.PROG_INGRESS: "prog_lumen_ingress", abi.PROG_EGRESS: "prog_lumen_egress"}
+
+
+@dataclass
+class DatapathConfig:
+    pin_dir: str = "/sys/fs/bpf/lumen"
+    flow_table_size: int = 65536
+    source_table_size: int = 16384
+    endpoint_table_size: int = 4096
+    ringbuf_pages: int = 256  # 1 MiB; must be a power of two
+    aggregation: abi.Aggregation = abi.Aggregation.DEFAULT
+    report_interval_s: float = 5.0
+    redirect: bool = True
+    wakeup_batch: int = 64
+    extra_cflags: list[str] = field(default_factory=list)
+
+    def cflags(self) -> list[str]:
+        return [
+            f"-I{abi.INCLUDE_DIR}",
+            f'-DLUMEN_PIN_DIR="{self.pin_dir}"',
+            f"-DLUMEN_FLOW_TABLE_SIZE={self.flow_table_size}",
+            f"-DLUMEN_SOURCE_TABLE_SIZE={self.source_table_size}",
+            f"-DLUMEN_ENDPOINT_TABLE_SIZE={self.endpoint_table_size}",
+            f"-DLUMEN_RINGBUF_PAGES={self.ringbuf_pages}",
+            *self.extra_cflags,
+        ]
+
+
+def source_text() -> str:
+    """The C as bcc compiles it (for `lumen agent --print-bpf`)."""
+    return abi.SOURCE.read_text()
+
+
+class Datapath:
+    """The loaded programs and maps. Maps under the pin dir outlive this object and the agent."""
+
+    def __init__(self, cfg: DatapathConfig, bpf: BPF) -> None:
+        self.cfg = cfg
+        self.bpf = bpf
+        self.progs = {name: bpf.load_func(name, BPF.SCHED_CLS) for name in PROG_PINS}
+        self._ring_open = False
+
+    @classmethod
+    def load(cls, cfg: DatapathConfig) -> Datapath:
+        os.makedirs(cfg.pin_dir, exist_ok=True)
+        dp = cls(cfg, BPF(src_file=str(abi.SOURCE).encode(), cflags=cfg.cflags()))
+        dp.set_config()
+        dp._pin_programs()
+        return dp
+
+    def _pin_programs(self) -> None:
+        # Replace pins atomically enough for the plugin: it opens the pin and gets a valid program either way.
+        for name, pin in PROG_PINS.items():
+            path = os.path.join(self.cfg.pin_dir, pin)
+            tmp = f"{path}_new"  # bpffs names cannot contain dots
+            for stale in (tmp,):
+                if os.path.exists(stale):
+                    os.unlink(stale)
+            if libbcc.lib.bpf_obj_pin(self.progs[name].fd, tmp.encode()) != 0:
+                raise OSError(ct.get_errno(), f"cannot pin {name} at {tmp}")
+            os.replace(tmp, path)
+
+    def set_config(self) -> None:
+        cfg = abi.Config(
+            aggregation=int(self.cfg.aggregation),
+            redirect=1 if self.cfg.redirect else 0,
+            report_interval_ns=int(self.cfg.report_interval_s * 1e9),
+            wakeup_batch=max(1, self.cfg.wakeup_batch),
+        )
+        self._map(abi.MAP_CONFIG)[ct.c_uint32(0)] = cfg
+
+    def _map(self, name: str):  # noqa: ANN202 - bcc's table types
+        return self.bpf[name.encode()]
+
+    # -- attaching -------------------------------------------------------------------------------
+
+    def attach(self, ifindex: int) -> None:
+        """clsact ingress + egress on a host veth; replaces older programs (idempotent)."""
+        with Netlink() as nl:
+            nl.tc_clsact_add(ifindex)
+            nl.tc_bpf_attach(ifindex, "ingress", self.progs[abi.PROG_INGRESS].fd, abi.PROG_INGRESS)
+            nl.tc_bpf_attach(ifindex, "egress", self.progs[abi.PROG_EGRESS].fd, abi.PROG_EGRESS)
+
+    def add_endpoint(self, ips: list[str], ifindex: int, endpoint_id: int, mac: str) -> None:
+        table = self._map(abi.MAP_ENDPOINTS)
+        info = abi.EndpointInfo(ifindex=ifindex, endpoint_id=endpoint_id)
+        ct.memmove(info.mac, bytes(int(b, 16) for b in mac.split(":")), 6)
+        for ip in ips:
+            table[abi.endpoint_key(ip)] = info
+
+    def sync_endpoints(self, state_dir: str) -> list[int]:
+        """Attach to every ready pod veth of the endpoint records (pods added while no agent ran, and
+        pods still running the previous agent's programs); returns the ifindexes attached."""
+        attached = []
+        with Netlink() as nl:
+            for rec in endpoint.all_records(state_dir):
+                if rec.get("state") != "ready" or not rec.get("hostIfindex"):
+                    continue
+                link = nl.link(index=int(rec["hostIfindex"]))
+                if link is None or link.name != rec.get("hostVeth"):
+                    continue  # the pod is gone; DEL or GC will remove its record
+                self.add_endpoint(rec["ips"], link.index, int(rec.get("endpointId", link.index)), rec["mac"])
+                self.attach(link.index)
+                attached.append(link.index)
+        return attached
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def open_ring_buffer(self, callback: Callable[[abi.FlowEvent], None]) -> None:
+        size = ct.sizeof(abi.FlowEvent)
+
+        def _cb(_ctx: object, data: int, length: int) -> int:
+            if length >= size:
+                callback(abi.FlowEvent.from_buffer_copy(ct.string_at(data, size)))
+            return 0
+
+        self._map(abi.MAP_EVENTS).open_ring_buffer(_cb)
+        self._ring_open = True
+
+    def poll(self, timeout_ms: int = 100) -> None:
+        """Wait up to `timeout_ms` for a wake-up, then drain: events submitted with BPF_RB_NO_WAKEUP
+        never wake epoll, so the timer is what bounds their delay."""
+        self.bpf.ring_buffer_poll(timeout_ms)
+        self.bpf.ring_buffer_consume()
+
+    def consume(self) -> None:
+        self.bpf.ring_buffer_consume()
+
+    def flows(self) -> Iterator[tuple[abi.FlowKey, abi.FlowStats]]:
+        table = self._map(abi.MAP_FLOWS)
+        try:
+            yield from table.items_lookup_batch()
+        except Exception:  # noqa: BLE001 - kernels without batch ops on LRU maps
+            yield from table.items()
+
+    def source_counters(self) -> dict[str, tuple[int, int]]:
+        out = {}
+        for key, per_cpu in self._map(abi.MAP_SOURCES).items():
+            packets = sum(v.packets for v in per_cpu)
+            nbytes = sum(v.bytes for v in per_cpu)
+            out[abi.addr_str(key.addr, key.family)] = (packets, nbytes)
+        return out
+
+    def stat(self, which: abi.Stat) -> int:
+        return int(sum(self._map(abi.MAP_STATS)[ct.c_uint32(int(which))]))
+
+    def lost_events(self) -> int:
+        return self.stat(abi.Stat.LOST_EVENTS)
+
+    def flow_table_entries(self) -> int:
+        return sum(1 for _ in self.flows())
+
+    def sweep_idle(self, idle_ns: int, now_ns: int) -> list[tuple[abi.FlowKey, abi.FlowStats]]:
+        """Remove flows idle for `idle_ns` and return them: the agent emits their END."""
+        table = self._map(abi.MAP_FLOWS)
+        ended = [(k, v) for k, v in self.flows() if now_ns - v.last_seen_ns >= idle_ns]
+        for key, _ in ended:
+            try:
+                del table[key]
+            except KeyError:
+                pass
+        return ended
+
+    def close(self) -> None:
+        """Unload this process's handles; pinned maps and programs stay, attached programs keep running."""
+        self.bpf.cleanup()
+
+
+def unpin_all(pin_dir: str) -> None:
+    """Remove every pin (uninstall, tests). Attached programs keep running until their veth goes."""
+    directory = Path(pin_dir)
+    if not directory.exists():
+        return
+    for entry in directory.iterdir():
+        entry.unlink()
+    directory.rmdir()

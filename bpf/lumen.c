@@ -1,0 +1,182 @@
+/* Lumen TC programs, attached (clsact, direct-action) to each pod's host veth.
+ *
+ * Logic:
+ *  1. Parse Ethernet/VLAN/IP/L4 into a flow key; ARP and non-IP pass untouched (they cross the bridge).
+ *  2. Account each flow once, where it enters the node's pod network: at the source pod's host veth
+ *     (tc ingress, direction EGRESS). At the destination's host veth (tc egress, direction INGRESS) only
+ *     traffic whose source is not a local pod is accounted (host, gateway, other nodes), so a pod-to-pod
+ *     flow counts once whether or not the bridge is bypassed.
+ *  3. Update the flow table (LRU) and the per-source counters (per-CPU).
+ *  4. Emit ring-buffer events by aggregation level: NEW on a flow's first packet, END on FIN/RST,
+ *     REPORT every report interval of an active flow, PACKET per packet at level "none". A failed
+ *     reserve is counted (LUMEN_STAT_LOST_EVENTS), never silent. The consumer is woken every
+ *     wakeup_batch events only (BPF_RB_NO_WAKEUP otherwise); it also polls on a timer.
+ *  5. Direct forwarding: at tc ingress, a packet for a local pod goes straight into that pod with
+ *     bpf_redirect_peer (destination MAC rewritten to the pod's), skipping the bridge.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+
+#include "types.h"
+#include "maps.h"
+#include "parse.h"
+
+#define LUMEN_TCP_FIN 0x01
+#define LUMEN_TCP_RST 0x04
+
+static __always_inline void lumen_stat_add(__u32 idx, __u64 n)
+{
+    __u64 *v = lumen_stats.lookup(&idx);
+    if (v)
+        *v += n;
+}
+
+static __always_inline void lumen_emit(struct lumen_config *cfg, struct flow_key *key, struct flow_stats *st,
+                                       __u8 type, __u32 ifindex, __u64 now)
+{
+    struct flow_event *ev = lumen_events.ringbuf_reserve(sizeof(struct flow_event));
+    if (!ev) {
+        lumen_stat_add(LUMEN_STAT_LOST_EVENTS, 1);
+        return;
+    }
+    __builtin_memcpy(&ev->key, key, sizeof(*key));
+    ev->ts_ns = now;
+    ev->first_seen_ns = st->first_seen_ns;
+    ev->last_seen_ns = st->last_seen_ns;
+    ev->packets = st->packets;
+    ev->bytes = st->bytes;
+    ev->payload_bytes = st->payload_bytes;
+    ev->src_ep = st->src_ep;
+    ev->dst_ep = st->dst_ep;
+    ev->ifindex = ifindex;
+    ev->type = type;
+    ev->tcp_flags = st->tcp_flags;
+    ev->verdict = st->verdict;
+    ev->drop_reason = st->drop_reason;
+
+    __u64 flags = BPF_RB_NO_WAKEUP;
+    __u32 zero = 0;
+    __u64 *batch = lumen_batch.lookup(&zero);
+    if (batch) {
+        *batch += 1;
+        if (cfg->wakeup_batch <= 1 || *batch >= cfg->wakeup_batch) {
+            *batch = 0;
+            flags = BPF_RB_FORCE_WAKEUP;
+        }
+    }
+    lumen_events.ringbuf_submit(ev, flags);
+    lumen_stat_add(LUMEN_STAT_EVENTS, 1);
+}
+
+static __always_inline struct endpoint_info *lumen_endpoint(__u8 *addr, __u8 family)
+{
+    struct endpoint_key ek = {};
+    __builtin_memcpy(ek.addr, addr, 16);
+    ek.family = family;
+    return lumen_endpoints.lookup(&ek);
+}
+
+static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
+{
+    __u32 zero = 0;
+    struct lumen_config *cfg = lumen_config.lookup(&zero);
+    if (!cfg)
+        return TC_ACT_OK;
+
+    /* 1. */
+    if ((long)skb->data + 128 > (long)skb->data_end && skb->len > skb->data_end - skb->data)
+        bpf_skb_pull_data(skb, skb->len < 128 ? skb->len : 128);
+    struct flow_key key = {};
+    __u8 tcp_flags = 0;
+    int payload_off = lumen_parse(skb, &key, &tcp_flags);
+    if (payload_off < 0)
+        return TC_ACT_OK;
+    key.direction = direction;
+
+    /* 2. */
+    struct endpoint_info *src = lumen_endpoint(key.saddr, key.family);
+    struct endpoint_info *dst = lumen_endpoint(key.daddr, key.family);
+    if (direction == LUMEN_DIR_INGRESS && src)
+        return TC_ACT_OK; /* already accounted at the source pod's host veth */
+
+    /* 3. */
+    __u64 now = bpf_ktime_get_ns();
+    __u64 len = skb->len;
+    __u64 payload = len > (__u64)payload_off ? len - payload_off : 0;
+
+    struct endpoint_key sk = {};
+    __builtin_memcpy(sk.addr, key.saddr, 16);
+    sk.family = key.family;
+    struct source_counters *sc = lumen_sources.lookup(&sk);
+    if (sc) {
+        sc->packets += 1;
+        sc->bytes += len;
+    } else {
+        struct source_counters init = {.packets = 1, .bytes = len};
+        lumen_sources.update(&sk, &init);
+    }
+
+    __u8 ev_type = 0;
+    struct flow_stats *st = lumen_flows.lookup(&key);
+    if (st) {
+        __sync_fetch_and_add(&st->packets, 1);
+        __sync_fetch_and_add(&st->bytes, len);
+        __sync_fetch_and_add(&st->payload_bytes, payload);
+        st->last_seen_ns = now;
+        st->tcp_flags |= tcp_flags;
+        if (tcp_flags & (LUMEN_TCP_FIN | LUMEN_TCP_RST))
+            ev_type = LUMEN_EV_END;
+        else if (now - st->last_report_ns >= cfg->report_interval_ns) {
+            st->last_report_ns = now;
+            ev_type = LUMEN_EV_REPORT;
+        }
+    } else {
+        struct flow_stats init = {};
+        init.packets = 1;
+        init.bytes = len;
+        init.payload_bytes = payload;
+        init.first_seen_ns = now;
+        init.last_seen_ns = now;
+        init.last_report_ns = now;
+        init.src_ep = src ? src->endpoint_id : 0;
+        init.dst_ep = dst ? dst->endpoint_id : 0;
+        init.tcp_flags = tcp_flags;
+        init.verdict = LUMEN_VERDICT_FORWARDED;
+        if (lumen_flows.update(&key, &init) != 0) {
+            lumen_stat_add(LUMEN_STAT_FLOW_INSERT_FAILED, 1);
+        } else {
+            lumen_stat_add(LUMEN_STAT_FLOWS_CREATED, 1);
+            st = lumen_flows.lookup(&key);
+            ev_type = LUMEN_EV_NEW;
+        }
+    }
+
+    /* 4. */
+    if (st) {
+        if (cfg->aggregation == LUMEN_AGG_NONE)
+            ev_type = LUMEN_EV_PACKET;
+        if (ev_type)
+            lumen_emit(cfg, &key, st, ev_type, skb->ifindex, now);
+    }
+
+    /* 5. */
+    if (direction == LUMEN_DIR_EGRESS && dst && cfg->redirect && dst->ifindex != skb->ifindex) {
+        __u32 ifindex = dst->ifindex;
+        __u8 mac[6];
+        __builtin_memcpy(mac, dst->mac, 6);
+        bpf_skb_store_bytes(skb, 0, mac, 6, 0);
+        lumen_stat_add(LUMEN_STAT_REDIRECTED, 1);
+        return bpf_redirect_peer(ifindex, 0);
+    }
+    return TC_ACT_OK;
+}
+
+int lumen_ingress(struct __sk_buff *skb)
+{
+    return lumen_handle(skb, LUMEN_DIR_EGRESS);
+}
+
+int lumen_egress(struct __sk_buff *skb)
+{
+    return lumen_handle(skb, LUMEN_DIR_INGRESS);
+}

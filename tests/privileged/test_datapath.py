@@ -1,0 +1,235 @@
+"""The datapath on a real kernel: pods wired by the plugin, programs loaded and pinned by bcc.
+
+Byte counts: `bytes` is skb->len at TC (Ethernet header + IP packet), `payload_bytes` is what the
+application wrote (L4 payload), so both are exact whatever GSO does to packet counts.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bpf import abi
+from bpf.loader import Datapath, DatapathConfig, unpin_all
+from plugin.netlink import Netlink
+from tests.cni_harness import Node, ns_exec
+from tests.privileged import dp_tools as t
+
+pytestmark = [pytest.mark.bpf, pytest.mark.netns]
+
+TCP, UDP, ICMP, ICMP6 = socket.IPPROTO_TCP, socket.IPPROTO_UDP, socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6
+L3 = {4: 20, 6: 40}
+ETH = 14
+
+
+@pytest.fixture
+def pin_dir() -> Iterator[str]:
+    path = f"/sys/fs/bpf/lt_{secrets.token_hex(4)}"
+    try:
+        yield path
+    finally:
+        unpin_all(path)
+
+
+def load(pin_dir: str, **kw: object) -> Datapath:
+    return Datapath.load(DatapathConfig(pin_dir=pin_dir, **kw))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def dp(pin_dir: str) -> Iterator[Datapath]:
+    d = load(pin_dir)
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+@pytest.fixture
+def dnode(cni_bin: Path, pin_dir: str) -> Iterator[Node]:
+    n = Node(binary=cni_bin, extra={"bpfPinDir": pin_dir})
+    try:
+        yield n
+    finally:
+        n.cleanup()
+
+
+def test_add_attaches_pinned_programs_and_fills_the_endpoint_map(dp: Datapath, dnode: Node):
+    a = dnode.add_pod("a")
+    record = json.loads((dnode.state_dir / "endpoints" / f"{a.container_id}_eth0.json").read_text())
+    assert record["observed"] is True
+    with Netlink() as nl:
+        ifindex = nl.link(t.host_veth(a)).index
+        assert nl.tc_bpf_list(ifindex, "ingress") == [abi.PROG_INGRESS]
+        assert nl.tc_bpf_list(ifindex, "egress") == [abi.PROG_EGRESS]
+    table = dp._map(abi.MAP_ENDPOINTS)
+    for ip in a.ips:
+        info = table[abi.endpoint_key(ip)]
+        assert info.ifindex == ifindex and info.endpoint_id == ifindex
+        assert ":".join(f"{b:02x}" for b in info.mac) == a.result["interfaces"][2]["mac"]
+    assert dnode.del_pod("a").ok
+    for ip in a.ips:
+        with pytest.raises(KeyError):
+            table[abi.endpoint_key(ip)]
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_udp_datagrams_are_counted_exactly_once(dp: Datapath, dnode: Node, version: int):
+    a, b = dnode.add_pod("a"), dnode.add_pod("b")
+    count, size = 200, 300
+    assert t.udp(a, b, version, count, size) == count
+    fwd = t.find(dp, a.ip(version), b.ip(version), UDP, 5005)
+    assert len(fwd) == 1, "one flow entry: accounted at the source only"
+    st = fwd[0]
+    assert st.packets == count
+    assert st.payload_bytes == count * size
+    assert st.bytes == count * (size + 8 + L3[version] + ETH)
+    with Netlink() as nl:
+        assert (st.src_ep, st.dst_ep) == (nl.link(t.host_veth(a)).index, nl.link(t.host_veth(b)).index)
+    # Per-source counters agree with the flow table, source by source.
+    sources = dp.source_counters()
+    from_a = [v for k, v in t.flows(dp).items() if k[0] == a.ip(version)]
+    assert sources[a.ip(version)] == (sum(v.packets for v in from_a), sum(v.bytes for v in from_a))
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_tcp_transfer_counts_payload_and_emits_new_and_end(dp: Datapath, dnode: Node, version: int):
+    events: list[abi.FlowEvent] = []
+    dp.open_ring_buffer(events.append)
+    a, b = dnode.add_pod("a"), dnode.add_pod("b")
+    nbytes = 3_000_000
+    received, on_wire = t.tcp(a, b, version, nbytes)
+    assert received == nbytes
+    (fwd,) = t.find(dp, a.ip(version), b.ip(version), TCP, 5006)
+    (rev,) = t.find(dp, b.ip(version), a.ip(version), TCP)
+    # Exactly what the sender's TCP transmitted: the transfer, plus retransmissions if any occurred.
+    assert fwd.payload_bytes == on_wire >= nbytes
+    assert rev.payload_bytes == 0
+    assert fwd.tcp_flags & 0x02 and fwd.tcp_flags & 0x01, "SYN and FIN seen"
+    assert rev.tcp_flags & 0x12 == 0x12, "SYN+ACK seen"
+    for _ in range(20):
+        dp.poll(50)
+    ours = [(e.type, abi.addr_str(e.key.saddr, e.key.family)) for e in events if e.key.proto == TCP]
+    for ip in (a.ip(version), b.ip(version)):
+        assert (abi.EventType.NEW, ip) in ours
+        assert (abi.EventType.END, ip) in ours
+    end = next(
+        e
+        for e in events
+        if e.type == abi.EventType.END and abi.addr_str(e.key.saddr, e.key.family) == a.ip(version)
+    )
+    assert end.last_seen_ns >= end.first_seen_ns > 0
+
+
+def test_ping_is_counted_both_ways(dp: Datapath, dnode: Node):
+    a, b = dnode.add_pod("a"), dnode.add_pod("b")
+    assert ns_exec(a.ns, "ping", "-c", "3", "-i", "0.2", b.ip(4)).returncode == 0
+    (req,) = t.find(dp, a.ip(4), b.ip(4), ICMP)
+    (rep,) = t.find(dp, b.ip(4), a.ip(4), ICMP)
+    assert (req.packets, rep.packets) == (3, 3)
+    assert req.payload_bytes == 3 * 56 and req.bytes == 3 * (56 + 8 + 20 + ETH)
+
+
+def test_direct_forwarding_bypasses_the_bridge_and_still_counts_once(dp: Datapath, dnode: Node):
+    a, b = dnode.add_pod("a"), dnode.add_pod("b")
+    assert t.udp(a, b, 4, 5, 100, port=5100) == 5  # resolves ARP through the bridge first
+    count = 300
+    before_tx = t.link_stat(t.host_veth(b), "tx_packets")
+    before_redirect = dp.stat(abi.Stat.REDIRECTED)
+    assert t.udp(a, b, 4, count, 100) == count
+    assert t.link_stat(t.host_veth(b), "tx_packets") - before_tx <= 2, "packets crossed the bridge"
+    assert dp.stat(abi.Stat.REDIRECTED) - before_redirect >= count
+    (st,) = t.find(dp, a.ip(4), b.ip(4), UDP, 5005)
+    assert st.packets == count
+
+    dp.cfg.redirect = False
+    dp.set_config()
+    before_tx = t.link_stat(t.host_veth(b), "tx_packets")
+    assert t.udp(a, b, 4, count, 100, port=5007) == count
+    assert t.link_stat(t.host_veth(b), "tx_packets") - before_tx >= count, "redirect off: via the bridge"
+    (st,) = t.find(dp, a.ip(4), b.ip(4), UDP, 5007)
+    assert st.packets == count, "still counted once with the bridge in the path"
+
+
+def test_a_full_ring_buffer_counts_exactly_the_lost_events(pin_dir: str, dnode: Node):
+    dp = load(pin_dir, ringbuf_pages=1, aggregation=abi.Aggregation.NONE)
+    try:
+        a, b = dnode.add_pod("a"), dnode.add_pod("b")
+        events: list[abi.FlowEvent] = []
+        dp.open_ring_buffer(events.append)
+        for _ in range(5):
+            dp.poll(20)  # drain the chatter of pod creation
+        before_flows = sum(v.packets for v in t.flows(dp).values())
+        before_lost, before_sent = dp.lost_events(), dp.stat(abi.Stat.EVENTS)
+        events.clear()
+        assert t.udp(a, b, 4, 2000, 64) == 2000  # nobody consumes while this runs
+        for _ in range(10):
+            dp.poll(20)
+        generated = sum(v.packets for v in t.flows(dp).values()) - before_flows
+        lost = dp.lost_events() - before_lost
+        assert lost > 0, "a 4 KiB ring buffer cannot hold 2000 events"
+        assert len(events) == dp.stat(abi.Stat.EVENTS) - before_sent, "every submitted event was delivered"
+        assert len(events) + lost == generated, "each accounted packet is an event or a lost event"
+    finally:
+        dp.close()
+
+
+def test_agent_restart_keeps_every_counter(pin_dir: str, dnode: Node):
+    dp = load(pin_dir)
+    a, b = dnode.add_pod("a"), dnode.add_pod("b")
+    assert t.udp(a, b, 4, 100, 200, sport=41000) == 100
+    before = t.flows(dp)
+    sources = dp.source_counters()
+    dp.close()  # the agent stops; pinned maps and attached programs stay
+
+    dp = load(pin_dir)
+    try:
+        after = t.flows(dp)
+        for key, st in before.items():
+            assert after[key].packets >= st.packets and after[key].bytes >= st.bytes
+        assert dp.source_counters()[a.ip(4)][0] >= sources[a.ip(4)][0]
+        assert set(dp.sync_endpoints(str(dnode.state_dir))) == {
+            int(json.loads(p.read_text())["hostIfindex"])
+            for p in (dnode.state_dir / "endpoints").glob("*.json")
+        }
+        assert t.udp(a, b, 4, 100, 200, sport=41000) == 100
+        (st,) = t.find(dp, a.ip(4), b.ip(4), UDP, 5005)
+        assert st.packets == 200, "the same flow's counter continued across the restart"
+    finally:
+        dp.close()
+
+
+def test_pod_created_while_no_agent_ran_is_attached_on_start(pin_dir: str, dnode: Node):
+    a = dnode.add_pod("a")  # no pins yet: the pod is wired but unobserved
+    record = json.loads((dnode.state_dir / "endpoints" / f"{a.container_id}_eth0.json").read_text())
+    assert record["observed"] is False
+    with Netlink() as nl:
+        assert nl.tc_bpf_list(record["hostIfindex"], "ingress") == []
+    dp = load(pin_dir)
+    try:
+        assert record["hostIfindex"] in dp.sync_endpoints(str(dnode.state_dir))
+        with Netlink() as nl:
+            assert nl.tc_bpf_list(record["hostIfindex"], "ingress") == [abi.PROG_INGRESS]
+        b = dnode.add_pod("b")
+        assert t.udp(b, a, 4, 50, 100) == 50
+        (st,) = t.find(dp, b.ip(4), a.ip(4), UDP, 5005)
+        assert st.packets == 50 and st.dst_ep == record["hostIfindex"]
+    finally:
+        dp.close()
+
+
+def test_traffic_from_the_host_is_counted_at_the_pod(dp: Datapath, dnode: Node):
+    a = dnode.add_pod("a")
+    before = time.monotonic()
+    out = subprocess.run(
+        ["ping", "-c", "2", "-i", "0.2", "-W", "2", a.ip(4)], capture_output=True, timeout=20
+    )
+    assert out.returncode == 0 and time.monotonic() - before < 20
+    (req,) = t.find(dp, dnode.gateway4, a.ip(4), ICMP)
+    assert req.packets == 2 and req.dst_ep > 0 and req.src_ep == 0
