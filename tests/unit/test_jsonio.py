@@ -10,7 +10,7 @@ SAMPLES = [
     {},
     [],
     {"cniVersion": "1.1.0", "name": "n", "plugins": [{"type": "lumen", "mtu": 1400, "ok": True, "x": None}]},
-    {"unicode": "péché ☃ \u2028", "esc": "a\"b\\c\n\t", "neg": -5, "float": 1.5, "big": 2**63},
+    {"unicode": "péché ☃ \u2028", "esc": 'a"b\\c\n\t', "neg": -5, "float": 1.5, "big": 2**63},
     [1, [2, [3, {"a": [False, None]}]]],
 ]
 
