@@ -1,0 +1,103 @@
+"""No drift between C and Python (like Cilium's alignchecker): every mirrored struct, enum value, map
+name and pin name is compared with what bcc compiled from bpf/."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+from bpf import abi
+from plugin import attach, bpfsys
+
+pytestmark = pytest.mark.bpf
+
+bcc = pytest.importorskip("bcc", reason="bcc comes from Debian's python3-bpfcc (make setup)")
+
+
+def layout(cls: type[ct.Structure]) -> list[tuple[str, int, int]]:
+    return [(name, getattr(cls, name).offset, getattr(cls, name).size) for name, *_ in cls._fields_] + [
+        ("<sizeof>", 0, ct.sizeof(cls))
+    ]
+
+
+@pytest.fixture(scope="module")
+def probe() -> Iterator[bcc.BPF]:
+    """A program that puts every shared struct in a map and every enum value in a map's size."""
+    lines = ['#include "types.h"']
+    for c_name in abi.MIRRORS:
+        lines.append(f"BPF_ARRAY(probe_{c_name}, struct {c_name}, 1);")
+    for enum_name in abi.C_ENUMS:
+        lines.append(f"BPF_ARRAY(enum_{enum_name}, u8, {enum_name} + 1);")
+    b = bcc.BPF(text="\n".join(lines), cflags=[f"-I{abi.INCLUDE_DIR}"])
+    try:
+        yield b
+    finally:
+        b.cleanup()
+
+
+@pytest.fixture(scope="module")
+def compiled() -> Iterator[bcc.BPF]:
+    pin = f"/sys/fs/bpf/lt_abi_{secrets.token_hex(3)}"
+    from bpf.loader import DatapathConfig, unpin_all
+
+    b = bcc.BPF(src_file=str(abi.SOURCE).encode(), cflags=DatapathConfig(pin_dir=pin).cflags())
+    try:
+        yield b
+    finally:
+        b.cleanup()
+        unpin_all(pin)
+
+
+@pytest.mark.parametrize("c_name", list(abi.MIRRORS))
+def test_struct_layout_matches_the_compiled_c(probe, c_name):
+    compiled = probe[f"probe_{c_name}".encode()].Leaf
+    assert layout(abi.MIRRORS[c_name]) == layout(compiled)
+
+
+def test_enum_values_match_the_compiled_c(probe):
+    for enum_name, value in abi.C_ENUMS.items():
+        assert probe[f"enum_{enum_name}".encode()].max_entries == value + 1, enum_name
+
+
+def test_map_names_and_types_match(compiled):
+    bcc.lib.bpf_table_name.restype = ct.c_char_p
+    bcc.lib.bpf_table_name.argtypes = [ct.c_void_p, ct.c_ulonglong]
+    bcc.lib.bpf_num_tables.argtypes = [ct.c_void_p]
+    names = {
+        bcc.lib.bpf_table_name(compiled.module, i).decode()
+        for i in range(bcc.lib.bpf_num_tables(compiled.module))
+    }
+    assert names == set(abi.ALL_MAPS)
+    pairs = {
+        abi.MAP_FLOWS: (abi.FlowKey, abi.FlowStats),
+        abi.MAP_ENDPOINTS: (abi.EndpointKey, abi.EndpointInfo),
+        abi.MAP_SOURCES: (abi.EndpointKey, abi.SourceCounters),
+    }
+    for name, (key, leaf) in pairs.items():
+        table = compiled[name.encode()]
+        assert layout(key) == layout(table.Key), name
+        per_value = getattr(table, "sLeaf", table.Leaf)  # per-CPU maps: Leaf is an array of sLeaf
+        assert layout(leaf) == layout(per_value), name
+    assert layout(abi.Config) == layout(compiled[abi.MAP_CONFIG.encode()].Leaf)
+
+
+def test_plugin_packs_endpoint_entries_like_the_c(probe):
+    """The plugin (stdlib only) packs endpoint map entries itself; its bytes must be the C layout."""
+    assert bpfsys.ENDPOINT_KEY.size == ct.sizeof(probe[b"probe_endpoint_key"].Leaf)
+    assert bpfsys.ENDPOINT_INFO.size == ct.sizeof(probe[b"probe_endpoint_info"].Leaf)
+    for ip in ("10.1.2.3", "fd00::7"):
+        assert bpfsys.endpoint_key(ip) == bytes(abi.endpoint_key(ip))
+    info = abi.EndpointInfo(ifindex=7, endpoint_id=9)
+    ct.memmove(info.mac, bytes([0x0A, 0x58, 1, 2, 3, 4]), 6)
+    assert bpfsys.endpoint_info(7, 9, "0a:58:01:02:03:04") == bytes(info)
+
+
+def test_pin_names_agree_between_agent_and_plugin():
+    from bpf.loader import PROG_PINS
+
+    assert attach.PIN_PROG_INGRESS == PROG_PINS[abi.PROG_INGRESS]
+    assert attach.PIN_PROG_EGRESS == PROG_PINS[abi.PROG_EGRESS]
+    assert attach.PIN_ENDPOINTS == abi.MAP_ENDPOINTS
