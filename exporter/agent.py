@@ -1,0 +1,293 @@
+"""The node agent: wiring only. Loads the datapath, consumes the ring buffer on one thread, sweeps idle
+flows and follows the endpoint records on another, and serves the API (uvicorn) on the main thread.
+
+    kernel -> ring buffer -> events.Decoder -> FlowStore -> API / SSE
+                                            -> FlowTracer (OTLP)
+    kernel maps (pinned) --------------------> metrics.LumenCollector at scrape time
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from exporter.enrich import EndpointDirectory, KubeLabels, LabelSource
+from exporter.flows import DEFAULT_CAPACITY, FlowStore
+from exporter.metrics import AgentHealth, LumenCollector, Retired
+
+log = logging.getLogger("lumen.agent")
+
+RETIRED_FILE = "agent-retired.json"
+VERSION = "0.1.0"
+
+
+@dataclass
+class AgentConfig:
+    state_dir: str = "/run/lumen"
+    pin_dir: str = "/sys/fs/bpf/lumen"
+    host: str = "127.0.0.1"
+    port: int = 9465
+    token: str | None = None
+    node: str = field(default_factory=socket.gethostname)
+    flow_store_size: int = DEFAULT_CAPACITY
+    flow_table_size: int = 65536
+    ringbuf_pages: int = 256
+    aggregation: str = "default"  # or "none": one event per packet (debugging, benchmarks)
+    report_interval_s: float = 5.0
+    wakeup_batch: int = 64
+    redirect: bool = True
+    idle_timeout_s: float = 60.0
+    housekeeping_s: float = 1.0
+    poll_timeout_ms: int = 100
+    otel: bool = False
+    plugin_socket: str | None = None  # serve the plugin's handed-over calls here
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.started_at = time.time()
+        labels: LabelSource | None = None
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            kube = KubeLabels(cfg.node)
+            try:
+                kube.start()
+                labels = kube
+            except Exception as exc:  # noqa: BLE001 - labels are optional; flows still get pod names
+                log.warning("no pod labels: kubernetes client unavailable", extra={"error": str(exc)})
+        self.directory = EndpointDirectory(cfg.state_dir, labels)
+        self.store = FlowStore(cfg.flow_store_size)
+        self.health = AgentHealth()
+        self.retired = Retired.load(self._retired_path())
+        self.attached: set[int] = set()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.tracer: Any = None
+        self.dp: Any = None
+        self.decoder: Any = None
+        self.source: Any = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._plugin_server: subprocess.Popen[bytes] | None = None
+        self._last_flow: Any = None
+        self.error = ""
+
+    def _retired_path(self) -> str:
+        return os.path.join(self.cfg.state_dir, RETIRED_FILE)
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        from bpf import abi
+        from bpf.loader import Datapath, DatapathConfig
+        from exporter.events import DatapathSource, Decoder
+
+        os.makedirs(self.cfg.state_dir, exist_ok=True)
+        dcfg = DatapathConfig(
+            pin_dir=self.cfg.pin_dir,
+            flow_table_size=self.cfg.flow_table_size,
+            ringbuf_pages=self.cfg.ringbuf_pages,
+            aggregation=abi.Aggregation[self.cfg.aggregation.upper()],
+            report_interval_s=self.cfg.report_interval_s,
+            redirect=self.cfg.redirect,
+            wakeup_batch=self.cfg.wakeup_batch,
+        )
+        t0 = time.monotonic()
+        self.dp = Datapath.load(dcfg)
+        self.decoder = Decoder(self.directory, self.cfg.node)
+        self.source = DatapathSource(self.dp)
+        self.registry.register(
+            LumenCollector(self.source, self.directory, self.retired, self.health, self.store)
+        )
+        if self.cfg.otel:
+            from exporter.tracing import FlowTracer
+
+            self.tracer = FlowTracer(self.cfg.node)
+        self.dp.open_ring_buffer(self._on_event)
+        self._sync_endpoints()
+        log.info(
+            "datapath loaded",
+            extra={
+                "pin_dir": self.cfg.pin_dir,
+                "seconds": round(time.monotonic() - t0, 3),
+                "attached": len(self.attached),
+            },
+        )
+        if self.cfg.plugin_socket:
+            # The plugin's warm server forks per call; it runs as our child so the agent owns its life.
+            self._plugin_server = subprocess.Popen(
+                [sys.executable, "-m", "plugin.server", "--socket", self.cfg.plugin_socket]
+            )
+        for target in (self._poll_loop, self._housekeeping_loop):
+            t = threading.Thread(target=target, name=target.__name__, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+        if self._plugin_server is not None:
+            self._plugin_server.terminate()
+            try:
+                self._plugin_server.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._plugin_server.kill()
+        if self.tracer is not None:
+            self.tracer.shutdown()
+        self._save_retired()
+        if self.dp is not None:
+            # Pinned maps and attached programs stay: traffic keeps flowing and counting without us.
+            self.dp.close()
+        log.info("agent stopped")
+
+    # -- ring buffer thread --------------------------------------------------------------------
+
+    def _on_event(self, ev: Any) -> None:
+        try:
+            flow = self.decoder.flow(ev)
+        except Exception:  # noqa: BLE001 - one bad record must not stop consumption
+            self.health.decode_errors += 1
+            return
+        self.store.add(flow)
+        if self.tracer is not None:
+            self.tracer.on_flow(flow)
+        self.health.events_consumed += 1
+        self._last_flow = flow
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.dp.poll(self.cfg.poll_timeout_ms)
+            except Exception as exc:  # noqa: BLE001 - keep consuming; the error shows in /readyz
+                self.error = f"ring buffer poll failed: {exc}"
+                log.error("ring buffer poll failed", extra={"error": str(exc)})
+                self._stop.wait(1)
+                continue
+            self.health.last_poll_monotonic = time.monotonic()
+            flow, self._last_flow = self._last_flow, None
+            if flow is not None:
+                self.health.poll_lag_seconds = max(0.0, (time.time_ns() - flow.time_ns) / 1e9)
+
+    # -- housekeeping thread -------------------------------------------------------------------
+
+    def _housekeeping_loop(self) -> None:
+        last_sweep = time.monotonic()
+        while not self._stop.wait(self.cfg.housekeeping_s):
+            try:
+                if self.directory.refresh():
+                    self._sync_endpoints()
+                    self.retired.forget_endpoints({p.endpoint_id for p in self.directory.pods})
+                self.decoder.sync_clock()
+                if time.monotonic() - last_sweep >= min(self.cfg.idle_timeout_s / 2, 10.0):
+                    last_sweep = time.monotonic()
+                    self.sweep()
+            except Exception:  # noqa: BLE001 - housekeeping retries next round
+                log.exception("housekeeping failed")
+
+    def sweep(self) -> int:
+        """Remove idle flows from the kernel table; their totals move to `retired`, their END to the store."""
+        from exporter.events import totals
+
+        now = time.monotonic_ns()
+        ended = self.dp.sweep_idle(int(self.cfg.idle_timeout_s * 1e9), now)
+        for key, st in ended:
+            self.retired.add(totals(key, st))
+            flow = self.decoder.ended(key, st, now)
+            self.store.add(flow)
+            if self.tracer is not None:
+                self.tracer.on_flow(flow)
+        self.health.swept_flows += len(ended)
+        if ended:
+            self._save_retired()
+        return len(ended)
+
+    def _sync_endpoints(self) -> None:
+        self.directory.refresh()
+        ready = {p.host_ifindex for p in self.directory.pods if p.state == "ready" and p.host_ifindex}
+        if ready - self.attached:
+            try:
+                self.attached = set(self.dp.sync_endpoints(self.cfg.state_dir))
+            except OSError as exc:
+                log.warning("attaching endpoints failed", extra={"error": str(exc)})
+        self.attached &= ready
+        self.health.attached_endpoints = len(self.attached)
+
+    def _save_retired(self) -> None:
+        try:
+            self.retired.save(self._retired_path())
+        except OSError as exc:
+            log.warning("cannot save retired flow totals", extra={"error": str(exc)})
+
+    # -- api.AgentView ---------------------------------------------------------------------------
+
+    def ready(self) -> tuple[bool, str]:
+        if self.dp is None:
+            return False, "datapath not loaded"
+        if self.error:
+            return False, self.error
+        last = self.health.last_poll_monotonic
+        if not last or time.monotonic() - last > 5:
+            return False, "ring buffer not polled in the last 5 s"
+        return True, "ok"
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        self.directory.refresh()
+        return [
+            {
+                "namespace": p.namespace,
+                "pod": p.pod,
+                "containerId": p.container_id,
+                "ifname": p.ifname,
+                "ips": list(p.ips),
+                "hostVeth": p.host_veth,
+                "hostIfindex": p.host_ifindex,
+                "endpointId": p.endpoint_id,
+                "state": p.state,
+                "attached": p.host_ifindex in self.attached,
+            }
+            for p in self.directory.pods
+        ]
+
+    def status(self) -> dict[str, Any]:
+        stats = dict(self.source.datapath_stats()) if self.source else {}
+        entries = sum(1 for _ in self.source.flow_totals()) if self.source else 0
+        capacity = self.cfg.flow_table_size
+        ok, reason = self.ready()
+        return {
+            "version": VERSION,
+            "node": self.cfg.node,
+            "ready": ok,
+            "reason": reason,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "pin_dir": self.cfg.pin_dir,
+            "state_dir": self.cfg.state_dir,
+            "aggregation": self.cfg.aggregation,
+            "flow_table": {
+                "entries": entries,
+                "capacity": capacity,
+                "fill_ratio": round(entries / capacity, 4),
+            },
+            "flow_store": {
+                "flows": len(self.store),
+                "capacity": self.store.capacity,
+                "evicted": self.store.evicted,
+            },
+            "events": {
+                "consumed": self.health.events_consumed,
+                "emitted": stats.get("events", 0),
+                "lost": stats.get("lost_events", 0),
+                "decode_errors": self.health.decode_errors,
+                "poll_lag_s": round(self.health.poll_lag_seconds, 6),
+            },
+            "otel": self.tracer is not None,
+            "endpoints": self.endpoints(),
+        }

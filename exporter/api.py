@@ -1,0 +1,266 @@
+"""The agent's HTTP API (FastAPI): recent flows with Hubble-like filters, a live SSE stream, endpoints,
+status, health and /metrics. OpenAPI at /openapi.json, docs at /docs.
+
+Binds 127.0.0.1 unless told otherwise; on any other address the agent refuses to start without a bearer
+token (see exporter.cli), and then every route but /healthz and /readyz requires it. The web UI is mounted
+by the `ui` hook of create_app, so this module does not know about templates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from exporter import filters
+from exporter.flows import Flow, FlowStore
+
+KEEPALIVE_S = 15.0
+DEFAULT_LIMIT = 100
+PAGING_PARAMS = ("limit", "last")
+
+
+class AgentView(Protocol):
+    """What the API reads from the agent."""
+
+    store: FlowStore
+
+    def endpoints(self) -> list[dict[str, Any]]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def ready(self) -> tuple[bool, str]: ...
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _params(request: Request) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for key, value in request.query_params.multi_items():
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def parse_query(params: Mapping[str, Sequence[str]]) -> filters.FlowQuery:
+    try:
+        return filters.parse(params, ignore=PAGING_PARAMS)
+    except filters.FilterError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
+def _count(params: Mapping[str, Sequence[str]], name: str, default: int, maximum: int) -> int:
+    raw = params.get(name)
+    if not raw:
+        return default
+    value = raw[-1]
+    if not value.isdigit() or not 0 <= int(value) <= maximum:
+        raise HTTPException(400, f"{name} {value!r}: expected a number from 0 to {maximum}")
+    return int(value)
+
+
+def _filter_parameters() -> list[dict[str, Any]]:
+    """Filter criteria for the OpenAPI schema (read from the raw query, not declared one by one)."""
+    out = []
+    for name, crit in filters.CRITERIA.items():
+        for key, prefix in (
+            (name, "keep flows matching: "),
+            (filters.DENY_PREFIX + name, "drop flows matching: "),
+        ):
+            out.append(
+                {
+                    "name": key,
+                    "in": "query",
+                    "required": False,
+                    "description": prefix + crit.help + " (repeat or comma-separate for any of several)",
+                    "schema": {"type": "array", "items": {"type": "string"}},
+                    "style": "form",
+                    "explode": True,
+                }
+            )
+    return out
+
+
+def sse_event(flow: Flow) -> str:
+    return f"event: flow\ndata: {json.dumps(flow.to_dict(), separators=(',', ':'))}\n\n"
+
+
+def create_app(
+    view: AgentView,
+    token: str | None = None,
+    registry: CollectorRegistry | None = None,
+    ui: Callable[[FastAPI], None] | None = None,
+) -> FastAPI:
+    app = FastAPI(
+        title="Lumen agent",
+        description="Flows, endpoints and metrics of one Lumen node.",
+        version="0.1.0",
+    )
+    app.state.view = view
+
+    def require_token(request: Request) -> None:
+        if token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "bearer token required", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """The process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "not ready, with the reason"}})
+    def readyz() -> JSONResponse:
+        """The datapath is loaded and the ring buffer is being consumed."""
+        ok, reason = view.ready()
+        return JSONResponse({"ready": ok, "reason": reason}, status_code=200 if ok else 503)
+
+    api = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
+    common_params = {"parameters": _filter_parameters()}
+
+    @api.get(
+        "/flows",
+        tags=["flows"],
+        openapi_extra={
+            "parameters": [
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "description": f"newest N matching flows (default {DEFAULT_LIMIT}, 0: all)",
+                    "schema": {"type": "integer", "minimum": 0},
+                },
+                *common_params["parameters"],
+            ]
+        },
+        responses={400: {"description": "a filter value that cannot be parsed"}},
+    )
+    def flows(request: Request) -> dict[str, Any]:
+        """Recent flows, oldest first, filtered (allow-list, and `not_*` deny-list)."""
+        params = _params(request)
+        query = parse_query(params)
+        limit = _count(params, "limit", DEFAULT_LIMIT, view.store.capacity)
+        found = view.store.query(query, limit or None)
+        return {
+            "flows": [f.to_dict() for f in found],
+            "stored": len(view.store),
+            "capacity": view.store.capacity,
+            "evicted": view.store.evicted,
+        }
+
+    @api.get(
+        "/flows/stream",
+        tags=["flows"],
+        openapi_extra={
+            "parameters": [
+                {
+                    "name": "last",
+                    "in": "query",
+                    "description": "first send the newest N stored matching flows",
+                    "schema": {"type": "integer", "minimum": 0},
+                },
+                *common_params["parameters"],
+            ]
+        },
+        response_class=StreamingResponse,
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "`flow` events; `lost` events"}
+        },
+    )
+    async def stream(request: Request) -> StreamingResponse:
+        """Live flows as server-sent events (`event: flow`); `event: lost` says how many this stream missed
+        because it was read too slowly."""
+        params = _params(request)
+        query = parse_query(params)
+        last = _count(params, "last", 0, view.store.capacity)
+        store = view.store
+        sub = store.subscribe(asyncio.get_running_loop(), query)
+        backlog = store.query(query, last) if last else []
+
+        async def events() -> Any:
+            reported_lost = 0
+            try:
+                yield ": lumen flows\n\n"
+                for flow in backlog:
+                    yield sse_event(flow)
+                while True:
+                    try:
+                        flow = await asyncio.wait_for(sub.queue.get(), KEEPALIVE_S)
+                    except TimeoutError:
+                        if await request.is_disconnected():
+                            return
+                        yield ": keepalive\n\n"
+                        continue
+                    if sub.dropped != reported_lost:
+                        reported_lost = sub.dropped
+                        yield f"event: lost\ndata: {json.dumps({'dropped': reported_lost})}\n\n"
+                    yield sse_event(flow)
+            finally:
+                store.unsubscribe(sub)
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @api.get("/endpoints", tags=["endpoints"])
+    def endpoints() -> list[dict[str, Any]]:
+        """Pods on this node (from the plugin's endpoint records) and whether Lumen observes them."""
+        return view.endpoints()
+
+    @api.get("/status", tags=["status"])
+    def status() -> dict[str, Any]:
+        """The agent, its maps' fill, lost events and each pod's attach state (`lumen status`)."""
+        return view.status()
+
+    app.include_router(api)
+
+    if registry is not None:
+
+        @app.get("/metrics", tags=["metrics"], dependencies=[Depends(require_token)], response_class=Response)
+        def metrics() -> Response:
+            """Prometheus exposition; read from the BPF maps at scrape time."""
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    if ui is not None:
+        ui(app)
+    else:
+
+        @app.get("/", include_in_schema=False)
+        def index() -> dict[str, Any]:
+            return {
+                "api": ["/api/flows", "/api/flows/stream", "/api/endpoints", "/api/status"],
+                "docs": "/docs",
+            }
+
+    return app
+
+
+def iter_sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+    """(event, data) pairs from SSE text lines; used by the CLI and the tests."""
+    event, data = "message", []
+    for line in lines:
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", []
+        elif line.startswith(":"):
+            continue
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip())

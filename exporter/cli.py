@@ -1,0 +1,306 @@
+"""`lumen`: the node agent and its clients.
+
+    lumen agent [--host 127.0.0.1 --port 9465 --otel ...]   run the agent
+    lumen observe [filters] [-f] [--last N] [-o table|json|jsonl]   flows, like `hubble observe`
+    lumen status                                            the agent, each pod's attach state, map fill
+
+Filter flags are the API's query parameters with dashes (`--from-pod ns/name` is `from_pod=ns/name`);
+`--not-<filter>` puts a criterion on the deny-list. Both go through exporter.filters, so a bad value is
+reported the same way here and by the API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any, TextIO
+
+from exporter import filters
+
+DEFAULT_PORT = 9465
+DEFAULT_SERVER = f"http://127.0.0.1:{DEFAULT_PORT}"
+
+
+# -- agent -------------------------------------------------------------------------------------
+
+
+def _agent_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "agent", help="run the node agent", description="Load the datapath and serve flows and metrics."
+    )
+    p.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback needs --token)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--token", default=os.environ.get("LUMEN_TOKEN"), help="bearer token (env LUMEN_TOKEN)")
+    p.add_argument("--token-file", help="read the bearer token from this file")
+    p.add_argument("--state-dir", default="/run/lumen", help="the plugin's stateDir (endpoint records)")
+    p.add_argument("--pin-dir", default="/sys/fs/bpf/lumen")
+    p.add_argument("--node", default=None, help="node name (default: hostname, or env NODE_NAME)")
+    p.add_argument("--flow-store-size", type=int, default=65536, help="recent flows kept for the API")
+    p.add_argument("--flow-table-size", type=int, default=65536, help="kernel flow table entries")
+    p.add_argument("--ringbuf-pages", type=int, default=256, help="ring buffer pages (power of two)")
+    p.add_argument("--aggregation", choices=["default", "none"], default="default")
+    p.add_argument(
+        "--report-interval", type=float, default=5.0, help="seconds between REPORT events of a flow"
+    )
+    p.add_argument("--idle-timeout", type=float, default=60.0, help="seconds before an idle flow is ended")
+    p.add_argument("--no-redirect", action="store_true", help="leave pod-to-pod packets on the bridge")
+    p.add_argument("--otel", action="store_true", help="export a span per finished flow (OTEL_* env)")
+    p.add_argument("--plugin-socket", help="serve the CNI plugin's handed-over calls on this socket")
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--print-bpf", action="store_true", help="print the C and the effective config, then exit")
+    p.set_defaults(func=cmd_agent)
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from exporter import logs
+    from exporter.agent import Agent, AgentConfig
+    from exporter.api import is_loopback
+
+    token = args.token
+    if args.token_file:
+        with open(args.token_file) as f:
+            token = f.read().strip()
+    if not is_loopback(args.host) and not token:
+        print(f"lumen agent: binding {args.host} needs --token (or LUMEN_TOKEN)", file=sys.stderr)
+        return 2
+    cfg = AgentConfig(
+        state_dir=args.state_dir,
+        pin_dir=args.pin_dir,
+        host=args.host,
+        port=args.port,
+        token=token or None,
+        node=args.node or os.environ.get("NODE_NAME") or AgentConfig().node,
+        flow_store_size=args.flow_store_size,
+        flow_table_size=args.flow_table_size,
+        ringbuf_pages=args.ringbuf_pages,
+        aggregation=args.aggregation,
+        report_interval_s=args.report_interval,
+        idle_timeout_s=args.idle_timeout,
+        redirect=not args.no_redirect,
+        otel=args.otel,
+        plugin_socket=args.plugin_socket,
+    )
+    if args.print_bpf:
+        from bpf.loader import source_text
+
+        print(source_text())
+        shown = {k: v for k, v in vars(cfg).items() if k != "token"}
+        print("/* effective config: " + json.dumps(shown) + " */")
+        return 0
+
+    import uvicorn
+
+    from exporter.api import create_app
+
+    logs.setup(args.log_level)
+    agent = Agent(cfg)
+    agent.start()
+    try:
+        app = create_app(agent, token=cfg.token, registry=agent.registry)
+        # uvicorn handles SIGINT/SIGTERM: it stops serving, then we stop the threads and save totals.
+        server = uvicorn.Server(
+            uvicorn.Config(app, host=cfg.host, port=cfg.port, log_config=None, access_log=False)
+        )
+        print(f"lumen agent: API on http://{cfg.host}:{cfg.port}/api/flows", file=sys.stderr, flush=True)
+        server.run()
+    finally:
+        agent.stop()
+    return 0
+
+
+# -- clients ---------------------------------------------------------------------------------------
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--server",
+        default=os.environ.get("LUMEN_SERVER", DEFAULT_SERVER),
+        help="agent URL (env LUMEN_SERVER)",
+    )
+    p.add_argument("--token", default=os.environ.get("LUMEN_TOKEN"), help="bearer token (env LUMEN_TOKEN)")
+
+
+def _observe_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "observe",
+        help="show flows (like hubble observe)",
+        description="Recent or live flows. Filters: AND across flags, OR within one flag's values.",
+    )
+    _client_args(p)
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new flows")
+    p.add_argument("--last", type=int, default=None, help="the newest N flows (default 20; with -f: 0)")
+    p.add_argument("-o", "--output", choices=["table", "json", "jsonl"], default="table")
+    group = p.add_argument_group("filters (each also as --not-<filter> for the deny-list)")
+    for name, crit in filters.CRITERIA.items():
+        flag = name.replace("_", "-")
+        group.add_argument(f"--{flag}", dest=f"f_{name}", action="append", metavar="V", help=crit.help)
+        group.add_argument(
+            f"--not-{flag}", dest=f"n_{name}", action="append", metavar="V", help=argparse.SUPPRESS
+        )
+    p.set_defaults(func=cmd_observe)
+
+
+def filter_params(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The filter flags as API query parameters (allow and `not_` deny)."""
+    out: dict[str, list[str]] = {}
+    for name in filters.CRITERIA:
+        if getattr(args, f"f_{name}", None):
+            out[name] = list(getattr(args, f"f_{name}"))
+        if getattr(args, f"n_{name}", None):
+            out[filters.DENY_PREFIX + name] = list(getattr(args, f"n_{name}"))
+    return out
+
+
+class ApiError(Exception):
+    pass
+
+
+def _open(
+    server: str, path: str, params: Sequence[tuple[str, str]], token: str | None, timeout: float | None
+) -> Any:
+    url = server.rstrip("/") + path + ("?" + urllib.parse.urlencode(params) if params else "")
+    req = urllib.request.Request(url, headers={"Accept": "application/json, text/event-stream"})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        return urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.loads(exc.read()).get("detail", exc.reason)
+        except ValueError:
+            detail = exc.reason
+        raise ApiError(f"{url}: {exc.code} {detail}") from None
+    except urllib.error.URLError as exc:
+        raise ApiError(
+            f"{server}: cannot reach the agent ({exc.reason}); is `lumen agent` running?"
+        ) from None
+
+
+def _endpoint_text(ep: dict[str, Any]) -> str:
+    who = f"{ep['namespace']}/{ep['pod']}" if ep.get("pod") else ep["ip"]
+    return f"{who}:{ep['port']}"
+
+
+def format_flow(flow: dict[str, Any]) -> str:
+    t = datetime.fromisoformat(flow["time"].replace("Z", "+00:00")).strftime("%b %d %H:%M:%S.%f")[:-3]
+    flags = f" [{','.join(flow['tcp_flags'])}]" if flow.get("tcp_flags") else ""
+    reason = f" ({flow['drop_reason']})" if flow.get("verdict") == "DROPPED" else ""
+    return (
+        f"{t}  {_endpoint_text(flow['source']):<36} -> {_endpoint_text(flow['destination']):<36} "
+        f"{flow['protocol']:<6} {flow['type']:<6} {flow['verdict']}{reason}  "
+        f"{flow['packets']} pkts {flow['bytes']} B{flags}"
+    )
+
+
+def print_flows(flows: Sequence[dict[str, Any]], output: str, out: TextIO) -> None:
+    if output == "json":
+        json.dump(flows, out, indent=2)
+        out.write("\n")
+        return
+    for f in flows:
+        out.write((json.dumps(f) if output == "jsonl" else format_flow(f)) + "\n")
+    out.flush()
+
+
+def _lines(resp: Any) -> Iterator[str]:
+    for raw in resp:
+        yield raw.decode().rstrip("\r\n")
+
+
+def cmd_observe(args: argparse.Namespace) -> int:
+    from exporter.api import iter_sse
+
+    params = filter_params(args)
+    try:
+        filters.parse(params)  # the same check the API makes, before we reach it
+    except filters.FilterError as exc:
+        print(f"lumen observe: {exc}", file=sys.stderr)
+        return 2
+    query = filters.to_params(params)
+    try:
+        if not args.follow:
+            last = 20 if args.last is None else args.last
+            with _open(args.server, "/api/flows", [*query, ("limit", str(last))], args.token, 30) as resp:
+                print_flows(json.load(resp)["flows"], args.output, sys.stdout)
+            return 0
+        output = "jsonl" if args.output == "json" else args.output  # a stream has no closing bracket
+        with _open(
+            args.server, "/api/flows/stream", [*query, ("last", str(args.last or 0))], args.token, None
+        ) as resp:
+            for event, data in iter_sse(_lines(resp)):
+                if event == "flow":
+                    print_flows([json.loads(data)], output, sys.stdout)
+                elif event == "lost":
+                    print(
+                        f"lumen observe: {json.loads(data)['dropped']} flows missed (reading too slowly)",
+                        file=sys.stderr,
+                    )
+    except ApiError as exc:
+        print(f"lumen observe: {exc}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, BrokenPipeError):
+        return 0
+    return 0
+
+
+def _status_parser(sub: Any) -> None:
+    p = sub.add_parser("status", help="the agent, its maps and each pod's attach state")
+    _client_args(p)
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_status)
+
+
+def format_status(st: dict[str, Any]) -> str:
+    ft, fs, ev = st["flow_table"], st["flow_store"], st["events"]
+    lines = [
+        f"Agent:       {'ready' if st['ready'] else 'NOT READY (' + st['reason'] + ')'}  node={st['node']} "
+        f"version={st['version']} uptime={st['uptime_s']}s",
+        f"Flow table:  {ft['entries']}/{ft['capacity']} ({ft['fill_ratio'] * 100:.1f}% full)",
+        f"Flow store:  {fs['flows']}/{fs['capacity']} flows, {fs['evicted']} evicted",
+        f"Events:      {ev['consumed']} consumed, {ev['emitted']} emitted by the kernel, {ev['lost']} lost, "
+        f"{ev['decode_errors']} undecodable, poll lag {ev['poll_lag_s'] * 1000:.2f} ms",
+        f"Tracing:     {'on' if st['otel'] else 'off'}",
+        f"Endpoints:   {len(st['endpoints'])}",
+    ]
+    for ep in st["endpoints"]:
+        state = "attached" if ep["attached"] else f"NOT attached ({ep['state']})"
+        lines.append(
+            f"  {ep['namespace']}/{ep['pod']:<30} {','.join(ep['ips']):<34} {ep['hostVeth']:<16} {state}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        with _open(args.server, "/api/status", [], args.token, 30) as resp:
+            st = json.load(resp)
+    except ApiError as exc:
+        print(f"lumen status: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(st, indent=2) if args.output == "json" else format_status(st))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lumen", description="Lumen node agent and flow tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _agent_parser(sub)
+    _observe_parser(sub)
+    _status_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

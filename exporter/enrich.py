@@ -1,0 +1,188 @@
+"""Pod metadata for flows: which local pod owns an address or an endpoint id.
+
+The source of truth on a node is the plugin's endpoint records (<stateDir>/endpoints/*.json, written at
+ADD, removed at DEL). In a cluster, pod and namespace labels come from a watch on the API server
+(`kubernetes` client, imported only then). The directory is reloaded when the records directory changes;
+a lookup miss re-checks at most every MISS_RECHECK_S so a pod's first flow is named.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from plugin import endpoint as records
+
+log = logging.getLogger("lumen.enrich")
+
+MISS_RECHECK_S = 0.05
+
+
+@dataclass(frozen=True)
+class Pod:
+    namespace: str
+    pod: str
+    container_id: str
+    ifname: str
+    endpoint_id: int
+    host_ifindex: int
+    host_veth: str
+    ips: tuple[str, ...]
+    state: str
+    observed: bool
+    record: dict[str, Any] = field(compare=False, hash=False)
+
+
+class LabelSource:
+    """Pod labels by (namespace, pod); empty outside a cluster."""
+
+    def labels(self, namespace: str, pod: str) -> dict[str, str]:
+        return {}
+
+
+class EndpointDirectory:
+    """Index of the endpoint records by address and by endpoint id. Reads are lock-free: a reload
+    swaps whole dicts."""
+
+    def __init__(self, state_dir: str, labels: LabelSource | None = None) -> None:
+        self.state_dir = state_dir
+        self.label_source = labels or LabelSource()
+        self._dir = os.path.join(state_dir, records.ENDPOINTS_DIR)
+        self._mtime_ns = -1
+        self._last_miss_check = 0.0
+        self._reload_lock = threading.Lock()
+        self.by_ip: dict[str, Pod] = {}
+        self.by_id: dict[int, Pod] = {}
+        self.pods: list[Pod] = []
+        self.refresh()
+
+    def refresh(self, force: bool = False) -> bool:
+        """Reload if the records directory changed; True if it did."""
+        try:
+            mtime = os.stat(self._dir).st_mtime_ns
+        except FileNotFoundError:
+            mtime = 0
+        if mtime == self._mtime_ns and not force:
+            return False
+        with self._reload_lock:
+            self._mtime_ns = mtime
+            pods = [p for p in (_pod(r) for r in records.all_records(self.state_dir)) if p is not None]
+            by_ip: dict[str, Pod] = {}
+            by_id: dict[int, Pod] = {}
+            for p in pods:
+                for ip in p.ips:
+                    by_ip[ip] = p
+                if p.endpoint_id:
+                    by_id[p.endpoint_id] = p
+            self.pods, self.by_ip, self.by_id = pods, by_ip, by_id
+        return True
+
+    def lookup(self, endpoint_id: int, ip: str) -> Pod | None:
+        pod = self.by_id.get(endpoint_id) if endpoint_id else None
+        if pod is None:
+            pod = self.by_ip.get(ip)
+        if pod is None and endpoint_id:
+            # A local pod we do not know yet: its record may have just been written.
+            now = time.monotonic()
+            if now - self._last_miss_check >= MISS_RECHECK_S:
+                self._last_miss_check = now
+                if self.refresh():
+                    pod = self.by_id.get(endpoint_id) or self.by_ip.get(ip)
+        return pod
+
+    def labels(self, pod: Pod) -> dict[str, str]:
+        return self.label_source.labels(pod.namespace, pod.pod)
+
+
+def _pod(rec: dict[str, Any]) -> Pod | None:
+    try:
+        ips = tuple(str(ipaddress.ip_interface(a).ip) for a in rec.get("ips", []))
+        return Pod(
+            namespace=str(rec.get("namespace", "")),
+            pod=str(rec.get("pod", "")),
+            container_id=str(rec["containerId"]),
+            ifname=str(rec.get("ifname", "")),
+            endpoint_id=int(rec.get("endpointId") or 0),
+            host_ifindex=int(rec.get("hostIfindex") or 0),
+            host_veth=str(rec.get("hostVeth", "")),
+            ips=ips,
+            state=str(rec.get("state", "ready")),
+            observed=bool(rec.get("observed", False)),
+            record=rec,
+        )
+    except (KeyError, ValueError, TypeError):
+        log.warning("skipping malformed endpoint record", extra={"record": rec})
+        return None
+
+
+class KubeLabels(LabelSource):
+    """Watches the pods of this node and all namespaces; pod labels plus namespace labels as
+    `namespace.<key>`. Reconnects after errors; runs on a daemon thread."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self._pods: dict[tuple[str, str], dict[str, str]] = {}
+        self._namespaces: dict[str, dict[str, str]] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def labels(self, namespace: str, pod: str) -> dict[str, str]:
+        out = dict(self._pods.get((namespace, pod), {}))
+        for key, value in self._namespaces.get(namespace, {}).items():
+            out[f"namespace.{key}"] = value
+        return out
+
+    def start(self) -> None:
+        from kubernetes import config  # optional dependency: only in a cluster
+
+        config.load_incluster_config()
+        for target in (self._watch_pods, self._watch_namespaces):
+            t = threading.Thread(target=self._forever, args=(target,), daemon=True, name=target.__name__)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _forever(self, target: Any) -> None:
+        while not self._stop.is_set():
+            try:
+                target()
+            except Exception as exc:  # noqa: BLE001 - a watch must survive API server restarts
+                log.warning("kubernetes watch failed, retrying", extra={"error": str(exc)})
+                self._stop.wait(5)
+
+    def _watch_pods(self) -> None:
+        from kubernetes import client, watch
+
+        api = client.CoreV1Api()
+        selector = f"spec.nodeName={self.node}"
+        for ev in watch.Watch().stream(
+            api.list_pod_for_all_namespaces, field_selector=selector, timeout_seconds=300
+        ):
+            meta = ev["object"].metadata
+            key = (meta.namespace, meta.name)
+            if ev["type"] == "DELETED":
+                self._pods.pop(key, None)
+            else:
+                self._pods[key] = dict(meta.labels or {})
+            if self._stop.is_set():
+                return
+
+    def _watch_namespaces(self) -> None:
+        from kubernetes import client, watch
+
+        api = client.CoreV1Api()
+        for ev in watch.Watch().stream(api.list_namespace, timeout_seconds=300):
+            meta = ev["object"].metadata
+            if ev["type"] == "DELETED":
+                self._namespaces.pop(meta.name, None)
+            else:
+                self._namespaces[meta.name] = dict(meta.labels or {})
+            if self._stop.is_set():
+                return
