@@ -1,0 +1,197 @@
+"""bench/datapath: what observing costs the pods, and what direct forwarding gains, in one run.
+
+Two pods wired by the plugin on one bridge. Variants, interleaved round by round so drift hits all alike:
+  (a) bridge   plain bridge, no BPF attached
+  (b) observe  Lumen programs attached, direct forwarding off (every packet still crosses the bridge)
+  (c) redirect Lumen programs attached, bpf_redirect_peer into the destination pod
+Per round: iperf3 TCP throughput, sockperf TCP ping-pong latency with client and server pinned to one
+CPU (else it measures vCPU wake-ups), ping RTT. Per-packet program cost from kernel.bpf_stats_enabled
+(run_time_ns / run_cnt of each program). Prints medians and ratios to (a).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from bpf import abi  # noqa: E402
+from bpf.loader import Datapath, DatapathConfig, unpin_all  # noqa: E402
+from plugin.netlink import Netlink  # noqa: E402
+from tests.cni_harness import Node, install_plugin  # noqa: E402
+
+VARIANTS = ("bridge", "observe", "redirect")
+GOALS = (
+    "goals: observe throughput >= 0.97x, RR <= 1.05x; redirect throughput >= 1.05x, RR <= 0.90x; "
+    "<= 150 ns/packet"
+)
+
+
+def in_ns(ns: str, *argv: str, cpu: int | None = None) -> list[str]:
+    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    return ["ip", "netns", "exec", ns, *pin, *argv]
+
+
+def throughput(client: str, server_ip: str, seconds: int) -> float:
+    out = subprocess.run(
+        in_ns(client, "iperf3", "-c", server_ip, "-t", str(seconds), "-J"),
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=True,
+    )
+    return float(json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
+
+
+def rr_latency(client: str, server_ip: str, seconds: int) -> float:
+    out = subprocess.run(
+        in_ns(
+            client,
+            "sockperf",
+            "ping-pong",
+            "--tcp",
+            "-i",
+            server_ip,
+            "-p",
+            "11111",
+            "-t",
+            str(seconds),
+            cpu=0,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=True,
+    )
+    m = re.search(r"<MEDIAN>\s*observation\s*=\s*([\d.]+)", out.stdout + out.stderr) or re.search(
+        r"avg-latency=([\d.]+)", out.stdout + out.stderr
+    )
+    if not m:
+        raise RuntimeError(f"cannot parse sockperf output: {out.stdout[-500:]}")
+    return float(m.group(1))
+
+
+def ping_rtt(client: str, server_ip: str, count: int) -> float:
+    out = subprocess.run(
+        in_ns(client, "ping", "-q", "-c", str(count), "-i", "0.02", server_ip),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return float(re.search(r"= [\d.]+/([\d.]+)/", out.stdout).group(1)) * 1000  # type: ignore[union-attr]
+
+
+def prog_stats(fd: int) -> tuple[int, int]:
+    text = Path(f"/proc/self/fdinfo/{fd}").read_text()
+    run_ns = int(re.search(r"run_time_ns:\s*(\d+)", text).group(1))  # type: ignore[union-attr]
+    run_cnt = int(re.search(r"run_cnt:\s*(\d+)", text).group(1))  # type: ignore[union-attr]
+    return run_ns, run_cnt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=3)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/datapath needs root")
+
+    work = Path(tempfile.mkdtemp(prefix="lumen-bench-dp-"))
+    pin = f"/sys/fs/bpf/lt_bench_{secrets.token_hex(3)}"
+    binary = install_plugin(work / "bin")
+    node = Node(binary=binary, ipv6=False, extra={"bpfPinDir": pin}, workdir=work / "node")
+    node.workdir.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    dp: Datapath | None = None
+    stats_was = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
+    try:
+        client, server = node.add_pod("cli"), node.add_pod("srv")  # no pins yet: plain bridge
+        dp = Datapath.load(DatapathConfig(pin_dir=pin))
+        ifindexes = []
+        with Netlink() as nl:
+            for pod in (client, server):
+                ifindexes.append(nl.link(pod.result["interfaces"][1]["name"]).index)
+        dp.add_endpoint(client.ips, ifindexes[0], ifindexes[0], client.result["interfaces"][2]["mac"])
+        dp.add_endpoint(server.ips, ifindexes[1], ifindexes[1], server.result["interfaces"][2]["mac"])
+        for argv in (["iperf3", "-s"], ["sockperf", "server", "--tcp", "-i", server.ip(4), "-p", "11111"]):
+            procs.append(
+                subprocess.Popen(
+                    in_ns(server.ns, *argv, cpu=0 if argv[0] == "sockperf" else None),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        subprocess.run(in_ns(client.ns, "ping", "-c", "3", "-i", "0.2", server.ip(4)), capture_output=True)
+        Path("/proc/sys/kernel/bpf_stats_enabled").write_text("1")
+
+        results: dict[str, dict[str, list[float]]] = {
+            v: {"gbps": [], "rr_us": [], "ping_us": []} for v in VARIANTS
+        }
+        cost: dict[str, list[int]] = {name: [0, 0] for name in dp.progs}
+        for _ in range(args.rounds):
+            for variant in VARIANTS:
+                with Netlink() as nl:
+                    for ifindex in ifindexes:
+                        nl.tc_clsact_del(ifindex)
+                if variant != "bridge":
+                    dp.cfg.redirect = variant == "redirect"
+                    dp.set_config()
+                    for ifindex in ifindexes:
+                        dp.attach(ifindex)
+                before = {name: prog_stats(fn.fd) for name, fn in dp.progs.items()}
+                r = results[variant]
+                r["gbps"].append(throughput(client.ns, server.ip(4), args.seconds))
+                r["rr_us"].append(rr_latency(client.ns, server.ip(4), args.seconds))
+                r["ping_us"].append(ping_rtt(client.ns, server.ip(4), 50))
+                if variant != "bridge":
+                    for name, fn in dp.progs.items():
+                        ns, cnt = prog_stats(fn.fd)
+                        cost[name][0] += ns - before[name][0]
+                        cost[name][1] += cnt - before[name][1]
+
+        med = {v: {k: statistics.median(x) for k, x in r.items()} for v, r in results.items()}
+        base = med["bridge"]
+        print(f"bench/datapath: {args.rounds} interleaved rounds, {args.seconds} s each, medians")
+        print(
+            f"{'variant':<9} {'TCP Gbit/s':>10} {'ratio':>6} {'RR us':>8} {'ratio':>6} "
+            f"{'ping us':>8} {'ratio':>6}"
+        )
+        for v in VARIANTS:
+            m = med[v]
+            print(
+                f"{v:<9} {m['gbps']:10.2f} {m['gbps'] / base['gbps']:6.2f} {m['rr_us']:8.1f} "
+                f"{m['rr_us'] / base['rr_us']:6.2f} {m['ping_us']:8.1f} {m['ping_us'] / base['ping_us']:6.2f}"
+            )
+        for name, (ns, cnt) in cost.items():
+            where = "host veth tc ingress" if name == abi.PROG_INGRESS else "host veth tc egress"
+            print(f"per-packet cost {name} ({where}): {ns / max(cnt, 1):.0f} ns over {cnt} runs")
+        print(GOALS)
+    finally:
+        Path("/proc/sys/kernel/bpf_stats_enabled").write_text(stats_was)
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if dp is not None:
+            dp.close()
+        node.cleanup()
+        unpin_all(pin)
+        subprocess.run(["rm", "-rf", str(work)])
+
+
+if __name__ == "__main__":
+    main()
