@@ -49,7 +49,7 @@ except OSError as e:
     assert e.errno == errno.ENOSPC, e
     fillers.pop()
 before = names()
-# Hand back one inode at a time: each failure happens a step later (IPv4 record, its cursor, IPv6 record).
+# Hand back one inode at a time: each failure happens a step later (IPv4 record, then IPv6 record).
 tries = []
 while fillers:
     os.unlink(fillers.pop())

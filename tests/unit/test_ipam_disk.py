@@ -29,7 +29,7 @@ def test_one_file_per_ip_with_owner(tmp_path):
     path = tmp_path / "net" / str(out[0].address.ip)
     assert path.read_text() == "cid1\neth0\n"
     assert (tmp_path / "net" / "lock").exists()
-    assert (tmp_path / "net" / "last_reserved_ip.0").read_text() == str(out[0].address.ip)
+    assert (tmp_path / "net" / "last_reserved_ip.0").read_text().strip() == str(out[0].address.ip)
     ipam.release(c, "cid1", "eth0")
     assert not path.exists()
 
