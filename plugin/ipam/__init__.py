@@ -15,7 +15,17 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from plugin.ipam.store import Store
 
-__all__ = ["IPConfig", "IPAMConfig", "allocate", "free_count", "gc", "get", "parse_ipam_config", "release"]
+__all__ = [
+    "IPConfig",
+    "IPAMConfig",
+    "allocate",
+    "free_count",
+    "gc",
+    "get",
+    "open_store",
+    "parse_ipam_config",
+    "release",
+]
 
 
 def open_store(conf: IPAMConfig) -> Store:
