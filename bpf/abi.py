@@ -66,6 +66,7 @@ class Stat(IntEnum):
     FLOW_INSERT_FAILED = 2
     FLOWS_CREATED = 3
     REDIRECTED = 4
+    UNPARSED = 5
 
 
 STAT_MAX = 8

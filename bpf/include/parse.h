@@ -1,5 +1,6 @@
 /* Packet parsing: Ethernet, one VLAN tag (802.1Q/802.1ad), IPv4, IPv6 (no extension headers),
- * TCP, UDP, ICMP, ICMPv6. Fills a flow key; returns the offset of the L4 payload, or -1. */
+ * TCP, UDP, ICMP, ICMPv6. Fills a flow key; returns the offset of the L4 payload, or a negative
+ * LUMEN_PARSE_* code. */
 #ifndef LUMEN_PARSE_H
 #define LUMEN_PARSE_H
 
@@ -13,6 +14,8 @@
 
 #include "types.h"
 
+#define LUMEN_PARSE_NOT_IP (-1)
+#define LUMEN_PARSE_TRUNCATED (-2) /* IP, but its headers are not in the linear data */
 #define LUMEN_ETH_P_8021Q 0x8100
 #define LUMEN_ETH_P_8021AD 0x88A8
 
@@ -27,13 +30,13 @@ static __always_inline int lumen_parse(struct __sk_buff *skb, struct flow_key *k
     void *end = (void *)(long)skb->data_end;
     struct ethhdr *eth = data;
     if ((void *)(eth + 1) > end)
-        return -1;
+        return LUMEN_PARSE_NOT_IP;
     __u16 proto = eth->h_proto;
     int off = sizeof(*eth);
     if (proto == bpf_htons(LUMEN_ETH_P_8021Q) || proto == bpf_htons(LUMEN_ETH_P_8021AD)) {
         struct lumen_vlan_hdr *vh = data + off;
         if ((void *)(vh + 1) > end)
-            return -1;
+            return LUMEN_PARSE_NOT_IP;
         proto = vh->proto;
         off += sizeof(*vh);
     }
@@ -41,7 +44,7 @@ static __always_inline int lumen_parse(struct __sk_buff *skb, struct flow_key *k
     if (proto == bpf_htons(ETH_P_IP)) {
         struct iphdr *ip = data + off;
         if ((void *)(ip + 1) > end)
-            return -1;
+            return LUMEN_PARSE_TRUNCATED;
         __builtin_memcpy(key->saddr, &ip->saddr, 4);
         __builtin_memcpy(key->daddr, &ip->daddr, 4);
         key->family = 4;
@@ -50,14 +53,14 @@ static __always_inline int lumen_parse(struct __sk_buff *skb, struct flow_key *k
     } else if (proto == bpf_htons(ETH_P_IPV6)) {
         struct ipv6hdr *ip6 = data + off;
         if ((void *)(ip6 + 1) > end)
-            return -1;
+            return LUMEN_PARSE_TRUNCATED;
         __builtin_memcpy(key->saddr, &ip6->saddr, 16);
         __builtin_memcpy(key->daddr, &ip6->daddr, 16);
         key->family = 6;
         l4 = ip6->nexthdr;
         off += sizeof(*ip6);
     } else {
-        return -1; /* ARP and other non-IP: not a flow */
+        return LUMEN_PARSE_NOT_IP; /* ARP and other non-IP: not a flow */
     }
     key->proto = l4;
     if (l4 == IPPROTO_TCP) {

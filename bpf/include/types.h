@@ -40,6 +40,7 @@ enum lumen_stat {
     LUMEN_STAT_FLOW_INSERT_FAILED = 2,/* flow table update failed */
     LUMEN_STAT_FLOWS_CREATED = 3,     /* new flow entries (LRU may evict old ones to make room) */
     LUMEN_STAT_REDIRECTED = 4,        /* packets sent straight into the destination pod */
+    LUMEN_STAT_UNPARSED = 5,          /* IP packets whose headers were not linear: not accounted */
     LUMEN_STAT_MAX = 8,
 };
 
