@@ -40,7 +40,7 @@ static __always_inline void lumen_emit(struct lumen_config *cfg, struct flow_key
         return;
     }
     __builtin_memcpy(&ev->key, key, sizeof(*key));
-    ev->ts_ns = now;
+    ev->ts_ns = bpf_ktime_get_ns(); /* `now` may be the coarse clock; an event must not predate its flow */
     ev->first_seen_ns = st->first_seen_ns;
     ev->last_seen_ns = st->last_seen_ns;
     ev->packets = st->packets;
@@ -135,8 +135,10 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
         if (now > st->last_seen_ns)
             st->last_seen_ns = now;
         st->tcp_flags |= tcp_flags;
-        if (tcp_flags & (LUMEN_TCP_FIN | LUMEN_TCP_RST))
+        if (tcp_flags & (LUMEN_TCP_FIN | LUMEN_TCP_RST)) {
+            st->last_seen_ns = bpf_ktime_get_ns(); /* a flow's end gets the precise clock too */
             ev_type = LUMEN_EV_END;
+        }
         else if (now > st->last_report_ns && now - st->last_report_ns >= cfg->report_interval_ns) {
             st->last_report_ns = now;
             ev_type = LUMEN_EV_REPORT;

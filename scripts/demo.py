@@ -133,16 +133,16 @@ class Demo:
             print(f"demo: {time.strftime('%H:%M:%S')} {self.traffic_summary()}", flush=True)
 
     def traffic_summary(self) -> str:
-        """Packets the pods sent and received, from their host veths (host side tx = pod rx)."""
-        rx = tx = 0
+        """Packets the pods sent, from their host veths' rx counters (direct forwarding skips the
+        destination's host veth, so what pods receive is the agent's to report: see /metrics)."""
+        sent = 0
         for pod in self.node.pods.values() if self.node else []:
             stats = Path(f"/sys/class/net/{pod.result['interfaces'][1]['name']}/statistics")
             try:
-                tx += int((stats / "rx_packets").read_text())
-                rx += int((stats / "tx_packets").read_text())
+                sent += int((stats / "rx_packets").read_text())
             except OSError:
                 continue
-        return f"{len(PODS)} pods; packets sent by pods {tx}, received by pods {rx}"
+        return f"{len(PODS)} pods; packets sent by pods so far: {sent}"
 
     def cleanup(self) -> None:
         for proc in reversed(self.procs):
@@ -169,7 +169,7 @@ def main() -> None:
     ap.add_argument("--bridge", default="lumen0")
     ap.add_argument("--state-dir", default="/run/lumen")
     ap.add_argument("--pin-dir", default="/sys/fs/bpf/lumen")
-    ap.add_argument("--port", type=int, default=int(os.environ.get("LUMEN_PORT", "9900")))
+    ap.add_argument("--port", type=int, default=int(os.environ.get("LUMEN_PORT", "9465")))
     ap.add_argument("--workdir", default="/tmp/lumen-demo")
     ap.add_argument("--no-agent", action="store_true")
     args = ap.parse_args()

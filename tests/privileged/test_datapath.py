@@ -143,7 +143,8 @@ def test_direct_forwarding_bypasses_the_bridge_and_still_counts_once(dp: Datapat
     before_tx = t.link_stat(t.host_veth(b), "tx_packets")
     before_redirect = dp.stat(abi.Stat.REDIRECTED)
     assert t.udp(a, b, 4, count, 100) == count
-    assert t.link_stat(t.host_veth(b), "tx_packets") - before_tx <= 2, "packets crossed the bridge"
+    # Only bridge-flooded chatter (ARP, IPv6 ND/MLD of other pods) may reach b's host veth now.
+    assert t.link_stat(t.host_veth(b), "tx_packets") - before_tx < count // 10, "packets crossed the bridge"
     assert dp.stat(abi.Stat.REDIRECTED) - before_redirect >= count
     (st,) = t.find(dp, a.ip(4), b.ip(4), UDP, 5005)
     assert st.packets == count
