@@ -183,9 +183,8 @@ class Agent:
         last_sweep = time.monotonic()
         while not self._stop.wait(self.cfg.housekeeping_s):
             try:
-                if self.directory.refresh():
-                    self._sync_endpoints()
-                    self.retired.forget_endpoints({p.endpoint_id for p in self.directory.pods})
+                self._sync_endpoints()
+                self.retired.forget_endpoints({p.endpoint_id for p in self.directory.pods})
                 self.decoder.sync_clock()
                 if time.monotonic() - last_sweep >= min(self.cfg.idle_timeout_s / 2, 10.0):
                     last_sweep = time.monotonic()

@@ -67,7 +67,9 @@ class EndpointDirectory:
             mtime = os.stat(self._dir).st_mtime_ns
         except FileNotFoundError:
             mtime = 0
-        if mtime == self._mtime_ns and not force:
+        # Directory mtimes tick coarsely (jiffies): a change within the same tick as our last read keeps
+        # the mtime, so a recent mtime is not trusted.
+        if mtime == self._mtime_ns and not force and time.time_ns() - mtime > 2 * 10**9:
             return False
         with self._reload_lock:
             self._mtime_ns = mtime
