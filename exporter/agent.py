@@ -20,9 +20,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from exporter.enrich import EndpointDirectory, KubeLabels, LabelSource
+from exporter.enrich import EndpointDirectory, KubeLabels, LabelSource, Pod
 from exporter.flows import DEFAULT_CAPACITY, FlowStore
 from exporter.metrics import AgentHealth, LumenCollector, Retired
+from plugin import endpoint as records
 
 log = logging.getLogger("lumen.agent")
 
@@ -67,6 +68,7 @@ class Agent:
         self.directory = EndpointDirectory(cfg.state_dir, labels)
         self.store = FlowStore(cfg.flow_store_size)
         self.health = AgentHealth()
+        self.health.count_attached = self.count_attached
         self.retired = Retired.load(self._retired_path())
         self.attached: set[int] = set()
         self.registry = CollectorRegistry(auto_describe=False)
@@ -79,6 +81,8 @@ class Agent:
         self._plugin_server: subprocess.Popen[bytes] | None = None
         self._last_flow: Any = None
         self.error = ""
+        self.loaded_at = float("inf")
+        self._plugin_attached: set[int] = set()
 
     def _retired_path(self) -> str:
         return os.path.join(self.cfg.state_dir, RETIRED_FILE)
@@ -102,6 +106,7 @@ class Agent:
         )
         t0 = time.monotonic()
         self.dp = Datapath.load(dcfg)
+        self.loaded_at = time.time()
         self.decoder = Decoder(self.directory, self.cfg.node)
         self.source = DatapathSource(self.dp)
         self.registry.register(
@@ -199,8 +204,13 @@ class Agent:
         now = time.monotonic_ns()
         ended = self.dp.sweep_idle(int(self.cfg.idle_timeout_s * 1e9), now)
         for key, st in ended:
-            self.retired.add(totals(key, st))
-            flow = self.decoder.ended(key, st, now)
+            self.retired.add(totals(key, st))  # first: the kernel entries are gone already
+        for key, st in ended:
+            try:
+                flow = self.decoder.ended(key, st, now)
+            except Exception:  # noqa: BLE001 - the totals are kept; only this record is lost
+                self.health.decode_errors += 1
+                continue
             self.store.add(flow)
             if self.tracer is not None:
                 self.tracer.on_flow(flow)
@@ -209,16 +219,43 @@ class Agent:
             self._save_retired()
         return len(ended)
 
+    def _attached_by_plugin(self, pod: Pod) -> bool:
+        # The plugin attaches the pinned programs at ADD, then writes the record "ready". A record written
+        # after we pinned ours names a pod running our programs; older ones run a previous agent's, whose
+        # ring buffer nobody reads, and get re-attached.
+        if not pod.observed:
+            return False
+        if pod.host_ifindex in self._plugin_attached:
+            return True
+        try:
+            mtime = os.stat(records.record_path(self.cfg.state_dir, pod.container_id, pod.ifname)).st_mtime
+        except FileNotFoundError:
+            return False
+        if mtime > self.loaded_at:
+            self._plugin_attached.add(pod.host_ifindex)
+            return True
+        return False
+
+    def _is_attached(self, pod: Pod) -> bool:
+        return pod.host_ifindex in self.attached or self._attached_by_plugin(pod)
+
     def _sync_endpoints(self) -> None:
         self.directory.refresh()
-        ready = {p.host_ifindex for p in self.directory.pods if p.state == "ready" and p.host_ifindex}
-        if ready - self.attached:
+        ready = [p for p in self.directory.pods if p.state == "ready" and p.host_ifindex]
+        missing = [p for p in ready if not self._is_attached(p)]
+        if missing:
             try:
                 self.attached = set(self.dp.sync_endpoints(self.cfg.state_dir))
             except OSError as exc:
                 log.warning("attaching endpoints failed", extra={"error": str(exc)})
-        self.attached &= ready
-        self.health.attached_endpoints = len(self.attached)
+        alive = {p.host_ifindex for p in ready}
+        self.attached &= alive
+        self._plugin_attached &= alive
+        self.health.attached_endpoints = self.count_attached()
+
+    def count_attached(self) -> int:
+        self.directory.refresh()
+        return sum(1 for p in self.directory.pods if p.state == "ready" and self._is_attached(p))
 
     def _save_retired(self) -> None:
         try:
@@ -251,7 +288,7 @@ class Agent:
                 "hostIfindex": p.host_ifindex,
                 "endpointId": p.endpoint_id,
                 "state": p.state,
-                "attached": p.host_ifindex in self.attached,
+                "attached": self._is_attached(p),
             }
             for p in self.directory.pods
         ]

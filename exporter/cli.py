@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import urllib.error
 import urllib.parse
@@ -99,15 +100,21 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     from exporter.api import create_app
 
+    class Server(uvicorn.Server):
+        """SIGINT/SIGTERM stop serving. Unlike uvicorn's own handler the signal is not raised again after
+        shutdown, so the agent gets to stop its threads and save its totals, and exits 0."""
+
+        def handle_exit(self, sig: int, frame: object) -> None:
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            self.should_exit = True
+
     logs.setup(args.log_level)
     agent = Agent(cfg)
     agent.start()
     try:
         app = create_app(agent, token=cfg.token, registry=agent.registry)
-        # uvicorn handles SIGINT/SIGTERM: it stops serving, then we stop the threads and save totals.
-        server = uvicorn.Server(
-            uvicorn.Config(app, host=cfg.host, port=cfg.port, log_config=None, access_log=False)
-        )
+        server = Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_config=None, access_log=False))
         print(f"lumen agent: API on http://{cfg.host}:{cfg.port}/api/flows", file=sys.stderr, flush=True)
         server.run()
     finally:

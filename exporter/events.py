@@ -136,8 +136,9 @@ class Decoder:
 
     def ended(self, key: abi.FlowKey, st: abi.FlowStats, now_mono_ns: int) -> Flow:
         """A flow the agent swept out of the table for being idle: its final record, as an END."""
+        # bcc hands back its own ctypes classes for the map's types: copy through the bytes.
         ev = abi.FlowEvent(
-            key=key,
+            key=abi.FlowKey.from_buffer_copy(bytes(key)),
             ts_ns=now_mono_ns,
             first_seen_ns=st.first_seen_ns,
             last_seen_ns=st.last_seen_ns,

@@ -20,7 +20,7 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         for key, value in record.__dict__.items():
-            if key not in _STANDARD:
+            if key not in _STANDARD and key != "color_message":  # uvicorn's ANSI copy of msg
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)

@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -33,6 +33,10 @@ DATAPATH_STATS = {
         "Flow table inserts that failed; packets not accounted.",
     ),
     "redirected": ("lumen_redirected_packets", "Packets sent straight into the destination pod."),
+    "unparsed": (
+        "lumen_unparsed_packets",
+        "IP packets whose headers the datapath could not read: not accounted.",
+    ),
 }
 
 
@@ -75,6 +79,8 @@ class AgentHealth:
     last_poll_monotonic: float = 0.0
     attached_endpoints: int = 0
     swept_flows: int = 0
+    #: counts attached endpoints now (the plugin attaches at ADD, between two housekeeping rounds)
+    count_attached: Callable[[], int] | None = None
 
 
 class Retired:
@@ -299,7 +305,9 @@ class LumenCollector(Collector):
             since_poll,
         )
         yield _gauge(
-            "lumen_attached_endpoints", "Pod veths with the Lumen programs attached.", h.attached_endpoints
+            "lumen_attached_endpoints",
+            "Pod veths with the Lumen programs attached.",
+            h.count_attached() if h.count_attached else h.attached_endpoints,
         )
         yield _gauge("lumen_flow_table_entries", "Entries in the kernel flow table.", entries)
         yield _gauge("lumen_flow_table_capacity", "Size of the kernel flow table.", self.source.flow_capacity)

@@ -91,3 +91,13 @@ def test_totals_and_swept_flow_from_table_entries(decoder):
     assert t == ("TCP", "egress", "FORWARDED", "NONE", 7, 8, 5, 500)
     flow = decoder.ended(key, st, now_mono_ns=30)
     assert flow.type == "END" and flow.source.pod == "client" and flow.packets == 5
+
+
+def test_swept_entries_may_come_as_bcc_generated_classes(decoder):
+    class flow_key(ct.Structure):  # noqa: N801 - bcc names its generated classes after the C structs
+        _fields_ = abi.FlowKey._fields_
+
+    key = flow_key(sport=1, dport=2, proto=17, family=4, direction=int(abi.Direction.EGRESS))
+    ct.memmove(key.saddr, bytes([10, 22, 0, 5]), 4)
+    flow = decoder.ended(key, abi.FlowStats(packets=3, src_ep=7), now_mono_ns=30)
+    assert flow.key == (4, 17, "10.22.0.5", "0.0.0.0", 1, 2, "egress") and flow.source.pod == "client"
