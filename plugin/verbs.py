@@ -44,7 +44,16 @@ def _attach_bpf(conf: NetConf, host_ifindex: int, ips: list[str], mac: str) -> b
         return False  # no agent has ever run: the pod is unobserved, and ADD skips the bpf(2) set-up cost
     from plugin import attach
 
-    return attach.attach_endpoint(conf.bpf_pin_dir, host_ifindex, ips, host_ifindex, mac)
+    try:
+        return attach.attach_endpoint(conf.bpf_pin_dir, host_ifindex, ips, host_ifindex, mac)
+    except OSError as e:
+        # Observability must never cost a pod its network: wire it, mark it unobserved, say why.
+        log.warn(f"cannot attach the datapath pinned in {conf.bpf_pin_dir}: {e}; pod is unobserved")
+        try:
+            attach.detach_endpoint(conf.bpf_pin_dir, ips)
+        except OSError:
+            pass
+        return False
 
 
 def _detach_bpf(conf: NetConf, ips: list[str]) -> None:
