@@ -127,13 +127,16 @@ def test_tcp_transfer_counts_payload_and_emits_new_and_end(dp: Datapath, dnode: 
     assert end.last_seen_ns >= end.first_seen_ns > 0
 
 
-def test_ping_is_counted_both_ways(dp: Datapath, dnode: Node):
+@pytest.mark.parametrize("version", [4, 6])
+def test_ping_is_counted_both_ways(dp: Datapath, dnode: Node, version: int):
     a, b = dnode.add_pod("a"), dnode.add_pod("b")
-    assert ns_exec(a.ns, "ping", "-c", "3", "-i", "0.2", b.ip(4)).returncode == 0
-    (req,) = t.find(dp, a.ip(4), b.ip(4), ICMP)
-    (rep,) = t.find(dp, b.ip(4), a.ip(4), ICMP)
+    assert ns_exec(a.ns, "ping", f"-{version}", "-c", "3", "-i", "0.2", b.ip(version)).returncode == 0
+    proto = ICMP if version == 4 else ICMP6
+    request, reply = (8, 0) if version == 4 else (128, 129)
+    (req,) = [v for k, v in t.flows(dp).items() if k[:4] == (a.ip(version), b.ip(version), proto, request)]
+    (rep,) = [v for k, v in t.flows(dp).items() if k[:4] == (b.ip(version), a.ip(version), proto, reply)]
     assert (req.packets, rep.packets) == (3, 3)
-    assert req.payload_bytes == 3 * 56 and req.bytes == 3 * (56 + 8 + 20 + ETH)
+    assert req.payload_bytes == 3 * 56 and req.bytes == 3 * (56 + 8 + L3[version] + ETH)
 
 
 def test_direct_forwarding_bypasses_the_bridge_and_still_counts_once(dp: Datapath, dnode: Node):
