@@ -59,6 +59,7 @@ class EndpointDirectory:
         self.by_ip: dict[str, Pod] = {}
         self.by_id: dict[int, Pod] = {}
         self.pods: list[Pod] = []
+        self.generation = 0  # bumped on every reload: decoders drop what they cached
         self.refresh()
 
     def refresh(self, force: bool = False) -> bool:
@@ -82,6 +83,7 @@ class EndpointDirectory:
                 if p.endpoint_id:
                     by_id[p.endpoint_id] = p
             self.pods, self.by_ip, self.by_id = pods, by_ip, by_id
+            self.generation += 1
         return True
 
     def lookup(self, endpoint_id: int, ip: str) -> Pod | None:

@@ -27,6 +27,8 @@ VERDICTS = {int(v): v.name for v in abi.Verdict}
 DROP_REASONS = {int(r): r.name for r in abi.DropReason}
 STAT_KEYS = {s.name.lower(): s for s in abi.Stat}
 
+STATIC_CACHE_MAX = 131072
+
 _CODES = {ct.c_uint8: "B", ct.c_uint16: "H", ct.c_uint32: "I", ct.c_uint64: "Q"}
 
 
@@ -90,6 +92,8 @@ class Decoder:
         self.directory = directory
         self.node = node
         self._addr = _AddrCache()
+        self._static: dict[tuple[Any, ...], tuple[FlowKey, str, str, Endpoint, Endpoint]] = {}
+        self._generation = directory.generation
         self.sync_clock()
 
     def sync_clock(self) -> None:
@@ -109,30 +113,49 @@ class Decoder:
             ts, first, last, packets, nbytes, payload, src_ep, dst_ep, ifindex,
             etype, tcp_flags, verdict, reason,
         ) = EVENT.unpack_from(buf)  # fmt: skip
+        # Everything but the counters is the same for every event of a flow: decoded once, then shared.
+        ident = (saddr, daddr, sport, dport, proto, family, direction, src_ep, dst_ep)
+        static = self._static.get(ident)
+        if static is None or self._generation != self.directory.generation:
+            static = self._decode_static(ident)
+        key, protocol, dir_name, source, destination = static
+        off = self.mono_to_wall_ns
+        return Flow(
+            key,
+            EVENT_TYPES.get(etype) or str(etype),
+            ts + off,
+            first + off,
+            last + off,
+            protocol,
+            dir_name,
+            VERDICTS.get(verdict) or str(verdict),
+            DROP_REASONS.get(reason) or str(reason),
+            source,
+            destination,
+            packets,
+            nbytes,
+            payload,
+            tcp_flags,
+            ifindex,
+            self.node,
+        )
+
+    def _decode_static(self, ident: tuple[Any, ...]) -> tuple[FlowKey, str, str, Endpoint, Endpoint]:
+        if self._generation != self.directory.generation or len(self._static) > STATIC_CACHE_MAX:
+            self._static.clear()
+            self._generation = self.directory.generation
+        saddr, daddr, sport, dport, proto, family, direction, src_ep, dst_ep = ident
         src_ip = self._addr.text(saddr, family)
         dst_ip = self._addr.text(daddr, family)
         dir_name = DIRECTIONS.get(direction, str(direction))
         key: FlowKey = (family, proto, src_ip, dst_ip, sport, dport, dir_name)
-        off = self.mono_to_wall_ns
-        return Flow(
-            key=key,
-            type=EVENT_TYPES.get(etype, str(etype)),
-            time_ns=ts + off,
-            start_ns=first + off,
-            end_ns=last + off,
-            protocol=PROTOCOL_NAMES.get(proto) or str(proto),
-            direction=dir_name,
-            verdict=VERDICTS.get(verdict, str(verdict)),
-            drop_reason=DROP_REASONS.get(reason, str(reason)),
-            source=self._endpoint(src_ep, src_ip, sport),
-            destination=self._endpoint(dst_ep, dst_ip, dport),
-            packets=packets,
-            bytes=nbytes,
-            payload_bytes=payload,
-            tcp_flags=tcp_flags,
-            ifindex=ifindex,
-            node=self.node,
-        )
+        source = self._endpoint(src_ep, src_ip, sport)
+        destination = self._endpoint(dst_ep, dst_ip, dport)
+        static = (key, PROTOCOL_NAMES.get(proto) or str(proto), dir_name, source, destination)
+        # A pod not known yet (record not written) is looked up again on its next event.
+        if (not src_ep or source.pod) and (not dst_ep or destination.pod):
+            self._static[ident] = static
+        return static
 
     def ended(self, key: abi.FlowKey, st: abi.FlowStats, now_mono_ns: int) -> Flow:
         """A flow the agent swept out of the table for being idle: its final record, as an END."""
