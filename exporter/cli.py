@@ -98,6 +98,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from exporter import ui
     from exporter.api import create_app
 
     class Server(uvicorn.Server):
@@ -113,7 +114,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     agent = Agent(cfg)
     agent.start()
     try:
-        app = create_app(agent, token=cfg.token, registry=agent.registry)
+        app = create_app(agent, token=cfg.token, registry=agent.registry, ui=ui.hook(cfg.token))
         server = Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_config=None, access_log=False))
         print(f"lumen agent: API on http://{cfg.host}:{cfg.port}/api/flows", file=sys.stderr, flush=True)
         server.run()

@@ -1,0 +1,123 @@
+"""The service map: flows from the store aggregated into nodes (pods, or bare IPs outside the node's pods)
+and edges (source -> destination per verdict), so the browser draws a summary instead of every event.
+
+Each stored flow is one 5-tuple as of its latest event, with cumulative packets and bytes. An edge's rate
+is its bytes over the time its flows were seen (first start to last event, at least one second), so a
+long-lived quiet connection does not outweigh a short busy one. Per-pod counters (what each pod sent and
+received, flows and drops) feed the Endpoints page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from exporter.flows import Endpoint, Flow
+
+EXTERNAL = ""  # namespace of nodes that are not pods on this node
+
+
+@dataclass
+class Node:
+    id: str  # namespace/pod, or the IP
+    namespace: str
+    name: str
+    ips: set[str] = field(default_factory=set)
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    flows: int = 0
+    dropped: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "namespace": self.namespace,
+            "name": self.name,
+            "pod": bool(self.namespace),
+            "ips": sorted(self.ips),
+            "tx_packets": self.tx_packets,
+            "tx_bytes": self.tx_bytes,
+            "rx_packets": self.rx_packets,
+            "rx_bytes": self.rx_bytes,
+            "flows": self.flows,
+            "dropped": self.dropped,
+        }
+
+
+@dataclass
+class Edge:
+    source: str
+    destination: str
+    verdict: str
+    flows: int = 0
+    packets: int = 0
+    bytes: int = 0
+    first_ns: int = 0
+    last_ns: int = 0
+    protocols: set[str] = field(default_factory=set)
+    ports: set[int] = field(default_factory=set)
+    drop_reasons: set[str] = field(default_factory=set)
+
+    @property
+    def bytes_per_s(self) -> float:
+        return self.bytes / max((self.last_ns - self.first_ns) / 1e9, 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "destination": self.destination,
+            "verdict": self.verdict,
+            "flows": self.flows,
+            "packets": self.packets,
+            "bytes": self.bytes,
+            "bytes_per_s": round(self.bytes_per_s, 1),
+            "protocols": sorted(self.protocols),
+            "ports": sorted(self.ports)[:20],
+            "drop_reasons": sorted(self.drop_reasons - {"NONE"}),
+        }
+
+
+def _node(nodes: dict[str, Node], ep: Endpoint) -> Node:
+    key = ep.name()
+    node = nodes.get(key)
+    if node is None:
+        node = nodes[key] = Node(key, ep.namespace if ep.pod else EXTERNAL, ep.pod or ep.ip)
+    node.ips.add(ep.ip)
+    return node
+
+
+def build(flows: Iterable[Flow]) -> dict[str, Any]:
+    """Nodes sorted by namespace then name (external last), edges sorted by source and destination."""
+    nodes: dict[str, Node] = {}
+    edges: dict[tuple[str, str, str], Edge] = {}
+    for f in flows:
+        src, dst = _node(nodes, f.source), _node(nodes, f.destination)
+        # The datapath accounts each flow once (where it enters the pod network): no record repeats another.
+        src.tx_packets += f.packets
+        src.tx_bytes += f.bytes
+        dst.rx_packets += f.packets
+        dst.rx_bytes += f.bytes
+        dropped = f.verdict == "DROPPED"
+        for node in (src, dst):
+            node.flows += 1
+            node.dropped += dropped
+        edge = edges.get((src.id, dst.id, f.verdict))
+        if edge is None:
+            edge = edges[(src.id, dst.id, f.verdict)] = Edge(src.id, dst.id, f.verdict, first_ns=f.start_ns)
+        edge.flows += 1
+        edge.packets += f.packets
+        edge.bytes += f.bytes
+        edge.first_ns = min(edge.first_ns, f.start_ns)
+        edge.last_ns = max(edge.last_ns, f.time_ns)
+        edge.protocols.add(f.protocol)
+        if f.destination.port:
+            edge.ports.add(f.destination.port)
+        edge.drop_reasons.add(f.drop_reason)
+    ordered = sorted(nodes.values(), key=lambda n: (n.namespace == EXTERNAL, n.namespace, n.name))
+    return {
+        "nodes": [n.to_dict() for n in ordered],
+        "edges": [e.to_dict() for _, e in sorted(edges.items())],
+    }

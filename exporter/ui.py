@@ -1,0 +1,82 @@
+"""The web UI: pages from web/templates, assets from web/static (all local, nothing from a CDN), and
+/api/map, the service map aggregated on the server from the flow store.
+
+Mounted by create_app's `ui` hook: `create_app(view, token=..., ui=ui.hook(token))`. The pages hold no
+data; the browser reads /api/flows/stream, /api/endpoints and /api/map, which require the bearer token
+when the agent has one.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from exporter import filters, servicemap
+from exporter.api import PAGING_PARAMS, parse_query
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+PAGES = {
+    "flows": "Flows",
+    "map": "Service map",
+    "endpoints": "Endpoints",
+}
+
+
+def _filter_help() -> list[dict[str, str]]:
+    return [{"name": name, "help": crit.help} for name, crit in filters.CRITERIA.items()]
+
+
+def hook(token: str | None = None, web_dir: Path = WEB_DIR) -> Callable[[FastAPI], None]:
+    """The `ui` argument of exporter.api.create_app."""
+
+    def require_token(request: Request) -> None:
+        if token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "bearer token required", headers={"WWW-Authenticate": "Bearer"})
+
+    def mount(app: FastAPI) -> None:
+        templates = Jinja2Templates(directory=str(web_dir / "templates"))
+        app.mount("/static", StaticFiles(directory=str(web_dir / "static")), name="static")
+
+        def page(name: str) -> Callable[[Request], HTMLResponse]:
+            def render(request: Request) -> HTMLResponse:
+                return templates.TemplateResponse(
+                    request,
+                    f"{name}.html",
+                    {"page": name, "pages": PAGES, "criteria": _filter_help()},
+                )
+
+            render.__name__ = f"page_{name}"
+            return render
+
+        for name in PAGES:
+            app.add_api_route(f"/{name}", page(name), methods=["GET"], include_in_schema=False)
+
+        @app.get("/", include_in_schema=False)
+        def index() -> RedirectResponse:
+            return RedirectResponse("/flows")
+
+        @app.get("/api/map", tags=["flows"], dependencies=[Depends(require_token)])
+        def service_map(request: Request) -> dict[str, Any]:
+            """Pods and the traffic between them, aggregated from the stored flows (same filters as
+            /api/flows): nodes with per-pod counters, edges per verdict with a rate in bytes/s."""
+            params: dict[str, list[str]] = {}
+            for key, value in request.query_params.multi_items():
+                if key not in PAGING_PARAMS:
+                    params.setdefault(key, []).append(value)
+            store = app.state.view.store
+            out = servicemap.build(store.query(parse_query(params)))
+            out["stored"] = len(store)
+            return out
+
+    return mount

@@ -1,0 +1,135 @@
+// Shared by every page: authenticated fetch, a server-sent-events reader over fetch (so the bearer token can be
+// sent, which EventSource cannot), filters in the URL, and formatting.
+"use strict";
+
+const Lumen = (() => {
+  const TOKEN_KEY = "lumen-token";
+
+  function headers() {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    return token ? { Authorization: `Bearer ${token}` } : {};
+  }
+
+  function showError(message) {
+    const box = document.getElementById("error");
+    box.textContent = message || "";
+    box.hidden = !message;
+  }
+
+  function askToken() {
+    const form = document.getElementById("auth");
+    if (!form.hidden) return;
+    form.hidden = false;
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      sessionStorage.setItem(TOKEN_KEY, document.getElementById("auth-token").value);
+      location.reload();
+    }, { once: true });
+    document.getElementById("auth-token").focus();
+  }
+
+  async function check(resp) {
+    if (resp.ok) return resp;
+    if (resp.status === 401) askToken();
+    let detail = resp.statusText;
+    try { detail = (await resp.json()).detail || detail; } catch (_) { /* not JSON */ }
+    throw new Error(`${resp.status}: ${detail}`);
+  }
+
+  async function getJSON(url) {
+    return (await check(await fetch(url, { headers: headers() }))).json();
+  }
+
+  function setConn(text) {
+    document.getElementById("conn").textContent = text;
+  }
+
+  // Reads `url` as SSE until `signal` aborts; reconnects after network errors, not after HTTP errors
+  // (a bad filter stays bad). onEvent(name, data) gets each event.
+  async function stream(url, onEvent, signal) {
+    let delay = 500;
+    while (!signal.aborted) {
+      try {
+        const resp = await check(await fetch(url, { headers: { ...headers(), Accept: "text/event-stream" }, signal }));
+        setConn("live");
+        showError("");
+        delay = 500;
+        const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buf = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buf += value;
+          let end;
+          while ((end = buf.indexOf("\n\n")) >= 0) {
+            const block = buf.slice(0, end);
+            buf = buf.slice(end + 2);
+            let name = "message";
+            const data = [];
+            for (const line of block.split("\n")) {
+              if (line.startsWith("event:")) name = line.slice(6).trim();
+              else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
+            }
+            if (data.length) onEvent(name, data.join("\n"));
+          }
+        }
+        setConn("reconnecting…");
+      } catch (err) {
+        if (signal.aborted) return;
+        if (/^\d{3}:/.test(err.message)) {
+          setConn("stopped");
+          showError(err.message);
+          return;
+        }
+        setConn("reconnecting…");
+      }
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 10000);
+    }
+  }
+
+  // Filter parameters of the page URL (everything but paging), as [name, value] pairs.
+  function urlFilters() {
+    return [...new URLSearchParams(location.search)].filter(([k]) => k !== "limit" && k !== "last");
+  }
+
+  function query(pairs) {
+    const qs = new URLSearchParams(pairs).toString();
+    return qs ? `?${qs}` : "";
+  }
+
+  function bytes(n) {
+    const units = ["B", "kB", "MB", "GB", "TB"];
+    let i = 0;
+    while (n >= 1000 && i < units.length - 1) { n /= 1000; i++; }
+    return `${i ? n.toFixed(1) : n} ${units[i]}`;
+  }
+
+  function endpoint(ep) {
+    const addr = ep.ip.includes(":") ? `[${ep.ip}]` : ep.ip;
+    return { name: ep.pod ? `${ep.namespace}/${ep.pod}` : "", addr: ep.port ? `${addr}:${ep.port}` : addr };
+  }
+
+  function time(iso) {
+    // HH:MM:SS.mmm in local time; the full timestamp is in the detail panel.
+    const d = new Date(iso);
+    const pad = (v, n = 2) => String(v).padStart(n, "0");
+    return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+  }
+
+  function el(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) {
+      if (k === "class") node.className = v;
+      else node.setAttribute(k, v);
+    }
+    for (const c of children) node.append(c);
+    return node;
+  }
+
+  function verdictBadge(verdict) {
+    return el("span", { class: `badge v-${verdict.toLowerCase()}` }, verdict);
+  }
+
+  return { getJSON, stream, urlFilters, query, bytes, endpoint, time, el, verdictBadge, showError, setConn };
+})();

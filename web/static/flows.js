@@ -1,0 +1,292 @@
+// Flows page: a live table fed by /api/flows/stream. Events are queued and drawn once per animation frame,
+// the queue and the table are both capped, so thousands of events per second cost one DOM update a frame.
+"use strict";
+
+(() => {
+  const MAX_ROWS = 500; // rows kept in the table
+  const BACKLOG = 100; // stored flows shown when the page opens or the filters change
+  const FORM_FIELDS = ["from_pod", "to_pod", "namespace", "ip", "port", "protocol", "verdict", "type"];
+
+  const form = document.getElementById("filters");
+  const tbody = document.querySelector("#flows tbody");
+  const empty = document.getElementById("empty");
+  const counts = document.getElementById("counts");
+  const pauseBtn = document.getElementById("pause");
+  const detail = document.getElementById("detail");
+  const detailBody = document.getElementById("detail-body");
+  const flowOf = new WeakMap(); // row -> flow JSON
+
+  let pending = [];
+  let received = 0;
+  let skipped = 0; // arrived faster than drawn, or while paused, beyond the cap
+  let lost = 0; // reported by the server: this stream read too slowly
+  let paused = false;
+  let pausedAt = 0;
+  let frame = 0;
+  let controller = null;
+  let openRow = null;
+
+  // -- filters <-> URL -------------------------------------------------------------------------------
+
+  function fillForm() {
+    const extra = [];
+    const seen = new Set();
+    for (const [k, v] of Lumen.urlFilters()) {
+      if (FORM_FIELDS.includes(k) && !seen.has(k)) {
+        form.elements[k].value = v;
+        seen.add(k);
+      } else {
+        extra.push(`${k}=${v}`);
+      }
+    }
+    form.elements.extra.value = extra.join(" ");
+  }
+
+  function formPairs() {
+    const pairs = [];
+    for (const name of FORM_FIELDS) {
+      const v = form.elements[name].value.trim();
+      if (v) pairs.push([name, v]);
+    }
+    for (const token of form.elements.extra.value.split(/\s+/)) {
+      if (!token) continue;
+      const at = token.indexOf("=");
+      if (at <= 0) {
+        Lumen.showError(`"${token}": expected name=value`);
+        return null;
+      }
+      pairs.push([token.slice(0, at), token.slice(at + 1)]);
+    }
+    return pairs;
+  }
+
+  // -- rendering ---------------------------------------------------------------------------------------
+
+  function endpointCell(ep) {
+    const e = Lumen.endpoint(ep);
+    const td = Lumen.el("td", { class: "ep" });
+    if (e.name) td.append(Lumen.el("span", { class: "pod" }, e.name), " ");
+    td.append(Lumen.el("span", { class: "addr" }, e.addr));
+    return td;
+  }
+
+  function row(f) {
+    const tr = Lumen.el(
+      "tr",
+      { tabindex: "-1", class: `r-${f.verdict.toLowerCase()}` },
+      Lumen.el("td", { class: "time" }, Lumen.time(f.time)),
+      endpointCell(f.source),
+      endpointCell(f.destination),
+      Lumen.el("td", {}, f.protocol),
+      Lumen.el("td", { class: "flags" }, f.tcp_flags.join(" ")),
+      Lumen.el("td", {}, Lumen.verdictBadge(f.verdict)),
+      Lumen.el("td", {}, f.drop_reason === "NONE" ? "" : f.drop_reason),
+      Lumen.el("td", { class: "num" }, String(f.packets)),
+      Lumen.el("td", { class: "num" }, Lumen.bytes(f.bytes)),
+      Lumen.el("td", {}, f.type),
+    );
+    flowOf.set(tr, f);
+    return tr;
+  }
+
+  function showCounts() {
+    const parts = [`${tbody.rows.length} shown`, `${received} received`];
+    if (skipped) parts.push(`${skipped} not drawn (rate above what the table shows)`);
+    if (lost) parts.push(`${lost} lost by the server (stream too slow)`);
+    if (paused) parts.push(`paused: ${received - pausedAt} new`);
+    counts.textContent = parts.join(" · ");
+  }
+
+  function draw() {
+    frame = 0;
+    if (paused) return;
+    const batch = pending;
+    pending = [];
+    if (batch.length) {
+      const frag = document.createDocumentFragment();
+      for (let i = batch.length - 1; i >= 0; i--) frag.append(row(batch[i]));
+      tbody.prepend(frag);
+      while (tbody.rows.length > MAX_ROWS) {
+        const last = tbody.lastElementChild;
+        if (last === openRow) closeDetail(false);
+        last.remove();
+      }
+      empty.hidden = true;
+      ensureTabStop();
+    }
+    showCounts();
+  }
+
+  function schedule() {
+    if (!frame && !paused) frame = requestAnimationFrame(draw);
+  }
+
+  function onEvent(name, data) {
+    if (name === "lost") {
+      lost = JSON.parse(data).dropped;
+      return;
+    }
+    if (name !== "flow") return;
+    received++;
+    pending.push(JSON.parse(data));
+    if (pending.length > MAX_ROWS) {
+      skipped += pending.length - MAX_ROWS;
+      pending = pending.slice(-MAX_ROWS);
+    }
+    schedule();
+  }
+
+  function start() {
+    if (controller) controller.abort();
+    controller = new AbortController();
+    pending = [];
+    received = skipped = lost = 0;
+    tbody.replaceChildren();
+    empty.hidden = false;
+    closeDetail(false);
+    Lumen.showError("");
+    const url = `/api/flows/stream${Lumen.query([["last", String(BACKLOG)], ...Lumen.urlFilters()])}`;
+    Lumen.stream(url, onEvent, controller.signal);
+    showCounts();
+  }
+
+  function setPaused(on) {
+    paused = on;
+    pausedAt = received;
+    pauseBtn.setAttribute("aria-pressed", String(on));
+    pauseBtn.textContent = on ? "Resume" : "Pause";
+    if (!on) schedule();
+    showCounts();
+  }
+
+  // -- detail panel ----------------------------------------------------------------------------------
+
+  function put(dl, term, value) {
+    dl.append(Lumen.el("dt", {}, term), Lumen.el("dd", {}, value === "" || value == null ? "—" : String(value)));
+  }
+
+  function labels(obj) {
+    const entries = Object.entries(obj || {});
+    return entries.length ? entries.map(([k, v]) => `${k}=${v}`).join(", ") : "";
+  }
+
+  function openDetail(tr) {
+    const f = flowOf.get(tr);
+    if (!f) return;
+    if (openRow) openRow.removeAttribute("aria-current");
+    openRow = tr;
+    tr.setAttribute("aria-current", "true");
+    const dl = Lumen.el("dl", { id: "detail-body" });
+    put(dl, "Verdict", f.verdict);
+    put(dl, "Drop reason", f.drop_reason === "NONE" ? "" : f.drop_reason);
+    // The policy that decided, once the agent enforces policies; until then no policy is involved.
+    put(dl, "Policy", f.policy || (f.verdict === "FORWARDED" ? "none (no policy applies)" : ""));
+    put(dl, "Event", f.type);
+    put(dl, "Time", f.time);
+    put(dl, "Flow start", f.start);
+    put(dl, "Last seen", f.end);
+    put(dl, "Duration", `${f.duration_ms} ms`);
+    put(dl, "Protocol", f.protocol);
+    put(dl, "Direction", f.direction);
+    for (const [side, ep] of [["Source", f.source], ["Destination", f.destination]]) {
+      const e = Lumen.endpoint(ep);
+      put(dl, side, e.name ? `${e.name} (${e.addr})` : `${e.addr} (not a pod on this node)`);
+      put(dl, `${side} labels`, labels(ep.labels));
+    }
+    put(dl, "TCP flags seen", f.tcp_flags.join(" "));
+    put(dl, "Packets", f.packets);
+    put(dl, "Bytes", `${f.bytes} (${Lumen.bytes(f.bytes)})`);
+    put(dl, "Payload bytes", f.payload_bytes);
+    put(dl, "Interface index", f.ifindex);
+    put(dl, "Node", f.node);
+    document.getElementById("detail-body").replaceWith(dl);
+    detail.hidden = false;
+  }
+
+  function closeDetail(refocus = true) {
+    detail.hidden = true;
+    const was = openRow;
+    openRow = null;
+    if (was) {
+      was.removeAttribute("aria-current");
+      if (refocus && was.isConnected) was.focus();
+    }
+  }
+
+  // -- keyboard --------------------------------------------------------------------------------------
+
+  function ensureTabStop() {
+    if (!tbody.querySelector('tr[tabindex="0"]') && tbody.firstElementChild) {
+      tbody.firstElementChild.tabIndex = 0;
+    }
+  }
+
+  function focusRow(tr) {
+    if (!tr) return;
+    for (const r of tbody.querySelectorAll('tr[tabindex="0"]')) r.tabIndex = -1;
+    tr.tabIndex = 0;
+    tr.focus();
+  }
+
+  tbody.addEventListener("keydown", (ev) => {
+    const tr = ev.target.closest("tr");
+    if (!tr) return;
+    const moves = {
+      ArrowDown: tr.nextElementSibling, j: tr.nextElementSibling,
+      ArrowUp: tr.previousElementSibling, k: tr.previousElementSibling,
+      Home: tbody.firstElementChild, End: tbody.lastElementChild,
+    };
+    if (ev.key in moves) {
+      ev.preventDefault();
+      focusRow(moves[ev.key]);
+    } else if (ev.key === "Enter" || ev.key === " ") {
+      ev.preventDefault();
+      openDetail(tr);
+    }
+  });
+
+  tbody.addEventListener("click", (ev) => {
+    const tr = ev.target.closest("tr");
+    if (tr) {
+      focusRow(tr);
+      openDetail(tr);
+    }
+  });
+
+  document.addEventListener("keydown", (ev) => {
+    const typing = /^(INPUT|SELECT|TEXTAREA)$/.test(ev.target.tagName);
+    if (ev.key === "Escape" && !detail.hidden) {
+      closeDetail();
+    } else if (ev.key === "/" && !typing) {
+      ev.preventDefault();
+      form.elements.from_pod.focus();
+    } else if (ev.key === "p" && !typing) {
+      setPaused(!paused);
+    }
+  });
+
+  // -- wiring ----------------------------------------------------------------------------------------
+
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const pairs = formPairs();
+    if (pairs === null) return;
+    history.pushState(null, "", `${location.pathname}${Lumen.query(pairs)}`);
+    start();
+  });
+  document.getElementById("clear").addEventListener("click", () => {
+    form.reset();
+    history.pushState(null, "", location.pathname);
+    fillForm();
+    start();
+  });
+  window.addEventListener("popstate", () => {
+    fillForm();
+    start();
+  });
+  pauseBtn.addEventListener("click", () => setPaused(!paused));
+  document.getElementById("detail-close").addEventListener("click", () => closeDetail());
+
+  fillForm();
+  start();
+})();
