@@ -107,6 +107,7 @@ class Agent:
         t0 = time.monotonic()
         self.dp = Datapath.load(dcfg)
         self.loaded_at = time.time()
+        _release_compiler_memory()
         self.decoder = Decoder(self.directory, self.cfg.node)
         self.source = DatapathSource(self.dp)
         self.registry.register(
@@ -327,3 +328,13 @@ class Agent:
             "otel": self.tracer is not None,
             "endpoints": self.endpoints(),
         }
+
+
+def _release_compiler_memory() -> None:
+    """bcc compiles in process; glibc keeps the freed LLVM heap (~80 MB here) unless asked to return it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc

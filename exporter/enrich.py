@@ -13,9 +13,11 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from exporter.flows import NO_LABELS
 from plugin import endpoint as records
 
 log = logging.getLogger("lumen.enrich")
@@ -41,8 +43,8 @@ class Pod:
 class LabelSource:
     """Pod labels by (namespace, pod); empty outside a cluster."""
 
-    def labels(self, namespace: str, pod: str) -> dict[str, str]:
-        return {}
+    def labels(self, namespace: str, pod: str) -> Mapping[str, str]:
+        return NO_LABELS
 
 
 class EndpointDirectory:
@@ -99,7 +101,7 @@ class EndpointDirectory:
                     pod = self.by_id.get(endpoint_id) or self.by_ip.get(ip)
         return pod
 
-    def labels(self, pod: Pod) -> dict[str, str]:
+    def labels(self, pod: Pod) -> Mapping[str, str]:
         return self.label_source.labels(pod.namespace, pod.pod)
 
 
@@ -135,7 +137,7 @@ class KubeLabels(LabelSource):
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def labels(self, namespace: str, pod: str) -> dict[str, str]:
+    def labels(self, namespace: str, pod: str) -> Mapping[str, str]:
         out = dict(self._pods.get((namespace, pod), {}))
         for key, value in self._namespaces.get(namespace, {}).items():
             out[f"namespace.{key}"] = value

@@ -10,12 +10,16 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, Protocol
 
 DEFAULT_CAPACITY = 65536
+
+#: shared by every endpoint without labels (64k stored flows would otherwise hold 128k empty dicts)
+NO_LABELS: Mapping[str, str] = MappingProxyType({})
 
 TCP_FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")
 
@@ -31,7 +35,7 @@ class Endpoint:
     port: int
     namespace: str = ""
     pod: str = ""
-    labels: dict[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=lambda: NO_LABELS)
 
     def name(self) -> str:
         return f"{self.namespace}/{self.pod}" if self.pod else self.ip
@@ -42,7 +46,7 @@ class Endpoint:
             "port": self.port,
             "namespace": self.namespace,
             "pod": self.pod,
-            "labels": self.labels,
+            "labels": dict(self.labels),
         }
 
 

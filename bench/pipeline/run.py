@@ -71,7 +71,7 @@ def udp_frame() -> bytes:
     udp = struct.pack("!HHHH", 40000, 5001, 8 + len(payload), 0) + payload
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0, bytes([10, 77, 0, 2]),
                      bytes([10, 77, 0, 3]))  # fmt: skip
-    eth = bytes.fromhex("020000000003" "020000000002" "0800")
+    eth = bytes.fromhex("0200000000030200000000020800")
     return eth + ip + udp
 
 
@@ -93,9 +93,20 @@ def throughput(agent, pin: str, seconds: float, rate: float) -> dict:  # noqa: A
     prog = os.path.join(pin, "prog_lumen_ingress")
     runs = int(
         subprocess.run(
-            [sys.executable, "-c", PRODUCER, str(REPO), prog, str(seconds), str(rate), udp_frame().hex(),
-             str(SYSCALL_BPF)],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                "-c",
+                PRODUCER,
+                str(REPO),
+                prog,
+                str(seconds),
+                str(rate),
+                udp_frame().hex(),
+                str(SYSCALL_BPF),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout  # fmt: skip
     )
     emitted = dp.stat(abi.Stat.EVENTS) - before[abi.Stat.EVENTS]
@@ -154,7 +165,9 @@ def scrape(agent, state_dir: str, pods: int, flows_per_pod: int, rounds: int) ->
             key = abi.FlowKey(sport=30000 + f, dport=80, proto=6, family=4, direction=1)
             ct.memmove(key.saddr, abi.addr_bytes(ip)[0], 16)
             ct.memmove(key.daddr, abi.addr_bytes("10.80.0.1")[0], 16)
-            st = abi.FlowStats(packets=10, bytes=1000, src_ep=ifindex, dst_ep=0, verdict=1, last_seen_ns=time.monotonic_ns())
+            st = abi.FlowStats(
+                packets=10, bytes=1000, src_ep=ifindex, dst_ep=0, verdict=1, last_seen_ns=time.monotonic_ns()
+            )
             flows[flows.Key.from_buffer_copy(bytes(key))] = flows.Leaf.from_buffer_copy(bytes(st))
     agent.directory.refresh(force=True)
     times = []
@@ -191,8 +204,13 @@ def main() -> None:
     results: dict = {"machine": f"{os.cpu_count()} vCPU, kernel {platform.release()}"}
     agent = Agent(
         AgentConfig(
-            state_dir=state, pin_dir=pin, aggregation="none", ringbuf_pages=4096, flow_store_size=args.store,
-            node="bench", idle_timeout_s=3600,
+            state_dir=state,
+            pin_dir=pin,
+            aggregation="none",
+            ringbuf_pages=4096,
+            flow_store_size=args.store,
+            node="bench",
+            idle_timeout_s=3600,
         )  # fmt: skip
     )
     from tests.unit.exporter_fixtures import write_record
@@ -207,7 +225,11 @@ def main() -> None:
         results["paced_250k"] = throughput(agent, pin, args.seconds, 250_000)
         results["rss_mb_full_store"] = round(fill_store(agent, args.store), 1)
         results["rss_mb_peak"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-        results["store"] = {"flows": len(agent.store), "capacity": agent.store.capacity, "evicted": agent.store.evicted}
+        results["store"] = {
+            "flows": len(agent.store),
+            "capacity": agent.store.capacity,
+            "evicted": agent.store.evicted,
+        }
         results["scrape"] = scrape(agent, state, 250, 8, 30)
     finally:
         agent.stop()
