@@ -1,0 +1,126 @@
+"""The UI's server side: service-map aggregation, /api/map with the API's filters and token, the pages and
+their assets served by the agent itself (nothing fetched from elsewhere)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+
+from exporter import servicemap, ui
+from exporter.api import create_app
+from exporter.flows import FlowStore
+from tests.unit.exporter_fixtures import NOW_NS, View, make_flow
+
+
+def flows() -> list:
+    return [
+        make_flow(sport=1, dport=80, src_pod=("shop", "web"), dst_pod=("shop", "api"), nbytes=1000),
+        make_flow(
+            sport=2,
+            dport=80,
+            src_pod=("shop", "web"),
+            dst_pod=("shop", "api"),
+            nbytes=3000,
+            time_ns=NOW_NS + 2 * 10**9,
+        ),  # fmt: skip
+        make_flow(
+            sport=3,
+            dport=5432,
+            src_pod=("shop", "api"),
+            dst_pod=("db", "pg"),
+            verdict="DROPPED",
+            type="DROP",
+            packets=2,
+            nbytes=120,
+        ),  # fmt: skip
+        make_flow(
+            src="10.22.0.5",
+            dst="1.1.1.1",
+            sport=4,
+            dport=53,
+            proto="UDP",
+            src_pod=("shop", "web"),
+            dst_pod=None,
+            nbytes=70,
+        ),  # fmt: skip
+    ]
+
+
+def test_map_groups_pods_and_aggregates_edges_per_verdict():
+    m = servicemap.build(flows())
+    assert [n["id"] for n in m["nodes"]] == ["db/pg", "shop/api", "shop/web", "1.1.1.1"]
+    nodes = {n["id"]: n for n in m["nodes"]}
+    assert nodes["1.1.1.1"]["pod"] is False and nodes["1.1.1.1"]["namespace"] == ""
+    web = nodes["shop/web"]
+    assert (web["tx_packets"], web["tx_bytes"], web["rx_bytes"], web["flows"], web["dropped"]) == (
+        3,
+        4070,
+        0,
+        3,
+        0,
+    )
+    assert (nodes["db/pg"]["rx_bytes"], nodes["db/pg"]["dropped"]) == (120, 1)
+    edges = {(e["source"], e["destination"], e["verdict"]): e for e in m["edges"]}
+    assert set(edges) == {
+        ("shop/web", "shop/api", "FORWARDED"),
+        ("shop/api", "db/pg", "DROPPED"),
+        ("shop/web", "1.1.1.1", "FORWARDED"),
+    }
+    web_api = edges[("shop/web", "shop/api", "FORWARDED")]
+    assert (web_api["flows"], web_api["bytes"], web_api["ports"]) == (2, 4000, [80])
+    # 4000 bytes seen from the first flow's start (1 s before NOW) to the last event (NOW + 2 s): 3 s.
+    assert web_api["bytes_per_s"] == pytest.approx(4000 / 3, abs=0.1)
+    assert edges[("shop/api", "db/pg", "DROPPED")]["drop_reasons"] == ["POLICY_DENIED"]
+    # A single short flow counts over at least one second, not over its few microseconds.
+    assert edges[("shop/web", "1.1.1.1", "FORWARDED")]["bytes_per_s"] == 70
+
+
+@pytest.fixture
+def client() -> TestClient:
+    view = View(FlowStore(100))
+    view.store.add_many(flows())
+    return TestClient(create_app(view, ui=ui.hook()))
+
+
+def test_api_map_takes_the_flow_filters(client):
+    body = client.get("/api/map?namespace=db").json()
+    assert [(e["source"], e["destination"]) for e in body["edges"]] == [("shop/api", "db/pg")]
+    assert body["stored"] == 4
+    assert {e["verdict"] for e in client.get("/api/map?not_verdict=dropped").json()["edges"]} == {"FORWARDED"}
+    resp = client.get("/api/map?port=http")
+    assert resp.status_code == 400 and "port 'http'" in resp.json()["detail"]
+
+
+def test_api_map_requires_the_token_when_the_agent_has_one():
+    app = create_app(View(), token="s3cret", ui=ui.hook("s3cret"))
+    c = TestClient(app)
+    assert c.get("/api/map").status_code == 401
+    assert c.get("/api/map", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    # The pages hold no data: the browser asks for the token when the API answers 401.
+    assert c.get("/flows").status_code == 200
+
+
+def test_pages_are_served_with_navigation_and_local_assets(client):
+    assert client.get("/", follow_redirects=False).headers["location"] == "/flows"
+    for page, title in ui.PAGES.items():
+        resp = client.get(f"/{page}")
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
+        html = resp.text
+        assert f"<title>{title} · Lumen</title>" in html
+        assert f'<a href="/{page}" aria-current="page">' in html
+        for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', html):
+            assert client.get(asset).status_code == 200, asset
+    # The filter bar offers every criterion the API and the CLI accept.
+    flows_html = client.get("/flows").text
+    for name in ("from_pod", "to_port", "not_label", "since"):
+        assert f'value="{name}=' in flows_html
+
+
+def test_nothing_is_fetched_from_another_host():
+    """Works offline: no asset or script refers to a URL outside the agent (the SVG namespace is a name)."""
+    for path in ui.WEB_DIR.rglob("*"):
+        if path.is_file() and "node_modules" not in path.parts:
+            urls = re.findall(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}[^\s\"')]*", path.read_text())
+            assert set(urls) <= {"http://www.w3.org/2000/svg"}, (path, urls)
