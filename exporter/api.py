@@ -252,7 +252,7 @@ def create_app(
 
 def iter_sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
     """(event, data) pairs from SSE text lines; used by the CLI and the tests."""
-    event, data = "message", []
+    event, data = "message", list[str]()
     for line in lines:
         if not line:
             if data:

@@ -144,7 +144,7 @@ class KubeLabels(LabelSource):
         return out
 
     def start(self) -> None:
-        from kubernetes import config  # optional dependency: only in a cluster
+        from kubernetes import config  # type: ignore[import-not-found]  # optional: only in a cluster
 
         config.load_incluster_config()
         for target in (self._watch_pods, self._watch_namespaces):
@@ -164,7 +164,7 @@ class KubeLabels(LabelSource):
                 self._stop.wait(5)
 
     def _watch_pods(self) -> None:
-        from kubernetes import client, watch
+        from kubernetes import client, watch  # type: ignore[import-not-found]
 
         api = client.CoreV1Api()
         selector = f"spec.nodeName={self.node}"
@@ -181,7 +181,7 @@ class KubeLabels(LabelSource):
                 return
 
     def _watch_namespaces(self) -> None:
-        from kubernetes import client, watch
+        from kubernetes import client, watch  # type: ignore[import-not-found]
 
         api = client.CoreV1Api()
         for ev in watch.Watch().stream(api.list_namespace, timeout_seconds=300):

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -177,9 +177,7 @@ class LumenCollector(Collector):
     def describe(self) -> list[Metric]:
         return []  # collected on demand only; registering must not read the maps
 
-    def _counter(
-        self, name: str, doc: str, labels: list[str], values: Mapping[tuple[str, ...], float]
-    ) -> Metric:
+    def _counter(self, name: str, doc: str, labels: list[str], values: Mapping[Any, float]) -> Metric:
         fam = CounterMetricFamily(name, doc, labels=labels)
         for key, value in sorted(values.items()):
             floor_key = (name, key)
@@ -271,8 +269,8 @@ class LumenCollector(Collector):
         )
 
         stats = self.source.datapath_stats()
-        for key, (name, doc) in DATAPATH_STATS.items():
-            yield self._counter(name, doc, [], {(): stats.get(key, 0)})
+        for stat, (name, doc) in DATAPATH_STATS.items():
+            yield self._counter(name, doc, [], {(): stats.get(stat, 0)})
 
         h = self.health
         yield self._counter(
