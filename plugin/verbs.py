@@ -239,7 +239,10 @@ def cmd_check(env: Env, conf: NetConf, environ: dict[str, str]) -> None:
 
 
 def cmd_gc(env: Env, conf: NetConf, environ: dict[str, str]) -> None:
-    raw_valid = conf.raw.get(VALID_ATTACHMENTS, [])
+    if VALID_ATTACHMENTS not in conf.raw:
+        # Without the list every attachment would look stale: refuse rather than tear down the node.
+        raise CNIError(INVALID_CONFIG, f"GC needs {VALID_ATTACHMENTS}")
+    raw_valid = conf.raw[VALID_ATTACHMENTS]
     if not isinstance(raw_valid, list) or not all(
         isinstance(a, dict) and isinstance(a.get("containerID"), str) and isinstance(a.get("ifname"), str)
         for a in raw_valid

@@ -248,6 +248,9 @@ def test_gc_releases_everything_not_valid(node: Node):
     assert ping(pods[0].ns, node.gateway4)
     bad = invoke(node.binary, "GC", dict(node.conf(), **{"cni.dev/valid-attachments": "nope"}))
     assert not bad.ok and bad.out["code"] == 7
+    missing = invoke(node.binary, "GC", node.conf())
+    assert not missing.ok and missing.out["code"] == 7, "GC without the list must not release everything"
+    assert ipam_records(node) == sorted(pods[0].ips)
 
 
 def test_status_reports_an_exhausted_pool(node: Node):
