@@ -59,11 +59,10 @@ const Lumen = (() => {
         for (;;) {
           const { value, done } = await reader.read();
           if (done) break;
-          buf += value;
-          let end;
-          while ((end = buf.indexOf("\n\n")) >= 0) {
-            const block = buf.slice(0, end);
-            buf = buf.slice(end + 2);
+          // One split per chunk: slicing the buffer per event would copy it once for every event in it.
+          const blocks = (buf + value).split("\n\n");
+          buf = blocks.pop();
+          for (const block of blocks) {
             let name = "message";
             const data = [];
             for (const line of block.split("\n")) {

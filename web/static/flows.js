@@ -99,8 +99,12 @@
 
   function draw() {
     frame = 0;
-    if (paused) return;
-    const batch = pending;
+    if (paused) {
+      showCounts();
+      return;
+    }
+    // Events are parsed here, only those that will be drawn.
+    const batch = pending.map((data) => JSON.parse(data));
     pending = [];
     if (batch.length) {
       const frag = document.createDocumentFragment();
@@ -118,7 +122,7 @@
   }
 
   function schedule() {
-    if (!frame && !paused) frame = requestAnimationFrame(draw);
+    if (!frame) frame = requestAnimationFrame(draw);
   }
 
   function onEvent(name, data) {
@@ -128,7 +132,7 @@
     }
     if (name !== "flow") return;
     received++;
-    pending.push(JSON.parse(data));
+    pending.push(data);
     if (pending.length > MAX_ROWS) {
       skipped += pending.length - MAX_ROWS;
       pending = pending.slice(-MAX_ROWS);
@@ -215,10 +219,12 @@
 
   // -- keyboard --------------------------------------------------------------------------------------
 
+  // One tab stop in the table: the newest row, or the row the user is on while focus is in the table.
   function ensureTabStop() {
-    if (!tbody.querySelector('tr[tabindex="0"]') && tbody.firstElementChild) {
-      tbody.firstElementChild.tabIndex = 0;
-    }
+    const first = tbody.firstElementChild;
+    if (!first || tbody.contains(document.activeElement)) return;
+    for (const r of tbody.querySelectorAll('tr[tabindex="0"]')) r.tabIndex = -1;
+    first.tabIndex = 0;
   }
 
   function focusRow(tr) {
