@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bcc import BPF, libbcc  # noqa: TID251 - this is the bcc wrapper
 
@@ -127,13 +128,24 @@ class Datapath:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def open_ring_buffer(self, callback: Callable[[abi.FlowEvent], None]) -> None:
+    def open_ring_buffer(self, callback: Callable[[Any], None], raw: bool = False) -> None:
+        """Deliver each flow_event to `callback`: an abi.FlowEvent, or with `raw` its bytes (one copy
+        fewer; for a consumer that unpacks with struct)."""
         size = ct.sizeof(abi.FlowEvent)
 
-        def _cb(_ctx: object, data: int, length: int) -> int:
-            if length >= size:
-                callback(abi.FlowEvent.from_buffer_copy(ct.string_at(data, size)))
-            return 0
+        if raw:
+
+            def _cb(_ctx: object, data: int, length: int) -> int:
+                if length >= size:
+                    callback(ct.string_at(data, size))
+                return 0
+
+        else:
+
+            def _cb(_ctx: object, data: int, length: int) -> int:
+                if length >= size:
+                    callback(abi.FlowEvent.from_buffer_copy(ct.string_at(data, size)))
+                return 0
 
         self._map(abi.MAP_EVENTS).open_ring_buffer(_cb)
         self._ring_open = True

@@ -117,7 +117,7 @@ class Agent:
             from exporter.tracing import FlowTracer
 
             self.tracer = FlowTracer(self.cfg.node)
-        self.dp.open_ring_buffer(self._on_event)
+        self.dp.open_ring_buffer(self._on_event, raw=True)
         self._sync_endpoints()
         log.info(
             "datapath loaded",
