@@ -266,3 +266,25 @@ def test_broken_pins_leave_the_pod_wired_and_unobserved(cni_bin: Path, tmp_path:
         assert "unobserved" in node.log()
     finally:
         node.cleanup()
+
+
+def test_a_full_flow_table_is_visible(pin_dir: str, dnode: Node):
+    """The LRU flow table evicts when full; the churn is counted, never silent."""
+    dp = load(pin_dir, flow_table_size=256)
+    try:
+        a, b = dnode.add_pod("a"), dnode.add_pod("b")
+        created_before = dp.stat(abi.Stat.FLOWS_CREATED)
+        code = (
+            "import socket, sys\n"
+            "for p in range(20000, 21000):\n"
+            "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "    s.bind(('0.0.0.0', p)); s.sendto(b'x', (sys.argv[1], 9)); s.close()\n"
+        )
+        assert ns_exec(a.ns, "/usr/bin/python3", "-c", code, b.ip(4), timeout=60).returncode == 0
+        created = dp.stat(abi.Stat.FLOWS_CREATED) - created_before
+        present = dp.flow_table_entries()
+        assert created >= 1000, "every new 5-tuple was created"
+        assert present <= 256, "the table holds at most its size"
+        assert created - present >= 1000 - 256, "evictions = created - present, visible to the agent"
+    finally:
+        dp.close()
