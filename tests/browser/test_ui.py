@@ -270,11 +270,12 @@ def test_map_of_60_pods_is_laid_out_without_overlap(browser, server, node):
 def test_endpoints_show_identity_attach_state_and_counters(browser, server, node):
     node.store.add(flow(src="10.22.0.5", src_pod=("shop", "web"), dst_pod=("shop", "api"), nbytes=1234))
     open_page(browser, server, "/endpoints")
+    # One script reads the table at once: the page replaces its rows on every refresh.
     cells = wait_until(
-        lambda: {
-            r.get_attribute("data-pod"): [c.text for c in r.find_elements(By.CSS_SELECTOR, "th, td")]
-            for r in browser.find_elements(By.CSS_SELECTOR, "#endpoints tbody tr")
-        }
+        lambda: browser.execute_script(
+            "return Object.fromEntries([...document.querySelectorAll('#endpoints tbody tr')]"
+            ".map(r => [r.dataset.pod, [...r.children].map(c => c.innerText)]))"
+        )
     )
     web, api = cells["shop/web"], cells["shop/api"]
     assert web[:6] == ["shop/web", "10.22.0.5", "7", "lmn0web (#7)", "ready", "attached"]
