@@ -57,6 +57,12 @@ def create_veth(
     host = nl.link(host_name)
     if host is None:
         raise RuntimeError(f"host veth {host_name} missing right after creation")
+    # A bridge port needs no address: without IPv6 on it the host side sends no router solicitations,
+    # MLD or DAD into the pod network (IPv6 frames are still bridged).
+    try:
+        write_sysctl(f"net/ipv6/conf/{host_name}/disable_ipv6", "1")
+    except FileNotFoundError:
+        pass  # IPv6 disabled on the host altogether
     nl.link_set(host.index, master=bridge.index, up=True)
     if hairpin:
         with open(f"/sys/class/net/{host_name}/brport/hairpin_mode", "w") as f:

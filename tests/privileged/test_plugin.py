@@ -61,6 +61,10 @@ def test_add_wires_pods_like_the_reference_bridge(node: Node):
         ["ip", "-o", "addr", "show", "dev", node.bridge], capture_output=True, text=True
     )
     assert f"{node.gateway4}/24" in bridge_addrs.stdout
+    # A bridge port carries no addresses: no IPv6 chatter from the host side into the pod network.
+    assert open(f"/proc/sys/net/ipv6/conf/{host}/disable_ipv6").read().strip() == "1"
+    host_addrs = subprocess.run(["ip", "-o", "addr", "show", "dev", host], capture_output=True, text=True)
+    assert "inet6" not in host_addrs.stdout
 
     assert ping(a.ns, b.ip(4)) and ping(b.ns, a.ip(4))
     assert ping(a.ns, b.ip(6)) and ping(a.ns, node.gateway4) and ping(a.ns, node.gateway6)
