@@ -60,7 +60,16 @@ class Demo:
         if probe.returncode != 0:
             return None
         self.spawn(
-            [str(lumen), "agent", "--state-dir", self.args.state_dir, "--port", str(self.args.port)],
+            [
+                str(lumen),
+                "agent",
+                "--state-dir",
+                self.args.state_dir,
+                "--pin-dir",
+                self.args.pin_dir,
+                "--port",
+                str(self.args.port),
+            ],
             "agent.log",
         )
         url = f"http://127.0.0.1:{self.args.port}"
@@ -155,7 +164,9 @@ class Demo:
                 os.killpg(proc.pid, signal.SIGKILL)
         if self.node is not None:
             self.node.cleanup()
-        print("demo: cleaned up pods, bridge and processes")
+        for path in (self.args.pin_dir, self.args.state_dir):
+            shutil.rmtree(path, ignore_errors=True)  # bpffs pins unlink like files
+        print("demo: cleaned up pods, bridge, pinned maps and processes")
 
 
 def main() -> None:
@@ -167,15 +178,17 @@ def main() -> None:
         help="seconds to run (0: until Ctrl-C)",
     )
     ap.add_argument("--bridge", default="lumen0")
-    ap.add_argument("--state-dir", default="/run/lumen")
-    ap.add_argument("--pin-dir", default="/sys/fs/bpf/lumen")
+    # The demo is a node of its own: its state and pinned maps are made fresh and removed on exit.
+    ap.add_argument("--state-dir", default="/run/lumen-demo")
+    ap.add_argument("--pin-dir", default="/sys/fs/bpf/lumen-demo")
     ap.add_argument("--port", type=int, default=int(os.environ.get("LUMEN_PORT", "9465")))
     ap.add_argument("--workdir", default="/tmp/lumen-demo")
     ap.add_argument("--no-agent", action="store_true")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("demo: needs root (network namespaces, veths, bpf)")
-    shutil.rmtree(Path(args.workdir) / "node", ignore_errors=True)
+    for stale in (Path(args.workdir) / "node", Path(args.pin_dir), Path(args.state_dir)):
+        shutil.rmtree(stale, ignore_errors=True)  # a previous demo killed before its clean-up
     demo = Demo(args)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
