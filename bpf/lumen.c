@@ -98,15 +98,15 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
     /* 2. At tc ingress the source is the pod behind this veth, whose endpoint id is this ifindex
      * (the plugin uses the host veth ifindex as endpoint id): no lookup needed. */
     __u32 src_ep = 0;
-    struct endpoint_info *dst = 0;
-    if (direction == LUMEN_DIR_EGRESS) {
+    if (direction == LUMEN_DIR_EGRESS)
         src_ep = skb->ifindex;
+    else if (lumen_endpoint(key.saddr, key.family))
+        return TC_ACT_OK; /* already accounted at the source pod's host veth */
+    /* The destination endpoint is looked up only when needed: a new flow (its dst_ep) or a redirect. */
+    struct endpoint_info *dst = 0;
+    int want_redirect = direction == LUMEN_DIR_EGRESS && cfg->redirect;
+    if (want_redirect)
         dst = lumen_endpoint(key.daddr, key.family);
-    } else {
-        if (lumen_endpoint(key.saddr, key.family))
-            return TC_ACT_OK; /* already accounted at the source pod's host veth */
-        dst = lumen_endpoint(key.daddr, key.family);
-    }
 
     /* 3. The coarse clock (jiffies, CLOCK_MONOTONIC) costs a few ns against ~65 ns for the precise one
      * on this kind of VM; a flow's first packet takes the precise clock, later ones the coarse. */
@@ -145,6 +145,8 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
         }
     } else {
         now = bpf_ktime_get_ns();
+        if (!want_redirect)
+            dst = lumen_endpoint(key.daddr, key.family);
         struct flow_stats init = {};
         init.packets = 1;
         init.bytes = len;
@@ -174,7 +176,7 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
     }
 
     /* 5. */
-    if (direction == LUMEN_DIR_EGRESS && dst && cfg->redirect && dst->ifindex != skb->ifindex) {
+    if (want_redirect && dst && dst->ifindex != skb->ifindex) {
         __u32 ifindex = dst->ifindex;
         void *data = (void *)(long)skb->data;
         struct ethhdr *eth = data;
