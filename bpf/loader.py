@@ -121,7 +121,8 @@ class Datapath:
                 link = nl.link(index=int(rec["hostIfindex"]))
                 if link is None or link.name != rec.get("hostVeth"):
                     continue  # the pod is gone; DEL or GC will remove its record
-                self.add_endpoint(rec["ips"], link.index, int(rec.get("endpointId", link.index)), rec["mac"])
+                ips = rec["ips"] + rec.get("linkLocal", [])
+                self.add_endpoint(ips, link.index, int(rec.get("endpointId", link.index)), rec["mac"])
                 self.attach(link.index)
                 attached.append(link.index)
         return attached

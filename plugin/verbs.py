@@ -68,7 +68,7 @@ def _teardown(conf: NetConf, env: Env, environ: dict[str, str], record: dict[str
     """Undo everything one attachment owns; every step tolerates what is already gone."""
     host_name = record["hostVeth"] if record else endpoint.host_veth_name(env.container_id, env.ifname)
     if record and record.get("ips"):
-        _detach_bpf(conf, record["ips"])
+        _detach_bpf(conf, record["ips"] + record.get("linkLocal", []))
     with Netlink() as nl:
         wiring.delete_host_veth(nl, host_name)
     addressing.delete(conf, env, environ)
@@ -164,11 +164,16 @@ def cmd_add(env: Env, conf: NetConf, environ: dict[str, str]) -> dict[str, Any]:
             pod_link = wiring.configure_pod(
                 pod, env.netns, pod_link, [ipaddress.ip_interface(a) for a in ips], install
             )
+            # The pod's link-local address speaks for it too (ND, MLD): known, its multicast is
+            # accounted once at its own veth, not again at every port the bridge floods it to.
+            link_local = [str(a.ip) for _, a in pod.addrs(pod_link.index) if a.ip.is_link_local]
         checkpoint("after-configure")
-        undo.callback(_detach_bpf, conf, ips)
-        observed = _attach_bpf(conf, host.index, ips, pod_link.mac)
+        datapath_ips = ips + link_local
+        undo.callback(_detach_bpf, conf, datapath_ips)
+        observed = _attach_bpf(conf, host.index, datapath_ips, pod_link.mac)
         checkpoint("after-attach")
         record.update(
+            linkLocal=link_local,
             state="ready",
             hostIfindex=host.index,
             endpointId=host.index,
@@ -259,7 +264,7 @@ def cmd_gc(env: Env, conf: NetConf, environ: dict[str, str]) -> None:
     with Netlink() as nl:
         for r in stale:
             if r.get("ips"):
-                _detach_bpf(conf, r["ips"])
+                _detach_bpf(conf, r["ips"] + r.get("linkLocal", []))
             wiring.delete_host_veth(nl, r["hostVeth"])
             endpoint.remove(conf.state_dir, r["containerId"], r["ifname"])
         bridge = nl.link(conf.bridge)

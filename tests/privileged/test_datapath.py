@@ -73,10 +73,35 @@ def test_add_attaches_pinned_programs_and_fills_the_endpoint_map(dp: Datapath, d
         info = table[abi.endpoint_key(ip)]
         assert info.ifindex == ifindex and info.endpoint_id == ifindex
         assert ":".join(f"{b:02x}" for b in info.mac) == a.result["interfaces"][2]["mac"]
+    (link_local,) = record["linkLocal"]
+    assert link_local.startswith("fe80:") and table[abi.endpoint_key(link_local)].ifindex == ifindex
     assert dnode.del_pod("a").ok
-    for ip in a.ips:
+    for ip in [*a.ips, link_local]:
         with pytest.raises(KeyError):
             table[abi.endpoint_key(ip)]
+
+
+def test_a_pods_multicast_is_counted_once(dp: Datapath, dnode: Node):
+    """Neighbour discovery floods every bridge port; once a pod is attached it is accounted at the
+    sender's veth only. (A pod's very first packets, sent as its link comes up before ADD attaches the
+    programs, can still be seen at the other pods' veths.)"""
+    a, b, c = dnode.add_pod("a"), dnode.add_pod("b"), dnode.add_pod("c")
+    link_locals = set()
+    for pod in (a, b, c):
+        rec = json.loads((dnode.state_dir / "endpoints" / f"{pod.container_id}_eth0.json").read_text())
+        link_locals.update(rec["linkLocal"])
+    pod_sources = link_locals | {p.ip(6) for p in (a, b, c)}
+
+    def seen_at_others() -> dict:
+        flows = t.flows(dp).items()
+        return {k: v.packets for k, v in flows if k[0] in pod_sources and k[5] == abi.Direction.INGRESS}
+
+    before = seen_at_others()
+    assert ns_exec(a.ns, "ping", "-6", "-c", "2", "-i", "0.2", b.ip(6)).returncode == 0
+    assert ns_exec(c.ns, "ping", "-6", "-c", "1", a.ip(6)).returncode == 0
+    sends = [k for k in t.flows(dp) if k[0] in pod_sources and k[5] == abi.Direction.EGRESS]
+    assert any(k[1].startswith("ff02::1:ff") for k in sends), "neighbour solicitations were sent"
+    assert seen_at_others() == before, "a pod's packets were accounted again at another pod's veth"
 
 
 @pytest.mark.parametrize("version", [4, 6])
