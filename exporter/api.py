@@ -98,6 +98,19 @@ def sse_event(flow: Flow) -> str:
     return f"event: flow\ndata: {json.dumps(flow.to_dict(), separators=(',', ':'))}\n\n"
 
 
+def token_check(token: str | None) -> Callable[[Request], None]:
+    """The bearer-token dependency every protected route uses (the API's and the UI's alike)."""
+
+    def require_token(request: Request) -> None:
+        if token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "bearer token required", headers={"WWW-Authenticate": "Bearer"})
+
+    return require_token
+
+
 def create_app(
     view: AgentView,
     token: str | None = None,
@@ -111,12 +124,7 @@ def create_app(
     )
     app.state.view = view
 
-    def require_token(request: Request) -> None:
-        if token is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(401, "bearer token required", headers={"WWW-Authenticate": "Bearer"})
+    require_token = token_check(token)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

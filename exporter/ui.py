@@ -8,17 +8,16 @@ when the agent has one.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from exporter import filters, servicemap
+from exporter import api, filters, servicemap
 from exporter.api import PAGING_PARAMS, parse_query
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -37,12 +36,7 @@ def _filter_help() -> list[dict[str, str]]:
 def hook(token: str | None = None, web_dir: Path = WEB_DIR) -> Callable[[FastAPI], None]:
     """The `ui` argument of exporter.api.create_app."""
 
-    def require_token(request: Request) -> None:
-        if token is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(401, "bearer token required", headers={"WWW-Authenticate": "Bearer"})
+    require_token = api.token_check(token)
 
     def mount(app: FastAPI) -> None:
         templates = Jinja2Templates(directory=str(web_dir / "templates"))
