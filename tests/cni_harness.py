@@ -6,6 +6,7 @@ Everything created (netns, plugin state) carries a unique suffix and is removed 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -127,8 +128,9 @@ class Node:
         self.bridge = f"ltb{self.tag}"
         self.subnet4 = f"10.{self.subnet_octet}.{int(self.tag[:2], 16)}.0/24"
         self.gateway4 = self.subnet4.replace(".0/24", ".1")
-        self.subnet6 = f"fd00:{self.subnet_octet}:{self.tag[:4]}::/64"
-        self.gateway6 = self.subnet6.replace("::/64", "::1")
+        # Canonical text form: results carry addresses the way the kernel prints them.
+        self.subnet6 = str(ipaddress.ip_network(f"fd00:{self.subnet_octet}:{self.tag[:4]}::/64"))
+        self.gateway6 = str(ipaddress.ip_network(self.subnet6)[1])
 
     @property
     def state_dir(self) -> Path:
