@@ -22,12 +22,24 @@ PROG_EGRESS = "lumen_egress"  # tc egress: packets entering the pod
 MAP_FLOWS = "lumen_flows"
 MAP_SOURCES = "lumen_sources"
 MAP_ENDPOINTS = "lumen_endpoints"
+MAP_IPCACHE = "lumen_ipcache"
+MAP_CIDRS = "lumen_cidrs"
+MAP_POLICY = "lumen_policy"
 MAP_STATS = "lumen_stats"
 MAP_CONFIG = "lumen_config"
 MAP_BATCH = "lumen_batch"
 MAP_EVENTS = "lumen_events"
 #: maps pinned under the pin dir (file name = map name); they survive an agent restart
-PINNED_MAPS = (MAP_FLOWS, MAP_SOURCES, MAP_ENDPOINTS, MAP_STATS, MAP_CONFIG)
+PINNED_MAPS = (
+    MAP_FLOWS,
+    MAP_SOURCES,
+    MAP_ENDPOINTS,
+    MAP_IPCACHE,
+    MAP_CIDRS,
+    MAP_POLICY,
+    MAP_STATS,
+    MAP_CONFIG,
+)
 ALL_MAPS = (*PINNED_MAPS, MAP_BATCH, MAP_EVENTS)
 
 
@@ -67,9 +79,38 @@ class Stat(IntEnum):
     FLOWS_CREATED = 3
     REDIRECTED = 4
     UNPARSED = 5
+    POLICY_DROPPED = 6
+    POLICY_AUDIT = 7
 
 
 STAT_MAX = 8
+
+
+class FlowFlag(IntEnum):
+    REPLY = 1
+
+
+class Identity(IntEnum):
+    ANY = 0
+    HOST = 1
+    WORLD = 2
+    UNMANAGED = 3
+    FIRST_LABEL = 256
+    FIRST_CIDR = 16777216
+
+
+class PolicyKind(IntEnum):
+    ISOLATE = 1
+    ALLOW = 2
+
+
+POLICY_DENIED_ID = 0xFFFFFFFF
+#: prefix lengths of struct policy_key (see bpf/include/types.h)
+POLICY_PREFIX_SUBJECT = 64
+POLICY_PREFIX_PEER = 96
+POLICY_PREFIX_PROTO = 104
+POLICY_PREFIX_PORT = 112  # + bits of the port prefix
+CIDR_PREFIX_BASE = 32  # slot, family, pad
 
 # The C enums, by their C names, for the drift test.
 C_ENUMS: dict[str, int] = {
@@ -80,6 +121,10 @@ C_ENUMS: dict[str, int] = {
     **{f"LUMEN_AGG_{m.name}": m.value for m in Aggregation},
     **{f"LUMEN_STAT_{m.name}": m.value for m in Stat},
     "LUMEN_STAT_MAX": STAT_MAX,
+    **{f"LUMEN_FLOW_{m.name}": m.value for m in FlowFlag},
+    **{f"LUMEN_ID_{m.name}": m.value for m in Identity},
+    **{f"LUMEN_POLICY_{m.name}": m.value for m in PolicyKind},
+    "LUMEN_POLICY_DENIED_ID": POLICY_DENIED_ID,
 }
 
 
@@ -109,7 +154,10 @@ class FlowStats(ct.Structure):
         ("tcp_flags", ct.c_uint8),
         ("verdict", ct.c_uint8),
         ("drop_reason", ct.c_uint8),
-        ("pad", ct.c_uint8 * 5),
+        ("flags", ct.c_uint8),
+        ("policy_gen", ct.c_uint32),
+        ("egress_policy", ct.c_uint32),
+        ("ingress_policy", ct.c_uint32),
     ]
 
 
@@ -129,6 +177,10 @@ class FlowEvent(ct.Structure):
         ("tcp_flags", ct.c_uint8),
         ("verdict", ct.c_uint8),
         ("drop_reason", ct.c_uint8),
+        ("egress_policy", ct.c_uint32),
+        ("ingress_policy", ct.c_uint32),
+        ("flags", ct.c_uint8),
+        ("pad", ct.c_uint8 * 7),
     ]
 
 
@@ -141,6 +193,40 @@ class EndpointInfo(ct.Structure):
         ("ifindex", ct.c_uint32),
         ("endpoint_id", ct.c_uint32),
         ("mac", ct.c_uint8 * 6),
+        ("pad", ct.c_uint8 * 2),
+        ("identity", ct.c_uint32),
+    ]
+
+
+class CidrKey(ct.Structure):
+    _fields_ = [
+        ("prefixlen", ct.c_uint32),
+        ("slot", ct.c_uint8),
+        ("family", ct.c_uint8),
+        ("pad", ct.c_uint8 * 2),
+        ("addr", ct.c_uint8 * 16),
+    ]
+
+
+class PolicyKey(ct.Structure):
+    _fields_ = [
+        ("prefixlen", ct.c_uint32),
+        ("slot", ct.c_uint8),
+        ("direction", ct.c_uint8),
+        ("pad", ct.c_uint8 * 2),
+        ("subject", ct.c_uint32),
+        ("peer", ct.c_uint32),
+        ("proto", ct.c_uint8),
+        ("pad2", ct.c_uint8),
+        ("port", ct.c_uint16),  # network byte order
+    ]
+
+
+class PolicyValue(ct.Structure):
+    _fields_ = [
+        ("policy_id", ct.c_uint32),
+        ("kind", ct.c_uint8),
+        ("audit", ct.c_uint8),
         ("pad", ct.c_uint8 * 2),
     ]
 
@@ -155,7 +241,9 @@ class Config(ct.Structure):
         ("redirect", ct.c_uint32),
         ("report_interval_ns", ct.c_uint64),
         ("wakeup_batch", ct.c_uint32),
-        ("pad", ct.c_uint32),
+        ("policy_gen", ct.c_uint32),
+        ("policy_slot", ct.c_uint32),
+        ("audit", ct.c_uint32),
     ]
 
 
@@ -168,6 +256,9 @@ MIRRORS: dict[str, type[ct.Structure]] = {
     "endpoint_info": EndpointInfo,
     "source_counters": SourceCounters,
     "lumen_config": Config,
+    "cidr_key": CidrKey,
+    "policy_key": PolicyKey,
+    "policy_value": PolicyValue,
 }
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from bcc import BPF, libbcc  # noqa: TID251 - this is the bcc wrapper
 
 from bpf import abi
+from exporter.policy.compiler import Compiled, network_key
 from plugin import endpoint
 from plugin.netlink import Netlink
 
@@ -83,13 +84,111 @@ class Datapath:
             os.replace(tmp, path)
 
     def set_config(self) -> None:
+        table = self._map(abi.MAP_CONFIG)
+        old = abi.Config.from_buffer_copy(bytes(table[ct.c_uint32(0)]))
         cfg = abi.Config(
             aggregation=int(self.cfg.aggregation),
             redirect=1 if self.cfg.redirect else 0,
             report_interval_ns=int(self.cfg.report_interval_s * 1e9),
             wakeup_batch=max(1, self.cfg.wakeup_batch),
+            # a restarted agent keeps enforcing what is in force until it has compiled its own
+            policy_gen=old.policy_gen,
+            policy_slot=old.policy_slot,
+            audit=old.audit,
         )
+        table[ct.c_uint32(0)] = cfg
+
+    def config(self) -> abi.Config:
+        return abi.Config.from_buffer_copy(bytes(self._map(abi.MAP_CONFIG)[ct.c_uint32(0)]))
+
+    # -- policy ----------------------------------------------------------------------------------
+
+    def apply_policy(self, compiled: Compiled, audit: bool = False) -> int:
+        """Write `compiled` into the idle half of the policy and CIDR maps, then switch to it in one
+        config write and bump the generation (flows decide again on their next packet); the old half
+        is emptied after. Returns the new generation."""
+        cfg = self.config()
+        slot = (cfg.policy_slot ^ 1) & 1
+        policy, cidrs = self._map(abi.MAP_POLICY), self._map(abi.MAP_CIDRS)
+        self._clear_slot(slot)
+        for net, ident in compiled.cidrs.items():
+            addr, family, plen = network_key(net)
+            key = abi.CidrKey(prefixlen=abi.CIDR_PREFIX_BASE + plen, slot=slot, family=family)
+            ct.memmove(key.addr, addr, 16)
+            cidrs[key] = ct.c_uint32(ident)
+        for (direction, subject), (pid, audit_ns) in compiled.markers.items():
+            key = abi.PolicyKey(
+                prefixlen=abi.POLICY_PREFIX_SUBJECT, slot=slot, direction=_DIRS[direction], subject=subject
+            )
+            policy[key] = abi.PolicyValue(policy_id=pid, kind=abi.PolicyKind.ISOLATE, audit=int(audit_ns))
+        for e, pid in compiled.allows.items():
+            key = abi.PolicyKey(
+                prefixlen=e.prefixlen,
+                slot=slot,
+                direction=_DIRS[e.direction],
+                subject=e.subject,
+                peer=e.peer,
+                proto=e.proto,
+                port=_htons(e.port),
+            )
+            policy[key] = abi.PolicyValue(policy_id=pid, kind=abi.PolicyKind.ALLOW)
+        cfg.policy_slot = slot
+        cfg.policy_gen = (cfg.policy_gen + 1) & 0xFFFFFFFF or 1
+        cfg.audit = int(audit)
         self._map(abi.MAP_CONFIG)[ct.c_uint32(0)] = cfg
+        self._clear_slot(slot ^ 1)
+        return int(cfg.policy_gen)
+
+    def bump_policy_generation(self) -> int:
+        """Flows decide again on their next packet (a pod's identity changed)."""
+        cfg = self.config()
+        cfg.policy_gen = (cfg.policy_gen + 1) & 0xFFFFFFFF or 1
+        self._map(abi.MAP_CONFIG)[ct.c_uint32(0)] = cfg
+        return int(cfg.policy_gen)
+
+    def _clear_slot(self, slot: int) -> None:
+        for name in (abi.MAP_POLICY, abi.MAP_CIDRS):
+            table = self._map(name)
+            stale = [bytes(k) for k in table.keys() if k.slot == slot]
+            for raw in stale:
+                try:
+                    del table[table.Key.from_buffer_copy(raw)]
+                except KeyError:
+                    pass
+
+    def policy_entries(self) -> int:
+        return sum(1 for _ in self._map(abi.MAP_POLICY).keys())
+
+    def set_endpoint_identity(self, ips: list[str], identity: int) -> None:
+        """Change the identity of a local pod's endpoint entries (its labels changed or became known)."""
+        table = self._map(abi.MAP_ENDPOINTS)
+        for ip in ips:
+            key = abi.endpoint_key(ip)
+            try:
+                info = abi.EndpointInfo.from_buffer_copy(bytes(table[key]))
+            except KeyError:
+                continue
+            if info.identity != identity:
+                info.identity = identity
+                table[key] = info
+
+    def endpoint_identities(self) -> dict[str, int]:
+        return {
+            abi.addr_str(k.addr, k.family): int(v.identity) for k, v in self._map(abi.MAP_ENDPOINTS).items()
+        }
+
+    def set_ipcache(self, identities: dict[str, int]) -> None:
+        """Exactly these non-pod addresses -> identity (the node's own addresses, remote pods)."""
+        table = self._map(abi.MAP_IPCACHE)
+        want = {bytes(abi.endpoint_key(ip)): ident for ip, ident in identities.items()}
+        for k in [bytes(k) for k in table.keys()]:
+            if k not in want:
+                try:
+                    del table[abi.EndpointKey.from_buffer_copy(k)]
+                except KeyError:
+                    pass
+        for raw, ident in want.items():
+            table[abi.EndpointKey.from_buffer_copy(raw)] = ct.c_uint32(ident)
 
     def _map(self, name: str):  # noqa: ANN202 - bcc's table types
         return self.bpf[name.encode()]
@@ -103,9 +202,11 @@ class Datapath:
             nl.tc_bpf_attach(ifindex, "ingress", self.progs[abi.PROG_INGRESS].fd, abi.PROG_INGRESS)
             nl.tc_bpf_attach(ifindex, "egress", self.progs[abi.PROG_EGRESS].fd, abi.PROG_EGRESS)
 
-    def add_endpoint(self, ips: list[str], ifindex: int, endpoint_id: int, mac: str) -> None:
+    def add_endpoint(
+        self, ips: list[str], ifindex: int, endpoint_id: int, mac: str, identity: int = abi.Identity.UNMANAGED
+    ) -> None:
         table = self._map(abi.MAP_ENDPOINTS)
-        info = abi.EndpointInfo(ifindex=ifindex, endpoint_id=endpoint_id)
+        info = abi.EndpointInfo(ifindex=ifindex, endpoint_id=endpoint_id, identity=identity)
         ct.memmove(info.mac, bytes(int(b, 16) for b in mac.split(":")), 6)
         for ip in ips:
             table[abi.endpoint_key(ip)] = info
@@ -122,7 +223,13 @@ class Datapath:
                 if link is None or link.name != rec.get("hostVeth"):
                     continue  # the pod is gone; DEL or GC will remove its record
                 ips = rec["ips"] + rec.get("linkLocal", [])
-                self.add_endpoint(ips, link.index, int(rec.get("endpointId", link.index)), rec["mac"])
+                self.add_endpoint(
+                    ips,
+                    link.index,
+                    int(rec.get("endpointId", link.index)),
+                    rec["mac"],
+                    int(rec.get("identity") or abi.Identity.UNMANAGED),
+                )
                 self.attach(link.index)
                 attached.append(link.index)
         return attached
@@ -198,6 +305,13 @@ class Datapath:
     def close(self) -> None:
         """Unload this process's handles; pinned maps and programs stay, attached programs keep running."""
         self.bpf.cleanup()
+
+
+_DIRS = {"egress": int(abi.Direction.EGRESS), "ingress": int(abi.Direction.INGRESS)}
+
+
+def _htons(port: int) -> int:
+    return int.from_bytes(port.to_bytes(2, "big"), "little")
 
 
 def unpin_all(pin_dir: str) -> None:

@@ -11,7 +11,13 @@
  *     REPORT every report interval of an active flow, PACKET per packet at level "none". A failed
  *     reserve is counted (LUMEN_STAT_LOST_EVENTS), never silent. The consumer is woken every
  *     wakeup_batch events only (BPF_RB_NO_WAKEUP otherwise); it also polls on a timer.
- *  5. Direct forwarding: at tc ingress, a packet for a local pod goes straight into that pod with
+ *  5. NetworkPolicy, compiled by the agent into maps keyed by identity: decided on a flow's first
+ *     packet and again on its first packet after a policy change, then kept in the flow entry; the
+ *     answer of an admitted connection (its reverse flow exists) is admitted. Both the source's
+ *     egress and a local destination's ingress are decided where the packet enters (the source's
+ *     veth), because redirected packets never reach the destination's veth. DROPPED packets are shot;
+ *     AUDIT ones (audit mode) pass.
+ *  6. Direct forwarding: at tc ingress, a packet for a local pod goes straight into that pod with
  *     bpf_redirect_peer (destination MAC rewritten to the pod's), skipping the bridge.
  */
 #include <uapi/linux/bpf.h>
@@ -53,6 +59,9 @@ static __always_inline void lumen_emit(struct lumen_config *cfg, struct flow_key
     ev->tcp_flags = st->tcp_flags;
     ev->verdict = st->verdict;
     ev->drop_reason = st->drop_reason;
+    ev->egress_policy = st->egress_policy;
+    ev->ingress_policy = st->ingress_policy;
+    ev->flags = st->flags;
 
     __u64 flags = BPF_RB_NO_WAKEUP;
     __u32 zero = 0;
@@ -74,6 +83,170 @@ static __always_inline struct endpoint_info *lumen_endpoint(__u8 *addr, __u8 fam
     __builtin_memcpy(ek.addr, addr, 16);
     ek.family = family;
     return lumen_endpoints.lookup(&ek);
+}
+
+/* Identity of an address that is not a local pod: the node, another node's pod, or the world. */
+static __always_inline __u32 lumen_remote_identity(__u8 *addr, __u8 family)
+{
+    struct endpoint_key ek = {};
+    __builtin_memcpy(ek.addr, addr, 16);
+    ek.family = family;
+    __u32 *id = lumen_ipcache.lookup(&ek);
+    return id ? *id : LUMEN_ID_WORLD;
+}
+
+static __always_inline __u32 lumen_cidr_identity(__u8 slot, __u8 *addr, __u8 family)
+{
+    struct cidr_key ck = {};
+    ck.prefixlen = 32 + (family == 4 ? 32 : 128);
+    ck.slot = slot;
+    ck.family = family;
+    __builtin_memcpy(ck.addr, addr, 16);
+    __u32 *id = lumen_cidrs.lookup(&ck);
+    return id ? *id : 0;
+}
+
+static __always_inline struct policy_value *lumen_policy_lookup(__u8 slot, __u8 direction, __u32 subject,
+                                                               __u32 peer, __u8 proto, __u16 port)
+{
+    struct policy_key pk = {};
+    pk.prefixlen = 128;
+    pk.slot = slot;
+    pk.direction = direction;
+    pk.subject = subject;
+    pk.peer = peer;
+    pk.proto = proto;
+    pk.port = bpf_htons(port);
+    return lumen_policy.lookup(&pk);
+}
+
+struct lumen_peer {
+    __u32 id;   /* label or reserved identity */
+    __u32 cidr; /* CIDR identity of the address, 0 if no ipBlock covers it */
+};
+
+/* One side of a connection: may `subject` (0: not a local pod) send (egress) or receive (ingress)?
+ * At most three lookups: the isolation marker matches any key of the subject, so a miss means the
+ * pod is not isolated in this direction. */
+static __always_inline int lumen_side(__u8 slot, __u8 direction, __u32 subject, struct lumen_peer *peer,
+                                      __u8 proto, __u16 port, __u32 *policy, __u8 *audit)
+{
+    *policy = 0;
+    if (!subject || peer->id == LUMEN_ID_HOST)
+        return 1;
+    struct policy_value *v = lumen_policy_lookup(slot, direction, subject, peer->id, proto, port);
+    if (!v)
+        return 1;
+    if (v->kind == LUMEN_POLICY_ALLOW) {
+        *policy = v->policy_id;
+        return 1;
+    }
+    *audit = v->audit;
+    if (peer->cidr) {
+        v = lumen_policy_lookup(slot, direction, subject, peer->cidr, proto, port);
+        if (v && v->kind == LUMEN_POLICY_ALLOW) {
+            *policy = v->policy_id;
+            return 1;
+        }
+    }
+    v = lumen_policy_lookup(slot, direction, subject, LUMEN_ID_ANY, proto, port);
+    if (v && v->kind == LUMEN_POLICY_ALLOW) {
+        *policy = v->policy_id;
+        return 1;
+    }
+    *policy = LUMEN_POLICY_DENIED_ID;
+    return 0;
+}
+
+struct lumen_decision {
+    __u32 egress_policy;
+    __u32 ingress_policy;
+    __u8 verdict;
+    __u8 drop_reason;
+    __u8 flags;
+};
+
+/* The flow this packet answers, if it was seen: same addresses and ports swapped, accounted where its
+ * first packet entered the pod network (the source pod's veth if local, else the destination's). */
+static __always_inline struct flow_stats *lumen_reverse(struct flow_key *key, int dst_local)
+{
+    struct flow_key rk = {};
+    __builtin_memcpy(rk.saddr, key->daddr, 16);
+    __builtin_memcpy(rk.daddr, key->saddr, 16);
+    rk.sport = key->dport;
+    rk.dport = key->sport;
+    rk.proto = key->proto;
+    rk.family = key->family;
+    rk.direction = dst_local ? LUMEN_DIR_EGRESS : LUMEN_DIR_INGRESS;
+    if (key->proto == IPPROTO_ICMP || key->proto == IPPROTO_ICMPV6) {
+        /* echo reply answers echo request; other ICMP has no connection */
+        if (key->proto == IPPROTO_ICMP && key->sport == 0)
+            rk.sport = 8;
+        else if (key->proto == IPPROTO_ICMPV6 && key->sport == 129)
+            rk.sport = 128;
+        else
+            return 0;
+        rk.dport = 0;
+    }
+    return lumen_flows.lookup(&rk);
+}
+
+/* NetworkPolicy for a flow's first packet (or its first after a policy change): the source's egress
+ * if it is a local pod, the destination's ingress if it is one, both from the maps in force. */
+static __always_inline void lumen_decide(struct lumen_config *cfg, struct flow_key *key, __u8 direction,
+                                         struct endpoint_info *dst, struct flow_stats *st,
+                                         struct lumen_decision *d)
+{
+    __u8 slot = cfg->policy_slot & 1;
+    struct lumen_peer src = {}, dstp = {};
+    __u32 src_subject = 0, dst_subject = 0;
+    if (direction == LUMEN_DIR_EGRESS) {
+        struct endpoint_info *se = lumen_endpoint(key->saddr, key->family);
+        src_subject = se ? se->identity : LUMEN_ID_UNMANAGED;
+        src.id = src_subject ? src_subject : LUMEN_ID_UNMANAGED;
+    } else {
+        src.id = lumen_remote_identity(key->saddr, key->family);
+    }
+    if (dst) {
+        dst_subject = dst->identity;
+        dstp.id = dst_subject ? dst_subject : LUMEN_ID_UNMANAGED;
+    } else {
+        dstp.id = lumen_remote_identity(key->daddr, key->family);
+    }
+    src.cidr = lumen_cidr_identity(slot, key->saddr, key->family);
+    dstp.cidr = lumen_cidr_identity(slot, key->daddr, key->family);
+    __u16 port = 0;
+    if (key->proto == IPPROTO_TCP || key->proto == IPPROTO_UDP || key->proto == IPPROTO_SCTP)
+        port = key->dport;
+
+    __u8 audit_e = 0, audit_i = 0;
+    int ok_e = lumen_side(slot, LUMEN_DIR_EGRESS, src_subject, &dstp, key->proto, port, &d->egress_policy,
+                          &audit_e);
+    int ok_i = lumen_side(slot, LUMEN_DIR_INGRESS, dst_subject, &src, key->proto, port, &d->ingress_policy,
+                          &audit_i);
+    d->verdict = LUMEN_VERDICT_FORWARDED;
+    d->drop_reason = LUMEN_DROP_NONE;
+    /* A flow is a reply if its reverse was there first; decided again later, it stays what it was
+     * (the original direction of a connection never passes as the reply of its own answer). */
+    struct flow_stats *rev = 0;
+    if (!st || (st->flags & LUMEN_FLOW_REPLY))
+        rev = lumen_reverse(key, dst != 0);
+    if (rev)
+        d->flags |= LUMEN_FLOW_REPLY;
+    if (ok_e && ok_i)
+        return;
+    if (rev && rev->verdict != LUMEN_VERDICT_DROPPED) {
+        /* the answer of an admitted connection: admitted by the policies that admitted it */
+        d->egress_policy = rev->egress_policy;
+        d->ingress_policy = rev->ingress_policy;
+        return;
+    }
+    if (cfg->audit || ((ok_e || audit_e) && (ok_i || audit_i))) {
+        d->verdict = LUMEN_VERDICT_AUDIT;
+        return;
+    }
+    d->verdict = LUMEN_VERDICT_DROPPED;
+    d->drop_reason = LUMEN_DROP_POLICY_DENIED;
 }
 
 static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
@@ -101,7 +274,7 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
     if (direction == LUMEN_DIR_EGRESS)
         src_ep = skb->ifindex;
     else if (lumen_endpoint(key.saddr, key.family))
-        return TC_ACT_OK; /* already accounted at the source pod's host veth */
+        return TC_ACT_OK; /* already accounted (and policy decided) at the source pod's host veth */
     /* The destination endpoint is looked up only when needed: a new flow (its dst_ep) or a redirect. */
     struct endpoint_info *dst = 0;
     int want_redirect = direction == LUMEN_DIR_EGRESS && cfg->redirect;
@@ -127,6 +300,7 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
     }
 
     __u8 ev_type = 0;
+    __u8 verdict;
     struct flow_stats *st = lumen_flows.lookup(&key);
     if (st) {
         __sync_fetch_and_add(&st->packets, 1);
@@ -135,11 +309,29 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
         if (now > st->last_seen_ns)
             st->last_seen_ns = now;
         st->tcp_flags |= tcp_flags;
-        if (tcp_flags & (LUMEN_TCP_FIN | LUMEN_TCP_RST)) {
+        if (st->policy_gen != cfg->policy_gen) {
+            /* policies changed since this flow was decided: decide again, now, on this packet */
+            if (!want_redirect)
+                dst = lumen_endpoint(key.daddr, key.family);
+            struct lumen_decision d = {};
+            lumen_decide(cfg, &key, direction, dst, st, &d);
+            __u8 was = st->verdict;
+            st->policy_gen = cfg->policy_gen;
+            st->verdict = d.verdict;
+            st->drop_reason = d.drop_reason;
+            st->egress_policy = d.egress_policy;
+            st->ingress_policy = d.ingress_policy;
+            st->flags |= d.flags;
+            if (was != d.verdict) {
+                st->last_report_ns = now;
+                ev_type = d.verdict == LUMEN_VERDICT_DROPPED ? LUMEN_EV_DROP : LUMEN_EV_REPORT;
+            }
+        }
+        verdict = st->verdict;
+        if (!ev_type && (tcp_flags & (LUMEN_TCP_FIN | LUMEN_TCP_RST))) {
             st->last_seen_ns = bpf_ktime_get_ns(); /* a flow's end gets the precise clock too */
             ev_type = LUMEN_EV_END;
-        }
-        else if (now > st->last_report_ns && now - st->last_report_ns >= cfg->report_interval_ns) {
+        } else if (!ev_type && now > st->last_report_ns && now - st->last_report_ns >= cfg->report_interval_ns) {
             st->last_report_ns = now;
             ev_type = LUMEN_EV_REPORT;
         }
@@ -147,6 +339,9 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
         now = bpf_ktime_get_ns();
         if (!want_redirect)
             dst = lumen_endpoint(key.daddr, key.family);
+        struct lumen_decision d = {};
+        lumen_decide(cfg, &key, direction, dst, 0, &d);
+        verdict = d.verdict;
         struct flow_stats init = {};
         init.packets = 1;
         init.bytes = len;
@@ -157,13 +352,18 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
         init.src_ep = src_ep;
         init.dst_ep = dst ? dst->endpoint_id : 0;
         init.tcp_flags = tcp_flags;
-        init.verdict = LUMEN_VERDICT_FORWARDED;
+        init.verdict = d.verdict;
+        init.drop_reason = d.drop_reason;
+        init.flags = d.flags;
+        init.policy_gen = cfg->policy_gen;
+        init.egress_policy = d.egress_policy;
+        init.ingress_policy = d.ingress_policy;
         if (lumen_flows.update(&key, &init) != 0) {
             lumen_stat_add(LUMEN_STAT_FLOW_INSERT_FAILED, 1);
         } else {
             lumen_stat_add(LUMEN_STAT_FLOWS_CREATED, 1);
             st = lumen_flows.lookup(&key);
-            ev_type = LUMEN_EV_NEW;
+            ev_type = d.verdict == LUMEN_VERDICT_DROPPED ? LUMEN_EV_DROP : LUMEN_EV_NEW;
         }
     }
 
@@ -174,8 +374,14 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
         if (ev_type)
             lumen_emit(cfg, &key, st, ev_type, skb->ifindex, now);
     }
+    if (verdict == LUMEN_VERDICT_DROPPED) {
+        lumen_stat_add(LUMEN_STAT_POLICY_DROPPED, 1);
+        return TC_ACT_SHOT;
+    }
+    if (verdict == LUMEN_VERDICT_AUDIT)
+        lumen_stat_add(LUMEN_STAT_POLICY_AUDIT, 1);
 
-    /* 5. */
+    /* 6. */
     if (want_redirect && dst && dst->ifindex != skb->ifindex) {
         __u32 ifindex = dst->ifindex;
         void *data = (void *)(long)skb->data;

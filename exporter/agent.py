@@ -51,6 +51,8 @@ class AgentConfig:
     poll_timeout_ms: int = 100
     otel: bool = False
     plugin_socket: str | None = None  # serve the plugin's handed-over calls here
+    policy_dirs: list[str] = field(default_factory=lambda: ["/etc/lumen/policies"])
+    policy_audit: bool = False  # every policy drop becomes an AUDIT verdict (forwarded)
 
 
 class Agent:
@@ -83,6 +85,8 @@ class Agent:
         self.error = ""
         self.loaded_at = float("inf")
         self._plugin_attached: set[int] = set()
+        self.enforcer: Any = None
+        self.policy_names: dict[int, str] = {}
 
     def _retired_path(self) -> str:
         return os.path.join(self.cfg.state_dir, RETIRED_FILE)
@@ -108,10 +112,21 @@ class Agent:
         self.dp = Datapath.load(dcfg)
         self.loaded_at = time.time()
         _release_compiler_memory()
-        self.decoder = Decoder(self.directory, self.cfg.node)
+        from exporter.enforcer import Enforcer
+
+        for d in self.cfg.policy_dirs:
+            if not os.path.exists(d):
+                log.warning("policy directory does not exist (yet): no policies from it", extra={"dir": d})
+        self.enforcer = Enforcer(
+            self.cfg.state_dir, self.cfg.policy_dirs, self.dp, self.directory, audit=self.cfg.policy_audit
+        )
+        self.policy_names = self.enforcer.policy_names
+        self.decoder = Decoder(self.directory, self.cfg.node, self.policy_names)
         self.source = DatapathSource(self.dp)
         self.registry.register(
-            LumenCollector(self.source, self.directory, self.retired, self.health, self.store)
+            LumenCollector(
+                self.source, self.directory, self.retired, self.health, self.store, self.policy_names
+            )
         )
         if self.cfg.otel:
             from exporter.tracing import FlowTracer
@@ -119,6 +134,8 @@ class Agent:
             self.tracer = FlowTracer(self.cfg.node)
         self.dp.open_ring_buffer(self._on_event, raw=True)
         self._sync_endpoints()
+        # identities and policy maps before the plugin server takes its first ADD
+        self.enforcer.sync()
         log.info(
             "datapath loaded",
             extra={
@@ -190,6 +207,7 @@ class Agent:
         while not self._stop.wait(self.cfg.housekeeping_s):
             try:
                 self._sync_endpoints()
+                self.enforcer.sync()
                 self.retired.forget_endpoints({p.endpoint_id for p in self.directory.pods})
                 self.decoder.sync_clock()
                 if time.monotonic() - last_sweep >= min(self.cfg.idle_timeout_s / 2, 10.0):
@@ -205,7 +223,7 @@ class Agent:
         now = time.monotonic_ns()
         ended = self.dp.sweep_idle(int(self.cfg.idle_timeout_s * 1e9), now)
         for key, st in ended:
-            self.retired.add(totals(key, st))  # first: the kernel entries are gone already
+            self.retired.add(totals(key, st), self.policy_names)  # first: the kernel entries are gone already
         for key, st in ended:
             try:
                 flow = self.decoder.ended(key, st, now)
@@ -276,6 +294,29 @@ class Agent:
             return False, "ring buffer not polled in the last 5 s"
         return True, "ok"
 
+    def policy_view(self) -> Any:
+        """exporter.policy_api.PolicyView, or None before the datapath is loaded."""
+        return self if self.enforcer is not None else None
+
+    @property
+    def engine(self) -> Any:
+        return self.enforcer.engine
+
+    def status_dict(self) -> dict[str, Any]:
+        st = self.enforcer.status
+        cfg = self.dp.config()
+        return {
+            "generation": int(cfg.policy_gen),
+            "applied_at": st.applied_at,
+            "audit": bool(cfg.audit),
+            "dirs": self.cfg.policy_dirs,
+            "files": st.files,
+            "policies": st.policies,
+            "summary": st.summary,
+            "error": st.error,
+            "map_entries": self.dp.policy_entries(),
+        }
+
     def endpoints(self) -> list[dict[str, Any]]:
         self.directory.refresh()
         return [
@@ -288,6 +329,7 @@ class Agent:
                 "hostVeth": p.host_veth,
                 "hostIfindex": p.host_ifindex,
                 "endpointId": p.endpoint_id,
+                "identity": p.record.get("identity"),
                 "state": p.state,
                 "attached": self._is_attached(p),
             }

@@ -116,6 +116,7 @@ def create_app(
     token: str | None = None,
     registry: CollectorRegistry | None = None,
     ui: Callable[[FastAPI], None] | None = None,
+    policy: Callable[[], Any] | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="Lumen agent",
@@ -235,6 +236,10 @@ def create_app(
         """The agent, its maps' fill, lost events and each pod's attach state (`lumen status`)."""
         return view.status()
 
+    if policy is not None:
+        from exporter import policy_api
+
+        api.include_router(policy_api.router(policy, view.store))
     app.include_router(api)
 
     if registry is not None:

@@ -54,6 +54,18 @@ def _agent_parser(sub: Any) -> None:
     p.add_argument("--no-redirect", action="store_true", help="leave pod-to-pod packets on the bridge")
     p.add_argument("--otel", action="store_true", help="export a span per finished flow (OTEL_* env)")
     p.add_argument("--plugin-socket", help="serve the CNI plugin's handed-over calls on this socket")
+    p.add_argument(
+        "--policy-dir",
+        action="append",
+        default=None,
+        help="directory of NetworkPolicy (and, outside a cluster, Pod/Namespace) manifests, watched; "
+        "repeatable (default /etc/lumen/policies)",
+    )
+    p.add_argument(
+        "--policy-audit",
+        action="store_true",
+        help="audit mode everywhere: flows policy would drop are forwarded with verdict AUDIT",
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--print-bpf", action="store_true", help="print the C and the effective config, then exit")
     p.set_defaults(func=cmd_agent)
@@ -87,6 +99,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         redirect=not args.no_redirect,
         otel=args.otel,
         plugin_socket=args.plugin_socket,
+        policy_dirs=args.policy_dir or AgentConfig().policy_dirs,
+        policy_audit=args.policy_audit,
     )
     if args.print_bpf:
         from bpf.loader import source_text
@@ -114,7 +128,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     agent = Agent(cfg)
     agent.start()
     try:
-        app = create_app(agent, token=cfg.token, registry=agent.registry, ui=ui.hook(cfg.token))
+        app = create_app(
+            agent, token=cfg.token, registry=agent.registry, ui=ui.hook(cfg.token), policy=agent.policy_view
+        )
         server = Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_config=None, access_log=False))
         print(f"lumen agent: API on http://{cfg.host}:{cfg.port}/api/flows", file=sys.stderr, flush=True)
         server.run()
@@ -171,10 +187,15 @@ class ApiError(Exception):
 
 
 def _open(
-    server: str, path: str, params: Sequence[tuple[str, str]], token: str | None, timeout: float | None
+    server: str,
+    path: str,
+    params: Sequence[tuple[str, str]],
+    token: str | None,
+    timeout: float | None,
+    data: bytes | None = None,
 ) -> Any:
     url = server.rstrip("/") + path + ("?" + urllib.parse.urlencode(params) if params else "")
-    req = urllib.request.Request(url, headers={"Accept": "application/json, text/event-stream"})
+    req = urllib.request.Request(url, data=data, headers={"Accept": "application/json, text/event-stream"})
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
@@ -203,8 +224,15 @@ def format_flow(flow: dict[str, Any]) -> str:
     return (
         f"{t}  {_endpoint_text(flow['source']):<36} -> {_endpoint_text(flow['destination']):<36} "
         f"{flow['protocol']:<6} {flow['type']:<6} {flow['verdict']}{reason}  "
-        f"{flow['packets']} pkts {flow['bytes']} B{flags}"
+        f"{flow['packets']} pkts {flow['bytes']} B{flags}{_policy_text(flow)}"
     )
+
+
+def _policy_text(flow: dict[str, Any]) -> str:
+    pol = flow.get("policy") or {}
+    if pol.get("egress") is None and pol.get("ingress") is None:
+        return ""  # no policy isolates either side
+    return f"  policy: {pol.get('summary', '')}"
 
 
 def print_flows(flows: Sequence[dict[str, Any]], output: str, out: TextIO) -> None:
@@ -296,12 +324,108 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy_parser(sub: Any) -> None:
+    p = sub.add_parser("policy", help="NetworkPolicy in force: status, explain a connection, what-if")
+    psub = p.add_subparsers(dest="policy_command", required=True)
+    st = psub.add_parser("status", help="policies in force, generation, a refused change")
+    _client_args(st)
+    st.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    st.set_defaults(func=cmd_policy_status)
+    ex = psub.add_parser(
+        "explain",
+        help="which policy admits a connection, or why it is dropped",
+        description="SRC and DST are namespace/pod or an IP. Example: lumen policy explain shop/web "
+        "shop/db --port 5432",
+    )
+    _client_args(ex)
+    ex.add_argument("src")
+    ex.add_argument("dst")
+    ex.add_argument("--protocol", default="TCP", help="TCP, UDP, SCTP, ICMP or ICMPv6 (default TCP)")
+    ex.add_argument("--port", type=int, help="destination port (TCP, UDP, SCTP)")
+    ex.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    ex.set_defaults(func=cmd_policy_explain)
+    wi = psub.add_parser(
+        "whatif",
+        help="replay the agent's stored flows against proposed manifests; applies nothing",
+    )
+    _client_args(wi)
+    wi.add_argument("manifests", nargs="+", help="YAML files or directories")
+    wi.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    wi.set_defaults(func=cmd_policy_whatif)
+
+
+def cmd_policy_status(args: argparse.Namespace) -> int:
+    try:
+        with _open(args.server, "/api/policy", [], args.token, 30) as resp:
+            st = json.load(resp)
+    except ApiError as exc:
+        print(f"lumen policy status: {exc}", file=sys.stderr)
+        return 1
+    if args.output == "json":
+        print(json.dumps(st, indent=2))
+        return 0
+    print(f"Generation: {st['generation']}  audit={'on' if st['audit'] else 'off'}  {st['summary']}")
+    print(f"Sources:    {', '.join(st['dirs'])} ({len(st['files'])} files)")
+    for name in st["policies"]:
+        print(f"  {name}")
+    if st["error"]:
+        print(f"Refused:    {st['error']}")
+    return 0
+
+
+def cmd_policy_explain(args: argparse.Namespace) -> int:
+    params = [("src", args.src), ("dst", args.dst), ("protocol", args.protocol)]
+    if args.port is not None:
+        params.append(("port", str(args.port)))
+    try:
+        with _open(args.server, "/api/policy/explain", params, args.token, 30) as resp:
+            answer = json.load(resp)
+    except ApiError as exc:
+        print(f"lumen policy explain: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer, indent=2) if args.output == "json" else answer["text"])
+    return 0
+
+
+def cmd_policy_whatif(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from exporter.policy.manifests import SUFFIXES
+
+    texts = []
+    for raw in args.manifests:
+        path = Path(raw)
+        files = sorted(f for f in path.iterdir() if f.suffix in SUFFIXES) if path.is_dir() else [path]
+        for f in files:
+            try:
+                texts.append(f.read_text())
+            except OSError as e:
+                print(f"lumen policy whatif: {f}: {e.strerror}", file=sys.stderr)
+                return 2
+    body = "\n---\n".join(texts).encode()
+    try:
+        with _open(args.server, "/api/policy/whatif", [], args.token, 60, data=body) as resp:
+            answer = json.load(resp)
+    except ApiError as exc:
+        print(f"lumen policy whatif: {exc}", file=sys.stderr)
+        return 1
+    if args.output == "json":
+        print(json.dumps(answer, indent=2))
+        return 0
+    changes = answer["changes"]
+    print(f"{answer['flows_checked']} stored flows replayed; {len(changes)} would change")
+    for c in changes:
+        print(f"  {c['before']:>9} -> {c['after']:<9} {c['connection']}  ({c['reason']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lumen", description="Lumen node agent and flow tools.")
     sub = parser.add_subparsers(dest="command", required=True)
     _agent_parser(sub)
     _observe_parser(sub)
     _status_parser(sub)
+    _policy_parser(sub)
     return parser
 
 

@@ -24,7 +24,7 @@ PROTOCOL_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP"}
 DIRECTIONS = {int(d): d.name.lower() for d in abi.Direction}
 EVENT_TYPES = {int(e): e.name for e in abi.EventType}
 VERDICTS = {int(v): v.name for v in abi.Verdict}
-DROP_REASONS = {int(r): r.name for r in abi.DropReason}
+DROP_REASONS = {int(r): r.name.lower() for r in abi.DropReason}  # Hubble-style: policy_denied
 STAT_KEYS = {s.name.lower(): s for s in abi.Stat}
 
 STATIC_CACHE_MAX = 131072
@@ -88,9 +88,13 @@ class _AddrCache(dict[bytes, str]):
 class Decoder:
     """Event bytes -> Flow, with pod names from the endpoint directory and wall-clock times."""
 
-    def __init__(self, directory: EndpointDirectory, node: str = "") -> None:
+    def __init__(
+        self, directory: EndpointDirectory, node: str = "", policy_names: Mapping[int, str] | None = None
+    ) -> None:
         self.directory = directory
         self.node = node
+        #: policy id -> namespace/name (the enforcer's; grows, never shrinks)
+        self.policy_names: Mapping[int, str] = policy_names if policy_names is not None else {}
         self._addr = _AddrCache()
         self._static: dict[tuple[Any, ...], tuple[FlowKey, str, str, Endpoint, Endpoint]] = {}
         self._generation = directory.generation
@@ -111,7 +115,7 @@ class Decoder:
         (
             saddr, daddr, sport, dport, proto, family, direction,
             ts, first, last, packets, nbytes, payload, src_ep, dst_ep, ifindex,
-            etype, tcp_flags, verdict, reason,
+            etype, tcp_flags, verdict, reason, egress_policy, ingress_policy, flags,
         ) = EVENT.unpack_from(buf)  # fmt: skip
         # Everything but the counters is the same for every event of a flow: decoded once, then shared.
         ident = (saddr, daddr, sport, dport, proto, family, direction, src_ep, dst_ep)
@@ -138,7 +142,18 @@ class Decoder:
             tcp_flags,
             ifindex,
             self.node,
+            self.policy_name(egress_policy),
+            self.policy_name(ingress_policy),
+            bool(flags & abi.FlowFlag.REPLY),
         )
+
+    def policy_name(self, policy_id: int) -> str | None:
+        """None: no policy isolates that side; "" no rule admitted it; else namespace/name."""
+        if not policy_id:
+            return None
+        if policy_id == abi.POLICY_DENIED_ID:
+            return ""
+        return self.policy_names.get(policy_id) or f"#{policy_id}"
 
     def _decode_static(self, ident: tuple[Any, ...]) -> tuple[FlowKey, str, str, Endpoint, Endpoint]:
         if self._generation != self.directory.generation or len(self._static) > STATIC_CACHE_MAX:
@@ -174,6 +189,9 @@ class Decoder:
             tcp_flags=st.tcp_flags,
             verdict=st.verdict,
             drop_reason=st.drop_reason,
+            egress_policy=st.egress_policy,
+            ingress_policy=st.ingress_policy,
+            flags=st.flags,
         )
         return self.flow(ev)
 
@@ -188,6 +206,8 @@ def totals(key: abi.FlowKey, st: abi.FlowStats) -> FlowTotals:
         dst_ep=st.dst_ep,
         packets=st.packets,
         bytes=st.bytes,
+        egress_policy=st.egress_policy,
+        ingress_policy=st.ingress_policy,
     )
 
 

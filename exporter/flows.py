@@ -62,7 +62,7 @@ class Flow:
     protocol: str  # TCP, UDP, ICMP, ICMPv6 or the protocol number
     direction: str  # egress (leaving the source pod) or ingress (entering the destination pod)
     verdict: str  # FORWARDED, DROPPED, AUDIT
-    drop_reason: str  # NONE unless dropped
+    drop_reason: str  # "none" unless dropped (policy_denied)
     source: Endpoint
     destination: Endpoint
     packets: int
@@ -71,6 +71,29 @@ class Flow:
     tcp_flags: int = 0
     ifindex: int = 0
     node: str = ""
+    #: per side: None = no policy isolates it, "" = isolated and no rule admitted it, else the
+    #: namespace/name of the policy that admitted it
+    egress_policy: str | None = None
+    ingress_policy: str | None = None
+    is_reply: bool = False  # the answer of a connection seen first the other way
+
+    @property
+    def policies(self) -> list[str]:
+        """Names of the policies that admitted this flow, each once."""
+        return list(dict.fromkeys(p for p in (self.egress_policy, self.ingress_policy) if p))
+
+    def policy_summary(self) -> str:
+        """In words, for the CLI and the UI: which policy decided, or that none did."""
+        denied = [
+            side for side, p in (("egress", self.egress_policy), ("ingress", self.ingress_policy)) if p == ""
+        ]
+        if denied:
+            return "no policy allows " + " and ".join(denied)
+        if self.policies:
+            return "allowed by " + ", ".join(self.policies)
+        if self.is_reply and self.verdict != "DROPPED":
+            return "reply of an allowed connection"
+        return "no policy applies"
 
     @property
     def finished(self) -> bool:
@@ -98,6 +121,13 @@ class Flow:
             "tcp_flags": self.tcp_flag_names(),
             "ifindex": self.ifindex,
             "node": self.node,
+            "is_reply": self.is_reply,
+            "policy": {
+                "egress": self.egress_policy,
+                "ingress": self.ingress_policy,
+                "allowed_by": self.policies,
+                "summary": self.policy_summary(),
+            },
         }
 
 

@@ -51,6 +51,18 @@ class FlowTotals(NamedTuple):
     dst_ep: int
     packets: int
     bytes: int
+    egress_policy: int = 0  # policy id admitting the source's egress; 0 not isolated; DENIED_ID none
+    ingress_policy: int = 0
+
+
+DENIED_ID = 0xFFFFFFFF  # LUMEN_POLICY_DENIED_ID
+
+
+def policy_verdicts(t: FlowTotals, names: Mapping[int, str]) -> Iterator[tuple[str, str, str]]:
+    """(verdict, direction, policy) of each isolated side of a flow; policy "none" = default deny."""
+    for direction, pid in (("egress", t.egress_policy), ("ingress", t.ingress_policy)):
+        if pid:
+            yield t.verdict, direction, "none" if pid == DENIED_ID else names.get(pid, f"#{pid}")
 
 
 class MapSource(Protocol):
@@ -91,9 +103,11 @@ class Retired:
         self.drops: Counter[tuple[str, str]] = Counter()  # (reason, protocol) -> packets
         self.tx: dict[int, list[int]] = {}  # endpoint id -> [packets, bytes]
         self.rx: dict[int, list[int]] = {}
+        self.policy: Counter[tuple[str, str, str]] = Counter()  # (verdict, direction, policy) -> flows
 
-    def add(self, t: FlowTotals) -> None:
+    def add(self, t: FlowTotals, names: Mapping[int, str] | None = None) -> None:
         self.flows[(t.verdict, t.protocol, t.direction)] += 1
+        self.policy.update(policy_verdicts(t, names or {}))
         if t.verdict == "DROPPED":
             self.drops[(t.drop_reason, t.protocol)] += t.packets
         if t.src_ep:
@@ -114,6 +128,7 @@ class Retired:
                 "drops": [[*k, v] for k, v in self.drops.items()],
                 "tx": {str(k): v for k, v in self.tx.items()},
                 "rx": {str(k): v for k, v in self.rx.items()},
+                "policy": [[*k, v] for k, v in self.policy.items()],
             }
         )
 
@@ -125,6 +140,7 @@ class Retired:
         r.drops.update({(a, b): n for a, b, n in data.get("drops", [])})
         r.tx = {int(k): list(v) for k, v in data.get("tx", {}).items()}
         r.rx = {int(k): list(v) for k, v in data.get("rx", {}).items()}
+        r.policy.update({(a, b, c): n for a, b, c, n in data.get("policy", [])})
         return r
 
     def save(self, path: str) -> None:
@@ -164,7 +180,9 @@ class LumenCollector(Collector):
         retired: Retired,
         health: AgentHealth,
         store: FlowStore | None = None,
+        policy_names: Mapping[int, str] | None = None,
     ) -> None:
+        self.policy_names: Mapping[int, str] = policy_names if policy_names is not None else {}
         self.source = source
         self.directory = directory
         self.retired = retired
@@ -193,10 +211,13 @@ class LumenCollector(Collector):
         drops: Counter[tuple[str, str]] = Counter(self.retired.drops)
         tx = {ep: list(v) for ep, v in self.retired.tx.items()}
         rx = {ep: list(v) for ep, v in self.retired.rx.items()}
+        policy: Counter[tuple[str, str, str]] = Counter(self.retired.policy)
         entries = 0
         for t in self.source.flow_totals():
             entries += 1
             flows[(t.verdict, t.protocol, t.direction)] += 1
+            if t.egress_policy or t.ingress_policy:
+                policy.update(policy_verdicts(t, self.policy_names))
             if t.verdict == "DROPPED":
                 drops[(t.drop_reason, t.protocol)] += t.packets
             if t.src_ep:
@@ -211,6 +232,13 @@ class LumenCollector(Collector):
             flows,
         )
         yield self._counter("lumen_drop", "Packets dropped by the datapath.", ["reason", "protocol"], drops)
+        yield self._counter(
+            "lumen_policy_verdicts",
+            "Flows decided by NetworkPolicy, per isolated side (egress of the source pod, ingress of the "
+            'destination pod) and the policy that admitted it ("none": no rule did).',
+            ["verdict", "direction", "policy"],
+            policy,
+        )
 
         # Per pod: sum over the pod's attachments; pods without a record (DEL'd) have no series.
         pods = self.directory.pods

@@ -76,7 +76,7 @@ class Edge:
             "bytes_per_s": round(self.bytes_per_s, 1),
             "protocols": sorted(self.protocols),
             "ports": sorted(self.ports)[:20],
-            "drop_reasons": sorted(self.drop_reasons - {"NONE"}),
+            "drop_reasons": sorted(self.drop_reasons - {"none"}),
         }
 
 

@@ -19,8 +19,9 @@ _SYSCALL_NR = {"x86_64": 321, "aarch64": 280}
 
 # struct endpoint_key { u8 addr[16]; u8 family; u8 pad[3]; }
 ENDPOINT_KEY = struct.Struct("=16sB3x")
-# struct endpoint_info { u32 ifindex; u32 endpoint_id; u8 mac[6]; u8 pad[2]; }
-ENDPOINT_INFO = struct.Struct("=II6s2x")
+# struct endpoint_info { u32 ifindex; u32 endpoint_id; u8 mac[6]; u8 pad[2]; u32 identity; }
+ENDPOINT_INFO = struct.Struct("=II6s2xI")
+IDENTITY_UNMANAGED = 3  # enum lumen_identity: labels unknown at ADD
 
 
 def _bpf(cmd: int, attr: bytes) -> int:
@@ -91,5 +92,5 @@ def endpoint_key(address: str) -> bytes:
     return ENDPOINT_KEY.pack(ip.packed.ljust(16, b"\0"), ip.version)
 
 
-def endpoint_info(ifindex: int, endpoint_id: int, mac: str) -> bytes:
-    return ENDPOINT_INFO.pack(ifindex, endpoint_id, bytes(int(b, 16) for b in mac.split(":")))
+def endpoint_info(ifindex: int, endpoint_id: int, mac: str, identity: int = IDENTITY_UNMANAGED) -> bytes:
+    return ENDPOINT_INFO.pack(ifindex, endpoint_id, bytes(int(b, 16) for b in mac.split(":")), identity)

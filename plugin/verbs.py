@@ -39,13 +39,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _attach_bpf(conf: NetConf, host_ifindex: int, ips: list[str], mac: str) -> bool:
+def _attach_bpf(conf: NetConf, host_ifindex: int, ips: list[str], mac: str, record: dict[str, Any]) -> bool:
     if not os.path.isdir(conf.bpf_pin_dir):
         return False  # no agent has ever run: the pod is unobserved, and ADD skips the bpf(2) set-up cost
     from plugin import attach
 
+    record["identity"] = attach.pod_identity(conf.state_dir, record["namespace"], record["pod"])
     try:
-        return attach.attach_endpoint(conf.bpf_pin_dir, host_ifindex, ips, host_ifindex, mac)
+        return attach.attach_endpoint(
+            conf.bpf_pin_dir, host_ifindex, ips, host_ifindex, mac, record["identity"]
+        )
     except OSError as e:
         # Observability must never cost a pod its network: wire it, mark it unobserved, say why.
         log.warn(f"cannot attach the datapath pinned in {conf.bpf_pin_dir}: {e}; pod is unobserved")
@@ -170,7 +173,7 @@ def cmd_add(env: Env, conf: NetConf, environ: dict[str, str]) -> dict[str, Any]:
         checkpoint("after-configure")
         datapath_ips = ips + link_local
         undo.callback(_detach_bpf, conf, datapath_ips)
-        observed = _attach_bpf(conf, host.index, datapath_ips, pod_link.mac)
+        observed = _attach_bpf(conf, host.index, datapath_ips, pod_link.mac, record)
         checkpoint("after-attach")
         record.update(
             linkLocal=link_local,

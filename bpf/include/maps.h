@@ -17,6 +17,15 @@
 #ifndef LUMEN_ENDPOINT_TABLE_SIZE
 #define LUMEN_ENDPOINT_TABLE_SIZE 4096
 #endif
+#ifndef LUMEN_IPCACHE_SIZE
+#define LUMEN_IPCACHE_SIZE 65536
+#endif
+#ifndef LUMEN_POLICY_MAP_SIZE
+#define LUMEN_POLICY_MAP_SIZE 262144
+#endif
+#ifndef LUMEN_CIDR_MAP_SIZE
+#define LUMEN_CIDR_MAP_SIZE 32768
+#endif
 #ifndef LUMEN_RINGBUF_PAGES
 #define LUMEN_RINGBUF_PAGES 256
 #endif
@@ -35,6 +44,20 @@ BPF_TABLE_PINNED("percpu_hash", struct endpoint_key, struct source_counters, lum
  * Key: struct endpoint_key (pod address). Value: struct endpoint_info. */
 BPF_TABLE_PINNED("hash", struct endpoint_key, struct endpoint_info, lumen_endpoints,
                  LUMEN_ENDPOINT_TABLE_SIZE, LUMEN_PIN_DIR "/lumen_endpoints");
+
+/* Identities of addresses that are not local pods (the node's own, other nodes' pods), pinned.
+ * Key: struct endpoint_key. Value: u32 identity. Written by the agent. */
+BPF_TABLE_PINNED("hash", struct endpoint_key, u32, lumen_ipcache, LUMEN_IPCACHE_SIZE,
+                 LUMEN_PIN_DIR "/lumen_ipcache");
+
+/* ipBlock prefixes -> CIDR identity, pinned. Two halves (slot 0/1) so a policy change swaps at once. */
+BPF_TABLE_PINNED("lpm_trie", struct cidr_key, u32, lumen_cidrs, LUMEN_CIDR_MAP_SIZE,
+                 LUMEN_PIN_DIR "/lumen_cidrs", BPF_F_NO_PREALLOC);
+
+/* Compiled NetworkPolicy, pinned: isolation markers and allow entries by (slot, direction, subject,
+ * peer, proto, port prefix). Per-packet cost does not depend on the number of rules. */
+BPF_TABLE_PINNED("lpm_trie", struct policy_key, struct policy_value, lumen_policy, LUMEN_POLICY_MAP_SIZE,
+                 LUMEN_PIN_DIR "/lumen_policy", BPF_F_NO_PREALLOC);
 
 /* Datapath counters, pinned. Key: u32 enum lumen_stat. Value: u64 per CPU. */
 BPF_TABLE_PINNED("percpu_array", u32, u64, lumen_stats, LUMEN_STAT_MAX, LUMEN_PIN_DIR "/lumen_stats");

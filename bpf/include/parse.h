@@ -1,5 +1,5 @@
 /* Packet parsing: Ethernet, one VLAN tag (802.1Q/802.1ad), IPv4, IPv6 (no extension headers),
- * TCP, UDP, ICMP, ICMPv6. Fills a flow key; returns the offset of the L4 payload, or a negative
+ * TCP, UDP, SCTP, ICMP, ICMPv6. Fills a flow key; returns the offset of the L4 payload, or a negative
  * LUMEN_PARSE_* code. */
 #ifndef LUMEN_PARSE_H
 #define LUMEN_PARSE_H
@@ -79,6 +79,14 @@ static __always_inline int lumen_parse(struct __sk_buff *skb, struct flow_key *k
         key->sport = bpf_ntohs(udp->source);
         key->dport = bpf_ntohs(udp->dest);
         return off + sizeof(*udp);
+    }
+    if (l4 == IPPROTO_SCTP) {
+        __u16 *ports = data + off; /* common header: source port, destination port */
+        if ((void *)(ports + 2) > end)
+            return off;
+        key->sport = bpf_ntohs(ports[0]);
+        key->dport = bpf_ntohs(ports[1]);
+        return off + 12;
     }
     if (l4 == IPPROTO_ICMP || l4 == IPPROTO_ICMPV6) {
         __u8 *icmp = data + off;

@@ -41,8 +41,34 @@ enum lumen_stat {
     LUMEN_STAT_FLOWS_CREATED = 3,     /* new flow entries (LRU may evict old ones to make room) */
     LUMEN_STAT_REDIRECTED = 4,        /* packets sent straight into the destination pod */
     LUMEN_STAT_UNPARSED = 5,          /* IP packets whose headers were not linear: not accounted */
+    LUMEN_STAT_POLICY_DROPPED = 6,    /* packets dropped by policy */
+    LUMEN_STAT_POLICY_AUDIT = 7,      /* packets policy would drop, forwarded in audit mode */
     LUMEN_STAT_MAX = 8,
 };
+
+/* Flow flags (flow_stats.flags, flow_event.flags). */
+enum lumen_flow_flag {
+    LUMEN_FLOW_REPLY = 1, /* the reverse flow was seen first: this is the answer of a connection */
+};
+
+/* Identities: a number per distinct set of pod labels (namespace, labels and named ports), allocated by
+ * the agent; policy maps are keyed by them. Reserved ones below LUMEN_ID_FIRST_LABEL. */
+enum lumen_identity {
+    LUMEN_ID_ANY = 0,             /* in a policy key: any peer */
+    LUMEN_ID_HOST = 1,            /* this node's own addresses: always allowed, as Kubernetes requires */
+    LUMEN_ID_WORLD = 2,           /* any address that is neither a known pod nor the node */
+    LUMEN_ID_UNMANAGED = 3,       /* a local pod whose labels the agent did not know at ADD */
+    LUMEN_ID_FIRST_LABEL = 256,   /* pod label sets */
+    LUMEN_ID_FIRST_CIDR = 16777216,/* ipBlock prefixes */
+};
+
+/* Policy map entries (LPM trie, struct policy_key -> struct policy_value). */
+enum lumen_policy_kind {
+    LUMEN_POLICY_ISOLATE = 1, /* key = slot, direction, subject (prefix 64): some policy selects it */
+    LUMEN_POLICY_ALLOW = 2,   /* a rule admits this peer (or any, peer 0) on proto/port prefix */
+};
+
+#define LUMEN_POLICY_DENIED_ID 0xffffffff /* flow_stats.*_policy when no rule admitted it */
 
 struct flow_key {
     __u8 saddr[16];    /* IPv4 in the first 4 bytes, rest zero */
@@ -67,7 +93,11 @@ struct flow_stats {
     __u8 tcp_flags;       /* OR of every TCP flag byte seen */
     __u8 verdict;         /* enum lumen_verdict */
     __u8 drop_reason;     /* enum lumen_drop_reason */
-    __u8 pad[5];
+    __u8 flags;           /* enum lumen_flow_flag */
+    __u32 policy_gen;     /* lumen_config.policy_gen the verdict was decided under */
+    __u32 egress_policy;  /* id of the policy admitting the source's egress; 0 none isolates it;
+                           * LUMEN_POLICY_DENIED_ID none admits it */
+    __u32 ingress_policy; /* the same for the destination's ingress */
 };
 
 struct flow_event {
@@ -85,6 +115,10 @@ struct flow_event {
     __u8 tcp_flags;
     __u8 verdict;
     __u8 drop_reason;
+    __u32 egress_policy;  /* as in flow_stats */
+    __u32 ingress_policy;
+    __u8 flags;           /* enum lumen_flow_flag */
+    __u8 pad[7];
 };
 
 /* Endpoint map: a local pod, by one of its addresses. Written by the plugin at ADD. */
@@ -99,6 +133,37 @@ struct endpoint_info {
     __u32 endpoint_id;
     __u8 mac[6];          /* the pod interface's MAC, written on redirect */
     __u8 pad[2];
+    __u32 identity;       /* enum lumen_identity or a label identity */
+};
+
+/* ipBlock prefixes (LPM trie) -> CIDR identity; prefixlen counts slot+family+pad (32) + address bits. */
+struct cidr_key {
+    __u32 prefixlen;
+    __u8 slot;            /* policy generation slot: 0 or 1 */
+    __u8 family;          /* 4 or 6 */
+    __u8 pad[2];
+    __u8 addr[16];
+};
+
+/* Policy map key (LPM trie). Fields are matched in order; prefixlen 64 stops after subject (isolation
+ * marker), 96 after peer (any protocol), 104 after proto (any port), 112 + n a port prefix. */
+struct policy_key {
+    __u32 prefixlen;
+    __u8 slot;            /* policy generation slot: 0 or 1 */
+    __u8 direction;       /* enum lumen_direction: egress of the source, ingress of the destination */
+    __u8 pad[2];
+    __u32 subject;        /* identity of the pod the policy applies to */
+    __u32 peer;           /* identity of the other side (label or CIDR); LUMEN_ID_ANY for any peer */
+    __u8 proto;           /* IPPROTO_* */
+    __u8 pad2;
+    __u16 port;           /* network byte order (prefix-matched) */
+};
+
+struct policy_value {
+    __u32 policy_id;      /* the agent's number for namespace/name (an isolation marker: the first) */
+    __u8 kind;            /* enum lumen_policy_kind */
+    __u8 audit;           /* on an isolation marker: the subject's namespace is in audit mode */
+    __u8 pad[2];
 };
 
 struct source_counters {
@@ -111,7 +176,9 @@ struct lumen_config {
     __u32 redirect;          /* 1: bpf_redirect_peer between local pods */
     __u64 report_interval_ns;/* ns between REPORT events of one flow */
     __u32 wakeup_batch;      /* wake the consumer every N events (others BPF_RB_NO_WAKEUP) */
-    __u32 pad;
+    __u32 policy_gen;        /* bumped on every policy change: flows decided earlier are decided again */
+    __u32 policy_slot;       /* which half (0/1) of the policy and CIDR maps is in force */
+    __u32 audit;             /* 1: policy drops everywhere become AUDIT verdicts (forwarded) */
 };
 
 #endif

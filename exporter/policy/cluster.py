@@ -73,10 +73,20 @@ class Endpoint:
 class Cluster:
     """Pods and namespaces, indexed by name and by IP."""
 
-    def __init__(self, pods: Iterable[Pod] = (), namespaces: Iterable[Namespace] = ()) -> None:
+    def __init__(
+        self,
+        pods: Iterable[Pod] = (),
+        namespaces: Iterable[Namespace] = (),
+        host_ips: Iterable[str | IPAddress] = (),
+    ) -> None:
         self.pods = {p.key: p for p in pods}
         self.namespaces = {n.name: n for n in namespaces}
         self._by_ip = {ip: p for p in self.pods.values() for ip in p.ips}
+        #: the node's own addresses: traffic to and from the node is always allowed
+        self.host_ips = frozenset(ipaddress.ip_address(ip) for ip in host_ips)
+
+    def is_host(self, ep: Endpoint) -> bool:
+        return ep.pod is None and ep.ip is not None and ep.ip in self.host_ips
 
     def namespace_labels(self, name: str) -> Mapping[str, str]:
         ns = self.namespaces.get(name)

@@ -8,7 +8,8 @@ Logic:
     matches protocol and port (empty `ports` = anything); named ports resolve on the destination pod.
  4. A connection is allowed when the source's egress and the destination's ingress both admit it.
     External endpoints (no pod) have no policy side. A pod's traffic to itself never leaves it and is
-    allowed, as the upstream conformance suite expects.
+    allowed, as the upstream conformance suite expects. Traffic to or from the node itself is always
+    allowed (Kubernetes: "traffic to and from the node where a Pod is running is always allowed").
 ipBlock peers match by address, pods included (the upstream e2e suite puts pod IPs in ipBlocks).
 """
 
@@ -85,10 +86,11 @@ class Verdict:
     egress: DirectionVerdict
     ingress: DirectionVerdict
     loopback: bool = False
+    node: bool = False  # one side is the node itself
 
     @property
     def allowed(self) -> bool:
-        return self.loopback or (self.egress.allowed and self.ingress.allowed)
+        return self.loopback or self.node or (self.egress.allowed and self.ingress.allowed)
 
     @property
     def allowed_by(self) -> tuple[RuleRef, ...]:
@@ -102,7 +104,7 @@ class Verdict:
     @property
     def denied_in(self) -> tuple[Direction, ...]:
         """Directions whose isolation no rule lifted; empty when allowed."""
-        if self.loopback:
+        if self.loopback or self.node:
             return ()
         return tuple(d.direction for d in (self.egress, self.ingress) if not d.allowed)
 
@@ -110,6 +112,8 @@ class Verdict:
     def reason(self) -> str:
         if self.loopback:
             return "allowed: a pod's traffic to itself"
+        if self.node:
+            return "allowed: traffic to or from the node is always allowed"
         if self.allowed:
             if not self.allowed_by:
                 return "allowed: no policy isolates either side"
@@ -154,6 +158,7 @@ class Engine:
             egress=self._side("egress", src, peer=dst, conn=conn),
             ingress=self._side("ingress", dst, peer=src, conn=conn),
             loopback=loopback,
+            node=self.cluster.is_host(src) or self.cluster.is_host(dst),
         )
 
     def _side(self, direction: Direction, me: Endpoint, peer: Endpoint, conn: Connection) -> DirectionVerdict:

@@ -21,6 +21,9 @@ def explain(engine: Engine, conn: Connection) -> str:
     if v.loopback:
         lines.append("  a pod's traffic to itself never leaves the pod; policies do not apply")
         return "\n".join(lines)
+    if v.node:
+        lines.append("  one side is the node itself: traffic to and from the node is always allowed")
+        return "\n".join(lines)
     for side in (v.egress, v.ingress):
         lines += _side_lines(engine, side)
     return "\n".join(lines)

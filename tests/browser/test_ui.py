@@ -88,7 +88,7 @@ def test_flows_appear_live_with_verdict_and_endpoints(browser, server, node):
     d = flow(src_pod=("shop", "web"), dst_pod=("db", "pg"), dport=5432, verdict="DROPPED", type="DROP")
     node.store.add(d)
     row = wait_row(browser, f":{d.source.port}")
-    assert "DROPPED POLICY_DENIED" in row
+    assert "DROPPED policy_denied" in row
     badge = browser.find_element(By.CSS_SELECTOR, "#flows tbody tr:first-child .badge")
     assert badge.text == "DROPPED" and "v-dropped" in badge.get_attribute("class")
     # Newest first.
@@ -187,7 +187,7 @@ def test_keyboard_navigation_detail_panel_and_labels(browser, server, node):
             strict=True,
         )
     )
-    assert detail["Verdict"] == "DROPPED" and detail["Drop reason"] == "POLICY_DENIED"
+    assert detail["Verdict"] == "DROPPED" and detail["Drop reason"] == "policy_denied"
     assert detail["Source"] == f"shop/web (10.22.0.5:{a.source.port})"
     assert detail["Source labels"] == "app=web" and detail["Direction"] == "egress"
     assert detail["Bytes"] == "100 (100 B)" and "Policy" in detail

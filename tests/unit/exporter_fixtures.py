@@ -44,7 +44,7 @@ def make_flow(
         protocol=proto,
         direction=direction,
         verdict=verdict,
-        drop_reason="POLICY_DENIED" if verdict == "DROPPED" else "NONE",
+        drop_reason="policy_denied" if verdict == "DROPPED" else "none",
         source=ep(src, sport, src_pod),
         destination=ep(dst, dport, dst_pod),
         packets=packets,

@@ -39,7 +39,7 @@ def test_struct_format_reads_what_the_ctypes_mirror_reads():
         ev.key.sport, ev.key.dport, ev.key.proto, ev.key.family, ev.key.direction,
     )  # fmt: skip
     names = "ts_ns first_seen_ns last_seen_ns packets bytes payload_bytes src_ep dst_ep ifindex type"
-    names += " tcp_flags verdict drop_reason"
+    names += " tcp_flags verdict drop_reason egress_policy ingress_policy flags"
     assert rest == [getattr(ev, n) for n in names.split()]
 
 
@@ -47,7 +47,7 @@ def test_tcp4_end_event(decoder):
     flow = decoder.flow(golden("flow_event_tcp4_end.hex"))
     assert flow.key == (4, 6, "10.22.0.5", "10.22.0.6", 40000, 80, "egress")
     assert (flow.type, flow.protocol, flow.direction, flow.verdict, flow.drop_reason) == (
-        "END", "TCP", "egress", "FORWARDED", "NONE",
+        "END", "TCP", "egress", "FORWARDED", "none",
     )  # fmt: skip
     assert (flow.source.namespace, flow.source.pod, flow.source.port) == ("shop", "client", 40000)
     assert (flow.destination.namespace, flow.destination.pod, flow.destination.port) == ("shop", "server", 80)
@@ -60,6 +60,12 @@ def test_tcp4_end_event(decoder):
         boot + 5 * 10**9,
     )
     assert flow.finished and flow.node == "node-a"
+    # egress not isolated (None), ingress admitted by policy id 42, whose name the enforcer knows
+    assert (flow.egress_policy, flow.ingress_policy, flow.is_reply) == (None, "#42", False)
+    decoder.policy_names = {42: "shop/allow-client"}
+    named = decoder.flow(golden("flow_event_tcp4_end.hex"))
+    assert named.policies == ["shop/allow-client"]
+    assert named.to_dict()["policy"]["summary"] == "allowed by shop/allow-client"
 
 
 def test_udp6_new_event_from_outside(decoder):
@@ -69,6 +75,7 @@ def test_udp6_new_event_from_outside(decoder):
     assert flow.source.pod == "" and flow.source.ip == "fd00:99::1"
     assert (flow.destination.namespace, flow.destination.pod) == ("shop", "server")
     assert (flow.packets, flow.bytes) == (1, 98)
+    assert flow.is_reply and flow.policies == [] and flow.policy_summary() == "reply of an allowed connection"
 
 
 def test_decodes_the_mirror_object_the_loader_hands_over(decoder):
@@ -88,7 +95,7 @@ def test_totals_and_swept_flow_from_table_entries(decoder):
     ct.memmove(key.daddr, bytes([10, 22, 0, 6]), 4)
     st = abi.FlowStats(packets=5, bytes=500, first_seen_ns=10, last_seen_ns=20, src_ep=7, dst_ep=8, verdict=1)
     t = events.totals(key, st)
-    assert t == ("TCP", "egress", "FORWARDED", "NONE", 7, 8, 5, 500)
+    assert t == ("TCP", "egress", "FORWARDED", "none", 7, 8, 5, 500, 0, 0)
     flow = decoder.ended(key, st, now_mono_ns=30)
     assert flow.type == "END" and flow.source.pod == "client" and flow.packets == 5
 

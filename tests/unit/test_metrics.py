@@ -22,10 +22,10 @@ def node(tmp_path):
     write_record(state, "c2", "shop", "server", ["10.22.0.6/24"], 8)
     maps = FakeMaps(capacity=100)
     maps.flows = [
-        FlowTotals("TCP", "egress", "FORWARDED", "NONE", 7, 8, 10, 1000),  # client -> server
-        FlowTotals("TCP", "egress", "FORWARDED", "NONE", 8, 7, 6, 600),  # server -> client
-        FlowTotals("UDP", "egress", "FORWARDED", "NONE", 7, 0, 2, 200),  # client -> outside
-        FlowTotals("TCP", "ingress", "DROPPED", "POLICY_DENIED", 0, 8, 3, 180),  # outside -> server, dropped
+        FlowTotals("TCP", "egress", "FORWARDED", "none", 7, 8, 10, 1000),  # client -> server
+        FlowTotals("TCP", "egress", "FORWARDED", "none", 8, 7, 6, 600),  # server -> client
+        FlowTotals("UDP", "egress", "FORWARDED", "none", 7, 0, 2, 200),  # client -> outside
+        FlowTotals("TCP", "ingress", "DROPPED", "policy_denied", 0, 8, 3, 180),  # outside -> server, dropped
     ]
     maps.sources = {"10.22.0.5": (12, 1200), "10.22.0.6": (6, 600), "192.168.1.9": (3, 180)}
     maps.stats = {
@@ -62,7 +62,7 @@ def test_flow_figures_come_from_the_maps(node):
     assert (
         value(reg, "lumen_flows_processed_total", verdict="DROPPED", protocol="TCP", direction="ingress") == 1
     )
-    assert value(reg, "lumen_drop_total", reason="POLICY_DENIED", protocol="TCP") == 3
+    assert value(reg, "lumen_drop_total", reason="policy_denied", protocol="TCP") == 3
 
 
 def test_pod_rx_tx(node):

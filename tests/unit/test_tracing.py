@@ -96,7 +96,7 @@ def test_finished_flows_become_spans_over_otlp_http(receiver, monkeypatch):
     assert a["source.address"] == "10.22.0.5" and a["source.port"] == 40000
     assert a["destination.address"] == "10.22.0.6" and a["destination.port"] == 80
     assert (a["k8s.namespace.name"], a["k8s.pod.name"]) == ("shop", "web")
-    assert (a["lumen.verdict"], a["lumen.drop_reason"]) == ("FORWARDED", "NONE")
+    assert (a["lumen.verdict"], a["lumen.drop_reason"]) == ("FORWARDED", "none")
     assert (a["lumen.packets"], a["lumen.bytes"]) == (12, 3456)
     second = attrs(next(s for s in spans if s is not first).attributes)
     # traffic from outside belongs to the destination pod

@@ -72,7 +72,7 @@ def test_map_groups_pods_and_aggregates_edges_per_verdict():
     assert (web_api["flows"], web_api["bytes"], web_api["ports"]) == (2, 4000, [80])
     # 4000 bytes seen from the first flow's start (1 s before NOW) to the last event (NOW + 2 s): 3 s.
     assert web_api["bytes_per_s"] == pytest.approx(4000 / 3, abs=0.1)
-    assert edges[("shop/api", "db/pg", "DROPPED")]["drop_reasons"] == ["POLICY_DENIED"]
+    assert edges[("shop/api", "db/pg", "DROPPED")]["drop_reasons"] == ["policy_denied"]
     # A single short flow counts over at least one second, not over its few microseconds.
     assert edges[("shop/web", "1.1.1.1", "FORWARDED")]["bytes_per_s"] == 70
 
