@@ -35,7 +35,7 @@ PODS = {f"{ns}{p}": (ns, p) for ns in NAMESPACES for p in ("a", "b")}
 def cluster_manifests(audit: str = "") -> str:
     docs = []
     for ns, labels in NAMESPACES.items():
-        ann = f'\n  annotations: {{lumen.dev/policy-audit: "true"}}' if ns == audit else ""
+        ann = '\n  annotations: {lumen.dev/policy-audit: "true"}' if ns == audit else ""
         docs.append(f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels: {labels}{ann}")
     for name, (ns, p) in PODS.items():
         ports = "[{name: web, containerPort: 80}" + (", {name: alt, containerPort: 81}]" if p == "b" else "]")
@@ -48,8 +48,8 @@ def cluster_manifests(audit: str = "") -> str:
 
 def netpol(name: str, ns: str, spec: str) -> str:
     return (
-        f"apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\n"
-        f"spec:\n{spec}\n"
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+        f"metadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}\n"
     )
 
 
@@ -219,7 +219,8 @@ def test_both_directions_and_policies_adding_up(lab: Lab):
         netpol(
             "from-z",
             "y",
-            "  podSelector: {}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: z}}",
+            "  podSelector: {}\n  ingress:\n  - from:\n"
+            "    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: z}}",
         ),
         netpol(
             "to-x-b",

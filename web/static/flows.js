@@ -80,7 +80,7 @@
       Lumen.el("td", {}, f.protocol),
       Lumen.el("td", { class: "flags" }, f.tcp_flags.join(" ")),
       Lumen.el("td", {}, Lumen.verdictBadge(f.verdict)),
-      Lumen.el("td", {}, f.drop_reason === "NONE" ? "" : f.drop_reason),
+      Lumen.el("td", {}, f.drop_reason === "none" ? "" : f.drop_reason),
       Lumen.el("td", { class: "num" }, String(f.packets)),
       Lumen.el("td", { class: "num" }, Lumen.bytes(f.bytes)),
       Lumen.el("td", {}, f.type),
@@ -182,7 +182,7 @@
     tr.setAttribute("aria-current", "true");
     const dl = Lumen.el("dl", { id: "detail-body" });
     put(dl, "Verdict", f.verdict);
-    put(dl, "Drop reason", f.drop_reason === "NONE" ? "" : f.drop_reason);
+    put(dl, "Drop reason", f.drop_reason === "none" ? "" : f.drop_reason);
     // The policy that decided, once the agent enforces policies; until then no policy is involved.
     put(dl, "Policy", f.policy || (f.verdict === "FORWARDED" ? "none (no policy applies)" : ""));
     put(dl, "Event", f.type);
