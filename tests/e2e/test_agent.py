@@ -68,6 +68,7 @@ class Agent:
     env: dict[str, str]
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    args: list[str] = field(default_factory=list)
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -83,7 +84,7 @@ class Agent:
             self.port = s.getsockname()[1]
         argv = [sys.executable, "-m", "exporter.cli", "agent", "--state-dir", self.state_dir, "--pin-dir",
                 self.pin_dir, "--port", str(self.port), "--node", "e2e-node", "--otel", "--idle-timeout", "3",
-                "--report-interval", "1"]  # fmt: skip
+                "--report-interval", "1", *self.args]  # fmt: skip
         out = open(self.log, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=REPO)
         out.close()
