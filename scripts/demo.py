@@ -20,6 +20,7 @@ from tests.cni_harness import Node, Pod, install_plugin  # noqa: E402
 
 SYS_PY = "/usr/bin/python3"
 TRAFFIC = str(REPO / "scripts" / "traffic.py")
+POLICIES = REPO / "deploy" / "policies" / "demo"
 
 # (k8s namespace, pod name)
 PODS = [("shop", "frontend"), ("shop", "cart"), ("shop", "catalog"), ("ops", "monitor"), ("ops", "probe")]
@@ -31,6 +32,7 @@ class Demo:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.node: Node | None = None
         self.logdir = Path(args.workdir)
+        self.policy_dir = self.logdir / "policies"
 
     def spawn(self, argv: list[str], log: str) -> subprocess.Popen[bytes]:
         out = open(self.logdir / log, "ab")  # noqa: SIM115 - lives as long as the process
@@ -59,6 +61,10 @@ class Demo:
         probe = subprocess.run([str(lumen), "agent", "--help"], capture_output=True)
         if probe.returncode != 0:
             return None
+        # a copy the user may edit while the demo runs; the agent watches it
+        self.policy_dir = self.logdir / "policies"
+        shutil.rmtree(self.policy_dir, ignore_errors=True)
+        shutil.copytree(POLICIES, self.policy_dir)
         self.spawn(
             [
                 str(lumen),
@@ -69,6 +75,8 @@ class Demo:
                 self.args.pin_dir,
                 "--port",
                 str(self.args.port),
+                "--policy-dir",
+                str(self.policy_dir),
             ],
             "agent.log",
         )
@@ -133,6 +141,9 @@ class Demo:
             print(f"demo: agent API  {agent_url}/api/flows   (live: {agent_url}/api/flows/stream)")
             print(f"demo: web UI     {agent_url}/")
             print(f"demo: metrics    {agent_url}/metrics")
+            print(f"demo: policies   {self.policy_dir} (watched: edit them live; `lumen policy status`)")
+            print("      shop/frontend admits only its namespace: probe->frontend and monitor's pings of")
+            print("      frontend are DROPPED (policy_denied): `.venv/bin/lumen observe --verdict dropped`")
             print("demo: live flows .venv/bin/lumen observe -f")
         print(f"demo: logs in {self.logdir}; Ctrl-C stops and cleans up\n")
 

@@ -128,9 +128,13 @@ class Node:
         self.bridge = f"ltb{self.tag}"
         self.subnet4 = f"10.{self.subnet_octet}.{int(self.tag[:2], 16)}.0/24"
         self.gateway4 = self.subnet4.replace(".0/24", ".1")
-        # Canonical text form: results carry addresses the way the kernel prints them.
-        self.subnet6 = str(ipaddress.ip_network(f"fd00:{self.subnet_octet}:{self.tag[:4]}::/64"))
-        self.gateway6 = str(ipaddress.ip_network(self.subnet6)[1])
+        # Canonical text form: results carry addresses the way the kernel prints them. A tag that is not
+        # hex (the demo's) gets a subnet the caller sets itself.
+        try:
+            net6 = ipaddress.ip_network(f"fd00:{self.subnet_octet}:{self.tag[:4]}::/64")
+        except ValueError:
+            net6 = ipaddress.ip_network(f"fd00:{self.subnet_octet}::/64")
+        self.subnet6, self.gateway6 = str(net6), str(net6[1])
 
     @property
     def state_dir(self) -> Path:
