@@ -190,7 +190,8 @@ def test_keyboard_navigation_detail_panel_and_labels(browser, server, node):
     assert detail["Verdict"] == "DROPPED" and detail["Drop reason"] == "policy_denied"
     assert detail["Source"] == f"shop/web (10.22.0.5:{a.source.port})"
     assert detail["Source labels"] == "app=web" and detail["Direction"] == "egress"
-    assert detail["Bytes"] == "100 (100 B)" and "Policy" in detail
+    assert detail["Bytes"] == "100 (100 B)" and detail["Policy"] == "no policy allows ingress"
+    assert detail["Ingress policy"] == "no rule admits it" and detail["Egress policy"] == "not isolated"
     screenshot(browser, "flow-detail")
     second.send_keys(Keys.ESCAPE)
     assert not panel.is_displayed()

@@ -50,6 +50,8 @@ def make_flow(
         packets=packets,
         bytes=nbytes,
         tcp_flags=0x12,
+        # a dropped flow: the destination is isolated for ingress and no rule admits the source
+        ingress_policy="" if verdict == "DROPPED" else None,
     )
 
 

@@ -80,7 +80,11 @@
       Lumen.el("td", {}, f.protocol),
       Lumen.el("td", { class: "flags" }, f.tcp_flags.join(" ")),
       Lumen.el("td", {}, Lumen.verdictBadge(f.verdict)),
-      Lumen.el("td", {}, f.drop_reason === "none" ? "" : f.drop_reason),
+      Lumen.el(
+        "td",
+        { title: (f.policy && f.policy.summary) || "" },
+        f.drop_reason === "none" ? "" : f.drop_reason,
+      ),
       Lumen.el("td", { class: "num" }, String(f.packets)),
       Lumen.el("td", { class: "num" }, Lumen.bytes(f.bytes)),
       Lumen.el("td", {}, f.type),
@@ -174,6 +178,11 @@
     return entries.length ? entries.map(([k, v]) => `${k}=${v}`).join(", ") : "";
   }
 
+  function sideText(p) {
+    if (p === null || p === undefined) return "not isolated";
+    return p === "" ? "no rule admits it" : p;
+  }
+
   function openDetail(tr) {
     const f = flowOf.get(tr);
     if (!f) return;
@@ -183,8 +192,12 @@
     const dl = Lumen.el("dl", { id: "detail-body" });
     put(dl, "Verdict", f.verdict);
     put(dl, "Drop reason", f.drop_reason === "none" ? "" : f.drop_reason);
-    // The policy that decided, once the agent enforces policies; until then no policy is involved.
-    put(dl, "Policy", f.policy || (f.verdict === "FORWARDED" ? "none (no policy applies)" : ""));
+    // The agent says which policy admitted each isolated side, or that none did.
+    const pol = f.policy || {};
+    put(dl, "Policy", pol.summary || "");
+    put(dl, "Egress policy", sideText(pol.egress));
+    put(dl, "Ingress policy", sideText(pol.ingress));
+    put(dl, "Reply", f.is_reply ? "yes (answer of a connection seen the other way)" : "no");
     put(dl, "Event", f.type);
     put(dl, "Time", f.time);
     put(dl, "Flow start", f.start);
