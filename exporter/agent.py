@@ -60,11 +60,12 @@ class Agent:
         self.cfg = cfg
         self.started_at = time.time()
         labels: LabelSource | None = None
+        self.kube: KubeLabels | None = None
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
             kube = KubeLabels(cfg.node)
             try:
                 kube.start()
-                labels = kube
+                labels = self.kube = kube
             except Exception as exc:  # noqa: BLE001 - labels are optional; flows still get pod names
                 log.warning("no pod labels: kubernetes client unavailable", extra={"error": str(exc)})
         self.directory = EndpointDirectory(cfg.state_dir, labels)
@@ -118,7 +119,12 @@ class Agent:
             if not os.path.exists(d):
                 log.warning("policy directory does not exist (yet): no policies from it", extra={"dir": d})
         self.enforcer = Enforcer(
-            self.cfg.state_dir, self.cfg.policy_dirs, self.dp, self.directory, audit=self.cfg.policy_audit
+            self.cfg.state_dir,
+            self.cfg.policy_dirs,
+            self.dp,
+            self.directory,
+            cluster_source=self.kube,
+            audit=self.cfg.policy_audit,
         )
         self.policy_names = self.enforcer.policy_names
         self.decoder = Decoder(self.directory, self.cfg.node, self.policy_names)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exporter.flows import NO_LABELS
+from exporter.policy.manifests import AUDIT_ANNOTATION
 from plugin import endpoint as records
 
 log = logging.getLogger("lumen.enrich")
@@ -127,13 +128,17 @@ def _pod(rec: dict[str, Any]) -> Pod | None:
 
 
 class KubeLabels(LabelSource):
-    """Watches the pods of this node and all namespaces; pod labels plus namespace labels as
-    `namespace.<key>`. Reconnects after errors; runs on a daemon thread."""
+    """Watches the pods of this node, all namespaces and all NetworkPolicies: pod labels (plus namespace
+    labels as `namespace.<key>`) for flows, and exporter.enforcer.ClusterSource for policy. Reconnects
+    after errors; runs on daemon threads."""
 
     def __init__(self, node: str) -> None:
         self.node = node
         self._pods: dict[tuple[str, str], dict[str, str]] = {}
+        self._ports: dict[tuple[str, str], tuple[Any, ...]] = {}
         self._namespaces: dict[str, dict[str, str]] = {}
+        self._audit: dict[str, bool] = {}
+        self._policies: dict[str, Any] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -147,7 +152,7 @@ class KubeLabels(LabelSource):
         from kubernetes import config  # type: ignore[import-not-found]  # optional: only in a cluster
 
         config.load_incluster_config()
-        for target in (self._watch_pods, self._watch_namespaces):
+        for target in (self._watch_pods, self._watch_namespaces, self._watch_policies):
             t = threading.Thread(target=self._forever, args=(target,), daemon=True, name=target.__name__)
             t.start()
             self._threads.append(t)
@@ -171,12 +176,15 @@ class KubeLabels(LabelSource):
         for ev in watch.Watch().stream(
             api.list_pod_for_all_namespaces, field_selector=selector, timeout_seconds=300
         ):
-            meta = ev["object"].metadata
+            obj = ev["object"]
+            meta = obj.metadata
             key = (meta.namespace, meta.name)
             if ev["type"] == "DELETED":
                 self._pods.pop(key, None)
+                self._ports.pop(key, None)
             else:
                 self._pods[key] = dict(meta.labels or {})
+                self._ports[key] = _container_ports(obj)
             if self._stop.is_set():
                 return
 
@@ -188,7 +196,63 @@ class KubeLabels(LabelSource):
             meta = ev["object"].metadata
             if ev["type"] == "DELETED":
                 self._namespaces.pop(meta.name, None)
+                self._audit.pop(meta.name, None)
             else:
                 self._namespaces[meta.name] = dict(meta.labels or {})
+                self._audit[meta.name] = (meta.annotations or {}).get(AUDIT_ANNOTATION, "").lower() == "true"
             if self._stop.is_set():
                 return
+
+    def _watch_policies(self) -> None:
+        from kubernetes import client, watch  # type: ignore[import-not-found]
+
+        api = client.NetworkingV1Api()
+        serialize = client.ApiClient().sanitize_for_serialization
+        for ev in watch.Watch().stream(api.list_network_policy_for_all_namespaces, timeout_seconds=300):
+            self.on_policy_event(ev["type"], serialize(ev["object"]))
+            if self._stop.is_set():
+                return
+
+    def on_policy_event(self, kind: str, obj: dict[str, Any]) -> None:
+        """One watch event, the object as the API serves it (camelCase dict)."""
+        from exporter.policy.errors import PolicyError
+        from exporter.policy.model import API_VERSION, parse_policy
+
+        meta = obj.get("metadata") or {}
+        key = f"{meta.get('namespace')}/{meta.get('name')}"
+        if kind == "DELETED":
+            self._policies.pop(key, None)
+            return
+        # list items come without apiVersion/kind; server-side fields are not the policy
+        doc = {"apiVersion": API_VERSION, "kind": "NetworkPolicy", "spec": obj.get("spec") or {}}
+        doc["metadata"] = {k: v for k, v in meta.items() if k in ("name", "namespace", "labels")}
+        try:
+            self._policies[key] = parse_policy(doc)
+        except PolicyError as e:
+            log.error(
+                "NetworkPolicy from the API server not enforced", extra={"policy": key, "error": str(e)}
+            )
+            self._policies.pop(key, None)
+
+    # -- exporter.enforcer.ClusterSource --------------------------------------------------------
+
+    def policies(self) -> list[Any]:
+        return list(self._policies.values())
+
+    def pod(self, namespace: str, name: str) -> tuple[Mapping[str, str], tuple[Any, ...]] | None:
+        labels = self._pods.get((namespace, name))
+        return None if labels is None else (labels, self._ports.get((namespace, name), ()))
+
+    def namespace(self, name: str) -> tuple[Mapping[str, str], bool] | None:
+        labels = self._namespaces.get(name)
+        return None if labels is None else (labels, self._audit.get(name, False))
+
+
+def _container_ports(pod: Any) -> tuple[Any, ...]:
+    from exporter.policy.cluster import ContainerPort
+
+    out = []
+    for c in getattr(pod.spec, "containers", None) or []:
+        for p in c.ports or []:
+            out.append(ContainerPort(int(p.container_port), p.protocol or "TCP", p.name))
+    return tuple(out)

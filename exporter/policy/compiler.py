@@ -11,8 +11,9 @@ Logic:
     prefix holding an address. A block admits the CIDR identity of prefix P when P lies in its cidr
     and in none of its excepts: an address's longest prefix then decides exactly as `contains` does.
  4. Duplicate keys keep the first policy by namespace/name (the kernel names one admitting policy).
-Named ports in egress rules resolve on label peers only: an ipBlock or any-peer rule with a named port
-admits no address that is not a known pod (the engine does the same for non-pods).
+Named ports in egress rules resolve on the destination pod: a rule to anyone gets an entry per label
+identity; an ipBlock peer with a named port admits no pod by address (its port is the pod's, and a
+CIDR identity has no pod), where the engine would: a known gap, no upstream test depends on it.
 """
 
 from __future__ import annotations
@@ -105,6 +106,10 @@ def port_prefixes(first: int, last: int) -> list[tuple[int, int]]:
     return out
 
 
+def _named(ports: tuple[PolicyPort, ...]) -> bool:
+    return any(isinstance(pp.port, str) for pp in ports)
+
+
 def _peer_selects(peer: Peer, policy_namespace: str, target: LabelSet, ns_labels: Mapping[str, str]) -> bool:
     if peer.namespace_selector is None:
         ns_ok = target.namespace == policy_namespace
@@ -151,7 +156,11 @@ class Compiler:
                 for p in selecting:
                     pid = policy_id(p.key)
                     for rule in p.rules(direction):
-                        for peer_id, peer_set in self._peers(rule.peers, p.namespace, out.cidrs):
+                        peers = self._peers(rule.peers, p.namespace, out.cidrs)
+                        if direction == "egress" and not rule.peers and _named(rule.ports):
+                            # "to anyone" on a named port: the port is each destination pod's own
+                            peers += sorted(self.identities.items())
+                        for peer_id, peer_set in peers:
                             for entry in self._ports(
                                 rule.ports, direction, ident, subject, peer_id, peer_set
                             ):
