@@ -66,6 +66,9 @@ def span_attributes(flow: Flow) -> dict[str, Any]:
         "lumen.bytes": flow.bytes,
         "lumen.payload_bytes": flow.payload_bytes,
         "lumen.tcp_flags": ",".join(flow.tcp_flag_names()),
+        "lumen.policy": flow.policy_summary(),
+        "lumen.policy.allowed_by": ",".join(flow.policies),
+        "lumen.is_reply": flow.is_reply,
     }
     if local.pod:
         attrs["k8s.namespace.name"] = local.namespace

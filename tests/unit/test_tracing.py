@@ -97,6 +97,7 @@ def test_finished_flows_become_spans_over_otlp_http(receiver, monkeypatch):
     assert a["destination.address"] == "10.22.0.6" and a["destination.port"] == 80
     assert (a["k8s.namespace.name"], a["k8s.pod.name"]) == ("shop", "web")
     assert (a["lumen.verdict"], a["lumen.drop_reason"]) == ("FORWARDED", "none")
+    assert a["lumen.policy"] == "no policy applies" and a["lumen.policy.allowed_by"] == ""
     assert (a["lumen.packets"], a["lumen.bytes"]) == (12, 3456)
     second = attrs(next(s for s in spans if s is not first).attributes)
     # traffic from outside belongs to the destination pod
