@@ -197,6 +197,12 @@ static __always_inline void lumen_decide(struct lumen_config *cfg, struct flow_k
                                          struct endpoint_info *dst, struct flow_stats *st,
                                          struct lumen_decision *d)
 {
+    d->verdict = LUMEN_VERDICT_FORWARDED;
+    d->drop_reason = LUMEN_DROP_NONE;
+    /* IPv6's ARP: neighbour and router discovery, MLD. Policy governs IP traffic between endpoints;
+     * without these an isolated pod would lose its IPv6 neighbours (ARP, non-IP, is never decided). */
+    if (key->proto == IPPROTO_ICMPV6 && ((key->sport >= 130 && key->sport <= 137) || key->sport == 143))
+        return;
     __u8 slot = cfg->policy_slot & 1;
     struct lumen_peer src = {}, dstp = {};
     __u32 src_subject = 0, dst_subject = 0;
@@ -224,8 +230,6 @@ static __always_inline void lumen_decide(struct lumen_config *cfg, struct flow_k
                           &audit_e);
     int ok_i = lumen_side(slot, LUMEN_DIR_INGRESS, dst_subject, &src, key->proto, port, &d->ingress_policy,
                           &audit_i);
-    d->verdict = LUMEN_VERDICT_FORWARDED;
-    d->drop_reason = LUMEN_DROP_NONE;
     /* A flow is a reply if its reverse was there first; decided again later, it stays what it was
      * (the original direction of a connection never passes as the reply of its own answer). */
     struct flow_stats *rev = 0;

