@@ -335,7 +335,10 @@ class Agent:
                 "hostVeth": p.host_veth,
                 "hostIfindex": p.host_ifindex,
                 "endpointId": p.endpoint_id,
-                "identity": p.record.get("identity"),
+                "identity": (
+                    self.enforcer.pod_identities.get(f"{p.namespace}/{p.pod}") if self.enforcer else None
+                )
+                or p.record.get("identity"),
                 "state": p.state,
                 "attached": self._is_attached(p),
             }

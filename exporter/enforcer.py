@@ -99,6 +99,8 @@ class Enforcer:
         self.policy_names: dict[int, str] = {}
         self._host_addresses = host_addresses
         self._fingerprint: tuple[Any, ...] | None = None
+        #: namespace/pod -> identity, as of the last sync
+        self.pod_identities: dict[str, int] = {}
         self._lock = threading.Lock()
 
     # -- sources -----------------------------------------------------------------------------------
@@ -197,6 +199,7 @@ class Enforcer:
                 },
             )
         self.identities.publish(pod_ids, ns_ids)
+        self.pod_identities = pod_ids
 
         current = self.dp.endpoint_identities()
         changed = False

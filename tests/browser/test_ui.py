@@ -38,7 +38,8 @@ class Node(View):
 
     def endpoints(self) -> list[dict[str, Any]]:
         def ep(pod: str, ip: str, ifindex: int, attached: bool) -> dict[str, Any]:
-            return {"namespace": "shop", "pod": pod, "ips": [ip], "endpointId": ifindex, "state": "ready",
+            return {"namespace": "shop", "pod": pod, "ips": [ip], "endpointId": ifindex,
+                    "identity": 256 + ifindex, "state": "ready",
                     "hostVeth": f"lmn0{pod}", "hostIfindex": ifindex, "attached": attached}  # fmt: skip
 
         return [ep("web", "10.22.0.5", 7, True), ep("api", "10.22.0.6", 8, False)]
@@ -279,7 +280,7 @@ def test_endpoints_show_identity_attach_state_and_counters(browser, server, node
         )
     )
     web, api = cells["shop/web"], cells["shop/api"]
-    assert web[:6] == ["shop/web", "10.22.0.5", "7", "lmn0web (#7)", "ready", "attached"]
+    assert web[:6] == ["shop/web", "10.22.0.5", "263", "lmn0web (#7)", "ready", "attached"]
     assert api[5] == "not attached"
     sent = node.store.query()
     tx = sum(f.packets for f in sent if f.source.namespace == "shop" and f.source.pod == "web")

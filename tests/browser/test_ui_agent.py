@@ -1,5 +1,6 @@
 """The UI of a real `lumen agent` (BPF datapath, pods wired by the plugin) in headless Chromium: traffic the
-test sends between two pods shows up live in the Flows table and as an edge on the map."""
+test sends between two pods shows up live in the Flows table and as an edge on the map, and a connection
+the agent's policy denies shows as DROPPED with its reason and the policy verdict."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from bpf.loader import unpin_all
 from tests.browser.harness import chromium, console_errors, screenshot, wait_until
-from tests.cni_harness import Node, Pod, install_plugin
+from tests.cni_harness import Node, Pod, install_plugin, ns_exec
 from tests.e2e.test_agent import Agent, quiet
 from tests.privileged import dp_tools as t
 
@@ -34,8 +35,18 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     workdir = tmp_path_factory.mktemp("ui-agent")
     pin_dir = f"/sys/fs/bpf/lt_ui{secrets.token_hex(4)}"
     node = Node(binary=install_plugin(workdir / "bin"), ipv6=False, extra={"bpfPinDir": pin_dir})
-    agent = Agent(str(node.state_dir), pin_dir, workdir, dict(os.environ))
     namespace = f"ui{secrets.token_hex(2)}"
+    policies = workdir / "policies"
+    policies.mkdir()
+    # the namespace's pods admit UDP only: the test's TCP connection is dropped
+    (policies / "udp-only.yaml").write_text(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+        f"metadata: {{name: udp-only, namespace: {namespace}}}\n"
+        "spec: {podSelector: {}, ingress: [{ports: [{protocol: UDP}]}]}\n"
+    )
+    agent = Agent(
+        str(node.state_dir), pin_dir, workdir, dict(os.environ), args=["--policy-dir", str(policies)]
+    )
     try:
         agent.start()
         a = node.add_pod("client", namespace=namespace)
@@ -94,9 +105,46 @@ def test_traffic_between_pods_appears_live_and_on_the_map(browser, live):
 
     wait_until(cells)
     assert cells()[1] == live.a.ip(4) and cells()[5] == "attached"
+    assert int(cells()[2]) >= 256, "the pod's policy identity"
     # The flow's record holds what its latest event (NEW, then a REPORT a second later) counted; the page
     # refreshes every few seconds.
     # (at least: IPv6 noise sent before the pod was quieted may count too)
     wait_until(lambda: int(cells()[6].split()[0]) >= 20, timeout=15)
     assert console_errors(browser) == []
     screenshot(browser, "agent-endpoints")
+
+
+def test_a_denied_connection_shows_as_dropped_with_its_reason(browser, live):
+    ns = live.namespace
+    port = 7000 + secrets.randbelow(1000)
+    browser.get(f"{live.agent.url}/flows?namespace={ns}&verdict=dropped")
+    wait_until(lambda: browser.find_element(By.ID, "conn").text == "live")
+    # a TCP connect the policy drops: the SYN never arrives, the client gives up
+    target = (live.b.ip(4), port)
+    connect = f"import socket; s = socket.socket(); s.settimeout(1); print(s.connect_ex({target!r}))"
+    ns_exec(live.a.ns, "/usr/bin/python3", "-c", connect)
+    assert wait_until(lambda: live.agent.get(f"/api/flows?verdict=dropped&to_port={port}")["flows"])
+
+    def row():  # noqa: ANN202
+        for tr in browser.find_elements(By.CSS_SELECTOR, "#flows tbody tr"):
+            if f"{live.b.ip(4)}:{port}" in " ".join(tr.text.split()):
+                return tr
+        return None
+
+    tr = wait_until(row, timeout=10)
+    text = " ".join(tr.text.split())
+    assert "TCP" in text and "DROPPED policy_denied" in text
+    tr.click()
+    panel = browser.find_element(By.ID, "detail")
+    wait_until(panel.is_displayed)
+    detail = dict(
+        zip(
+            [e.text for e in panel.find_elements(By.TAG_NAME, "dt")],
+            [e.text for e in panel.find_elements(By.TAG_NAME, "dd")],
+            strict=True,
+        )
+    )
+    assert detail["Verdict"] == "DROPPED" and detail["Drop reason"] == "policy_denied"
+    assert detail["Policy"] == "no policy allows ingress" and detail["Ingress policy"] == "no rule admits it"
+    assert console_errors(browser) == []
+    screenshot(browser, "agent-dropped")

@@ -28,7 +28,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cni_harness import Node, ns_exec
+from tests.cni_harness import Node
+from tests.privileged import dp_tools as t
 from tests.unit.test_dashboards import dashboard_exprs, rule_exprs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.bpf, pytest.mark.netns]
@@ -205,9 +206,8 @@ def traffic(node: Node, agent: Agent) -> dict[str, str]:
     assert allowed.wait(timeout=60) == 0, "ping within shop failed"
     assert denied.wait(timeout=60) != 0, "ping from ops into shop must be dropped by policy"
     # a TCP flow too, so flows of more than one protocol are counted
-    ns_exec(cart.ns, "sh", "-c", "(timeout 5 nc -l -p 8080 >/dev/null &)")
-    time.sleep(0.3)
-    ns_exec(front.ns, "sh", "-c", f"echo hello | timeout 3 nc -w 1 {cart.ip(4)} 8080")
+    received, _ = t.tcp(front, cart, 4, 6000, port=8080)
+    assert received == 6000
     return {k: p.ip(4) for k, p in pods.items()}
 
 

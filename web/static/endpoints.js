@@ -27,7 +27,8 @@
           { "data-pod": id },
           Lumen.el("th", { scope: "row" }, Lumen.el("a", { href: `/flows?pod=${encodeURIComponent(id)}` }, id)),
           Lumen.el("td", {}, text((ep.ips || []).join(", "))),
-          Lumen.el("td", {}, text(ep.endpointId)),
+          // the policy identity (label set) when the agent enforces policy; the endpoint id says which veth
+          Lumen.el("td", { title: `endpoint id ${ep.endpointId}` }, text(ep.identity ?? "unmanaged")),
           Lumen.el("td", {}, text(iface)),
           Lumen.el("td", {}, text(ep.state)),
           Lumen.el("td", {}, Lumen.el("span", { class: `badge ${ep.attached ? "v-forwarded" : "v-dropped"}` },
