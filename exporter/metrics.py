@@ -104,6 +104,7 @@ class Retired:
         self.tx: dict[int, list[int]] = {}  # endpoint id -> [packets, bytes]
         self.rx: dict[int, list[int]] = {}
         self.policy: Counter[tuple[str, str, str]] = Counter()  # (verdict, direction, policy) -> flows
+        self.pairs: dict[tuple[int, int, str], int] = {}  # (src endpoint, dst endpoint, verdict) -> bytes
 
     def add(self, t: FlowTotals, names: Mapping[int, str] | None = None) -> None:
         self.flows[(t.verdict, t.protocol, t.direction)] += 1
@@ -114,12 +115,17 @@ class Retired:
             _bump(self.tx, t.src_ep, t.packets, t.bytes)
         if t.dst_ep:
             _bump(self.rx, t.dst_ep, t.packets, t.bytes)
+        if t.src_ep and t.dst_ep:
+            key = (t.src_ep, t.dst_ep, t.verdict)
+            self.pairs[key] = self.pairs.get(key, 0) + t.bytes
 
     def forget_endpoints(self, alive: set[int]) -> None:
         """A DEL'd pod's totals go with it (its endpoint id, a host ifindex, may be reused)."""
         for table in (self.tx, self.rx):
             for ep in [ep for ep in table if ep not in alive]:
                 del table[ep]
+        for pair in [p for p in self.pairs if p[0] not in alive or p[1] not in alive]:
+            del self.pairs[pair]
 
     def to_json(self) -> str:
         return json.dumps(
@@ -129,6 +135,7 @@ class Retired:
                 "tx": {str(k): v for k, v in self.tx.items()},
                 "rx": {str(k): v for k, v in self.rx.items()},
                 "policy": [[*k, v] for k, v in self.policy.items()],
+                "pairs": [[*k, v] for k, v in self.pairs.items()],
             }
         )
 
@@ -141,6 +148,7 @@ class Retired:
         r.tx = {int(k): list(v) for k, v in data.get("tx", {}).items()}
         r.rx = {int(k): list(v) for k, v in data.get("rx", {}).items()}
         r.policy.update({(a, b, c): n for a, b, c, n in data.get("policy", [])})
+        r.pairs = {(int(a), int(b), str(c)): int(n) for a, b, c, n in data.get("pairs", [])}
         return r
 
     def save(self, path: str) -> None:
@@ -212,6 +220,7 @@ class LumenCollector(Collector):
         tx = {ep: list(v) for ep, v in self.retired.tx.items()}
         rx = {ep: list(v) for ep, v in self.retired.rx.items()}
         policy: Counter[tuple[str, str, str]] = Counter(self.retired.policy)
+        pairs: dict[tuple[int, int, str], int] = dict(self.retired.pairs)
         entries = 0
         for t in self.source.flow_totals():
             entries += 1
@@ -224,6 +233,9 @@ class LumenCollector(Collector):
                 _bump(tx, t.src_ep, t.packets, t.bytes)
             if t.dst_ep:
                 _bump(rx, t.dst_ep, t.packets, t.bytes)
+            if t.src_ep and t.dst_ep:
+                key = (t.src_ep, t.dst_ep, t.verdict)
+                pairs[key] = pairs.get(key, 0) + t.bytes
 
         yield self._counter(
             "lumen_flows_processed",
@@ -258,6 +270,20 @@ class LumenCollector(Collector):
             yield self._counter(
                 f"lumen_pod_{metric}", f"{units[unit]} {what} the pod.", ["namespace", "pod"], values
             )
+
+        # Pod to pod (both ends local): the service-map matrix. Pods without a record have no series.
+        matrix: dict[tuple[str, str, str, str, str], float] = {}
+        for (src_ep, dst_ep, verdict), nbytes in pairs.items():
+            s, d = self.directory.by_id.get(src_ep), self.directory.by_id.get(dst_ep)
+            if s is not None and d is not None:
+                key5 = (s.namespace, s.pod, d.namespace, d.pod, verdict)
+                matrix[key5] = matrix.get(key5, 0) + nbytes
+        yield self._counter(
+            "lumen_pod_to_pod_bytes",
+            "Bytes from one local pod to another, by verdict (the pod-to-pod matrix).",
+            ["source_namespace", "source_pod", "destination_namespace", "destination_pod", "verdict"],
+            matrix,
+        )
 
         src_packets: dict[tuple[str, str], float] = {}
         src_bytes: dict[tuple[str, str], float] = {}
@@ -366,7 +392,9 @@ class LumenCollector(Collector):
         self._floor = {
             k: v
             for k, v in self._floor.items()
-            if not k[0].startswith(("lumen_pod_", "lumen_source_")) or k[1] in alive
+            if not k[0].startswith(("lumen_pod_", "lumen_source_"))
+            or k[1] in alive
+            or (k[0] == "lumen_pod_to_pod_bytes" and k[1][:2] in alive and k[1][2:4] in alive)
         }
 
 

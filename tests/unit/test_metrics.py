@@ -98,6 +98,22 @@ def test_a_deleted_pod_has_no_series(node):
     assert value(reg, "lumen_pod_rx_packets_total", namespace="shop", pod="server") == 13
 
 
+def test_pod_to_pod_matrix(node):
+    state, maps, retired, _, reg = node
+
+    def pair(src: str, dst: str) -> float | None:
+        labels = dict(
+            source_namespace="shop", source_pod=src, destination_namespace="shop", destination_pod=dst
+        )
+        return value(reg, "lumen_pod_to_pod_bytes_total", verdict="FORWARDED", **labels)
+
+    assert pair("client", "server") == 1000 and pair("server", "client") == 600
+    retired.add(maps.flows.pop(0))  # swept: its bytes stay in the matrix
+    assert pair("client", "server") == 1000
+    remove_record(state, "c1")
+    assert pair("client", "server") is None and pair("server", "client") is None
+
+
 def test_swept_flows_keep_counting_and_survive_a_restart(node, tmp_path):
     _, maps, retired, _, reg = node
     swept = maps.flows.pop(0)  # the agent's idle sweep removes it from the table ...
@@ -112,6 +128,7 @@ def test_swept_flows_keep_counting_and_survive_a_restart(node, tmp_path):
     retired.save(path)
     again = Retired.load(path)
     assert again.flows == retired.flows and again.tx == retired.tx and again.rx == retired.rx
+    assert again.pairs == retired.pairs == {(7, 8, "FORWARDED"): 1000}
     (tmp_path / "bad.json").write_text("{not json")
     assert Retired.load(str(tmp_path / "bad.json")).flows == {}
 
