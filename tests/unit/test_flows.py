@@ -52,22 +52,49 @@ def test_capacity_must_be_positive():
 
 
 def test_subscriber_gets_matching_flows_and_counts_what_it_could_not_take():
-    async def run() -> tuple[list[int], int]:
+    async def run() -> tuple[list[int], int, bool]:
         store = FlowStore(100)
         sub = store.subscribe(asyncio.get_running_loop(), lambda f: f.destination.port == 80)
-        sub.queue = asyncio.Queue(2)  # a reader that keeps two flows at most
+        sub.maxsize = 2  # a reader that keeps two flows at most
         for port in (80, 443, 80, 80):
             store.add(make_flow(sport=port, dport=port))
-        await asyncio.sleep(0)
-        got = [sub.queue.get_nowait().destination.port for _ in range(sub.queue.qsize())]
+        await asyncio.wait_for(sub.ready.wait(), 1)
+        got = [f.destination.port for f in sub.take(10)]
+        woken_after = sub.ready.is_set()
         store.unsubscribe(sub)
         store.add(make_flow(dport=80))
         await asyncio.sleep(0)
-        return got, sub.dropped + sub.queue.qsize()
+        return got, sub.dropped + len(sub.pending), woken_after
 
-    got, dropped_plus_after_unsubscribe = asyncio.run(run())
+    got, dropped_plus_after_unsubscribe, woken_after = asyncio.run(run())
     assert got == [80, 80]
     assert dropped_plus_after_unsubscribe == 1
+    assert not woken_after, "an emptied subscription waits for the next flow"
+
+
+def test_a_burst_wakes_the_reader_once_and_is_taken_in_batches():
+    async def run() -> tuple[int, list[int]]:
+        loop = asyncio.get_running_loop()
+        store = FlowStore(10000)
+        sub = store.subscribe(loop, lambda f: True)
+        wakes = 0
+        real_set = sub.ready.set
+
+        def counting_set() -> None:
+            nonlocal wakes
+            wakes += 1
+            real_set()
+
+        sub.ready.set = counting_set  # type: ignore[method-assign]
+        await loop.run_in_executor(None, lambda: [store.add(make_flow(sport=i % 60000)) for i in range(3000)])
+        await asyncio.wait_for(sub.ready.wait(), 1)
+        sizes = []
+        while batch := sub.take(1000):
+            sizes.append(len(batch))
+        return wakes, sizes
+
+    wakes, sizes = asyncio.run(run())
+    assert wakes == 1 and sizes == [1000, 1000, 1000]
 
 
 def test_flow_json_shape():
