@@ -1,4 +1,5 @@
-"""The service map: flows from the store aggregated into nodes (pods, or bare IPs outside the node's pods)
+"""The service map: flows from the store aggregated into nodes (pods, or bare IPs outside the node's pods;
+multicast, link-local and unspecified addresses as one node each)
 and edges (source -> destination per verdict), so the browser draws a summary instead of every event.
 
 Each stored flow is one 5-tuple as of its latest event, with cumulative packets and bytes. An edge's rate
@@ -9,6 +10,7 @@ received, flows and drops) feed the Endpoints page.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,11 +82,26 @@ class Edge:
         }
 
 
+def _group(ip: str) -> str | None:
+    """Addresses that are no one's endpoint get one node each kind, not one per group or host."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if addr.is_multicast or ip == "255.255.255.255":
+        return "multicast"
+    if addr.is_unspecified:
+        return "unspecified"
+    if addr.is_link_local:
+        return "link-local"
+    return None
+
+
 def _node(nodes: dict[str, Node], ep: Endpoint) -> Node:
-    key = ep.name()
+    key = ep.name() if ep.pod else _group(ep.ip) or ep.ip
     node = nodes.get(key)
     if node is None:
-        node = nodes[key] = Node(key, ep.namespace if ep.pod else EXTERNAL, ep.pod or ep.ip)
+        node = nodes[key] = Node(key, ep.namespace if ep.pod else EXTERNAL, ep.pod or key)
     node.ips.add(ep.ip)
     return node
 

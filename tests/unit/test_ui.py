@@ -84,6 +84,20 @@ def client() -> TestClient:
     return TestClient(create_app(view, ui=ui.hook()))
 
 
+def test_map_folds_multicast_and_link_local_into_one_node_each():
+    group_flows = [
+        make_flow(dst="224.0.0.22", dst_pod=None, dport=0),
+        make_flow(dst="239.1.2.3", dst_pod=None, dport=0),
+        make_flow(src="fe80::1", src_pod=None, dst="ff02::16", dst_pod=None, dport=0),
+        make_flow(src="fe80::2", src_pod=None, dst="ff02::1:ff00:1", dst_pod=None, dport=0),
+    ]
+    m = servicemap.build(group_flows)
+    nodes = {n["id"]: n for n in m["nodes"]}
+    assert set(nodes) == {"default/client", "multicast", "link-local"}
+    assert set(nodes["multicast"]["ips"]) == {"224.0.0.22", "239.1.2.3", "ff02::1:ff00:1", "ff02::16"}
+    assert nodes["link-local"]["pod"] is False
+
+
 def test_api_map_takes_the_flow_filters(client):
     body = client.get("/api/map?namespace=db").json()
     assert [(e["source"], e["destination"]) for e in body["edges"]] == [("shop/api", "db/pg")]
