@@ -19,6 +19,9 @@ INCLUDE_DIR = BPF_DIR / "include"
 PROG_INGRESS = "lumen_ingress"  # tc ingress: packets leaving the pod
 PROG_EGRESS = "lumen_egress"  # tc egress: packets entering the pod
 
+#: program name -> pin file name (bpffs names cannot contain dots); the plugin opens these at ADD
+PROG_PINS = {PROG_INGRESS: "prog_lumen_ingress", PROG_EGRESS: "prog_lumen_egress"}
+
 MAP_FLOWS = "lumen_flows"
 MAP_SOURCES = "lumen_sources"
 MAP_ENDPOINTS = "lumen_endpoints"

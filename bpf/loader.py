@@ -1,27 +1,38 @@
-"""Compile, load, pin and attach the datapath with bcc. The only module that imports bcc.
+"""Load, pin and attach the datapath, and read and write its maps.
 
-Cost: one clang compile per agent start (~0.4 s here); per packet see bench/datapath. Needs kernel BTF-free
-bcc with headers at /lib/modules/$(uname -r)/build (scripts/setup.sh links Debian's when the kernel has
-none), clsact, bpf_redirect_peer (5.10+) and BPF ring buffers (5.8+).
+bcc compiles in a child process (bpf/compile.py) that pins programs, maps and the ring buffer and exits;
+this process opens the pins through libbpf (bpf/maps.py) and never maps LLVM. Cost: one clang compile per
+agent start (~1-3 s here); per packet see bench/datapath. Needs bcc with headers at
+/lib/modules/$(uname -r)/build (scripts/setup.sh links Debian's when the kernel has none), clsact,
+bpf_redirect_peer (5.10+) and BPF ring buffers (5.8+).
 """
 
 from __future__ import annotations
 
 import ctypes as ct
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bcc import BPF, libbcc  # noqa: TID251 - this is the bcc wrapper
-
 from bpf import abi
+from bpf.abi import PROG_PINS
+from bpf.maps import Map, RingBuffer, obj_get
 from exporter.policy.compiler import Compiled, network_key
 from plugin import endpoint
 from plugin.netlink import Netlink
 
-PROG_PINS = {abi.PROG_INGRESS: "prog_lumen_ingress", abi.PROG_EGRESS: "prog_lumen_egress"}
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Prog:
+    name: str
+    fd: int
 
 
 @dataclass
@@ -57,31 +68,46 @@ def source_text() -> str:
 class Datapath:
     """The loaded programs and maps. Maps under the pin dir outlive this object and the agent."""
 
-    def __init__(self, cfg: DatapathConfig, bpf: BPF) -> None:
+    def __init__(self, cfg: DatapathConfig) -> None:
         self.cfg = cfg
-        self.bpf = bpf
-        self.progs = {name: bpf.load_func(name, BPF.SCHED_CLS) for name in PROG_PINS}
-        self._ring_open = False
+        pin = cfg.pin_dir
+        self.progs = {name: Prog(name, obj_get(os.path.join(pin, p))) for name, p in PROG_PINS.items()}
+        u32 = ct.c_uint32
+        self.maps: dict[str, Map] = {
+            abi.MAP_FLOWS: Map(f"{pin}/{abi.MAP_FLOWS}", abi.FlowKey, abi.FlowStats),
+            abi.MAP_SOURCES: Map(
+                f"{pin}/{abi.MAP_SOURCES}", abi.EndpointKey, abi.SourceCounters, percpu=True
+            ),
+            abi.MAP_ENDPOINTS: Map(f"{pin}/{abi.MAP_ENDPOINTS}", abi.EndpointKey, abi.EndpointInfo),
+            abi.MAP_IPCACHE: Map(f"{pin}/{abi.MAP_IPCACHE}", abi.EndpointKey, u32),
+            abi.MAP_CIDRS: Map(f"{pin}/{abi.MAP_CIDRS}", abi.CidrKey, u32),
+            abi.MAP_POLICY: Map(f"{pin}/{abi.MAP_POLICY}", abi.PolicyKey, abi.PolicyValue),
+            abi.MAP_STATS: Map(f"{pin}/{abi.MAP_STATS}", u32, ct.c_uint64, percpu=True),
+            abi.MAP_CONFIG: Map(f"{pin}/{abi.MAP_CONFIG}", u32, abi.Config),
+        }
+        self._events_fd = obj_get(os.path.join(pin, abi.MAP_EVENTS))
+        self._ring: RingBuffer | None = None
 
     @classmethod
     def load(cls, cfg: DatapathConfig) -> Datapath:
-        os.makedirs(cfg.pin_dir, exist_ok=True)
-        dp = cls(cfg, BPF(src_file=str(abi.SOURCE).encode(), cflags=cfg.cflags()))
+        """Compile and pin in a child process, then open what it pinned."""
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        }
+        arg = json.dumps({"pin_dir": cfg.pin_dir, "cflags": cfg.cflags()})
+        proc = subprocess.run(
+            [sys.executable, "-m", "bpf.compile", arg], capture_output=True, text=True, env=env, timeout=300
+        )
+        try:
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            result = {"ok": False, "error": proc.stderr.strip()[-4000:] or f"exit status {proc.returncode}"}
+        if not result.get("ok"):
+            raise RuntimeError(f"compiling the datapath failed: {result.get('error')}\n{proc.stderr[-4000:]}")
+        dp = cls(cfg)
         dp.set_config()
-        dp._pin_programs()
         return dp
-
-    def _pin_programs(self) -> None:
-        # Replace pins atomically enough for the plugin: it opens the pin and gets a valid program either way.
-        for name, pin in PROG_PINS.items():
-            path = os.path.join(self.cfg.pin_dir, pin)
-            tmp = f"{path}_new"  # bpffs names cannot contain dots
-            for stale in (tmp,):
-                if os.path.exists(stale):
-                    os.unlink(stale)
-            if libbcc.lib.bpf_obj_pin(self.progs[name].fd, tmp.encode()) != 0:
-                raise OSError(ct.get_errno(), f"cannot pin {name} at {tmp}")
-            os.replace(tmp, path)
 
     def set_config(self) -> None:
         table = self._map(abi.MAP_CONFIG)
@@ -190,8 +216,8 @@ class Datapath:
         for raw, ident in want.items():
             table[abi.EndpointKey.from_buffer_copy(raw)] = ct.c_uint32(ident)
 
-    def _map(self, name: str):  # noqa: ANN202 - bcc's table types
-        return self.bpf[name.encode()]
+    def _map(self, name: str) -> Map:
+        return self.maps[name]
 
     # -- attaching -------------------------------------------------------------------------------
 
@@ -243,35 +269,34 @@ class Datapath:
 
         if raw:
 
-            def _cb(_ctx: object, data: int, length: int) -> int:
+            def _cb(data: int, length: int) -> None:
                 if length >= size:
                     callback(ct.string_at(data, size))
-                return 0
 
         else:
 
-            def _cb(_ctx: object, data: int, length: int) -> int:
+            def _cb(data: int, length: int) -> None:
                 if length >= size:
                     callback(abi.FlowEvent.from_buffer_copy(ct.string_at(data, size)))
-                return 0
 
-        self._map(abi.MAP_EVENTS).open_ring_buffer(_cb)
-        self._ring_open = True
+        self._ring = RingBuffer(self._events_fd, _cb)
 
     def poll(self, timeout_ms: int = 100) -> None:
         """Wait up to `timeout_ms` for a wake-up, then drain: events submitted with BPF_RB_NO_WAKEUP
         never wake epoll, so the timer is what bounds their delay."""
-        self.bpf.ring_buffer_poll(timeout_ms)
-        self.bpf.ring_buffer_consume()
+        assert self._ring is not None, "open_ring_buffer first"
+        self._ring.poll(timeout_ms)
+        self._ring.consume()
 
     def consume(self) -> None:
-        self.bpf.ring_buffer_consume()
+        assert self._ring is not None, "open_ring_buffer first"
+        self._ring.consume()
 
     def flows(self) -> Iterator[tuple[abi.FlowKey, abi.FlowStats]]:
         table = self._map(abi.MAP_FLOWS)
         try:
             yield from table.items_lookup_batch()
-        except Exception:  # noqa: BLE001 - kernels without batch ops on LRU maps
+        except OSError:  # kernels without batch ops on LRU maps
             yield from table.items()
 
     def source_counters(self) -> dict[str, tuple[int, int]]:
@@ -303,8 +328,16 @@ class Datapath:
         return ended
 
     def close(self) -> None:
-        """Unload this process's handles; pinned maps and programs stay, attached programs keep running."""
-        self.bpf.cleanup()
+        """Close this process's handles; pinned maps and programs stay, attached programs keep running."""
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        for m in self.maps.values():
+            m.close()
+        for p in self.progs.values():
+            os.close(p.fd)
+        self.progs = {}
+        os.close(self._events_fd)
 
 
 _DIRS = {"egress": int(abi.Direction.EGRESS), "ingress": int(abi.Direction.INGRESS)}
