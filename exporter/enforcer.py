@@ -56,6 +56,12 @@ class ClusterSource(Protocol):
 
     def namespace(self, name: str) -> tuple[Mapping[str, str], bool] | None: ...
 
+    def remote_pods(
+        self,
+    ) -> list[tuple[str, str, Mapping[str, str], tuple[ContainerPort, ...], tuple[str, ...]]]:
+        """(namespace, name, labels, container ports, IPs) of pods on other nodes."""
+        ...
+
 
 @dataclass
 class PolicyStatus:
@@ -160,7 +166,19 @@ class Enforcer:
         namespaces = (
             {ns for ns, _ in pod_keys} | set(self.manifests.namespaces) | {p.namespace for p in policies}
         )
+        remote = self.kube.remote_pods() if self.kube is not None else []
+        namespaces |= {ns for ns, *_ in remote}
         ns_facts = {ns: self._namespace_facts(ns) for ns in namespaces if ns}
+        remote_ips: dict[str, int] = {}
+        remote_sets: list[LabelSet] = []
+        for ns, _name, labels, ports, ips in remote:
+            ls = LabelSet(
+                ns,
+                tuple(sorted(labels.items())),
+                tuple(sorted((p.name, p.protocol, p.port) for p in ports if p.name)),
+            )
+            remote_sets.append(ls)
+            remote_ips.update({ip: self.identities.identity(ls) for ip in ips})
         pod_sets: dict[tuple[str, str], LabelSet] = {}
         for ns, name in pod_keys:
             labels, ports = self._pod_facts(ns, name)
@@ -172,7 +190,9 @@ class Enforcer:
         ns_sets = {ns: LabelSet(ns) for ns in ns_facts}
         pod_ids = {f"{ns}/{name}": self.identities.identity(ls) for (ns, name), ls in pod_sets.items()}
         ns_ids = {ns: self.identities.identity(ls) for ns, ls in ns_sets.items()}
-        by_id = {self.identities.identity(ls): ls for ls in (*pod_sets.values(), *ns_sets.values())}
+        by_id = {
+            self.identities.identity(ls): ls for ls in (*pod_sets.values(), *ns_sets.values(), *remote_sets)
+        }
 
         compiler = Compiler(
             by_id,
@@ -212,15 +232,19 @@ class Enforcer:
         if changed and not applied:
             self.status.generation = self.dp.bump_policy_generation()
         try:
-            self.dp.set_ipcache({ip: HOST_IDENTITY for ip in self._host_addresses()})
+            self.dp.set_ipcache({**remote_ips, **{ip: HOST_IDENTITY for ip in self._host_addresses()}})
         except OSError as e:
             log.warning("cannot list the node's addresses", extra={"error": str(e)})
 
-        self.engine = Engine(policies, self._cluster(local, ns_facts))
+        self.engine = Engine(policies, self._cluster(local, ns_facts, remote))
         return applied
 
-    def _cluster(self, local: list[Any], ns_facts: Mapping[str, tuple[dict[str, str], bool]]) -> Cluster:
+    def _cluster(
+        self, local: list[Any], ns_facts: Mapping[str, tuple[dict[str, str], bool]], remote: list[Any]
+    ) -> Cluster:
         pods: dict[str, Pod] = {}
+        for ns, name, labels, ports, ips in remote:
+            pods[f"{ns}/{name}"] = Pod(ns, name, dict(labels), tuple(ips), tuple(ports))
         for m in self.manifests.pods.values():
             pods[m.key] = Pod(m.namespace, m.name, dict(m.labels), (), m.ports)
         for p in local:

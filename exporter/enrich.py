@@ -139,6 +139,7 @@ class KubeLabels(LabelSource):
         self._namespaces: dict[str, dict[str, str]] = {}
         self._audit: dict[str, bool] = {}
         self._policies: dict[str, Any] = {}
+        self._remote: dict[tuple[str, str], tuple[dict[str, str], tuple[Any, ...], tuple[str, ...]]] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -171,22 +172,35 @@ class KubeLabels(LabelSource):
     def _watch_pods(self) -> None:
         from kubernetes import client, watch  # type: ignore[import-not-found]
 
+        # Every pod of the cluster: local ones name flows; remote ones give their addresses an identity,
+        # so pod selectors match traffic from other nodes.
         api = client.CoreV1Api()
-        selector = f"spec.nodeName={self.node}"
-        for ev in watch.Watch().stream(
-            api.list_pod_for_all_namespaces, field_selector=selector, timeout_seconds=300
-        ):
+        for ev in watch.Watch().stream(api.list_pod_for_all_namespaces, timeout_seconds=300):
             obj = ev["object"]
-            meta = obj.metadata
-            key = (meta.namespace, meta.name)
-            if ev["type"] == "DELETED":
-                self._pods.pop(key, None)
-                self._ports.pop(key, None)
-            else:
-                self._pods[key] = dict(meta.labels or {})
-                self._ports[key] = _container_ports(obj)
+            ips = [p.ip for p in (getattr(obj.status, "pod_i_ps", None) or []) if p.ip]
+            self.on_pod_event(ev["type"], obj.metadata, getattr(obj.spec, "node_name", None), ips, obj)
             if self._stop.is_set():
                 return
+
+    def on_pod_event(self, kind: str, meta: Any, node: str | None, ips: list[str], obj: Any = None) -> None:
+        key = (meta.namespace, meta.name)
+        if kind == "DELETED":
+            for table in (self._pods, self._ports, self._remote):
+                table.pop(key, None)
+            return
+        labels = dict(meta.labels or {})
+        ports = _container_ports(obj) if obj is not None else ()
+        if node == self.node:
+            self._pods[key] = labels
+            self._ports[key] = ports
+            self._remote.pop(key, None)
+        else:
+            self._remote[key] = (labels, ports, tuple(ips))
+            self._pods.pop(key, None)
+
+    def remote_pods(self) -> list[tuple[str, str, Mapping[str, str], tuple[Any, ...], tuple[str, ...]]]:
+        """(namespace, name, labels, container ports, IPs) of pods on other nodes."""
+        return [(ns, name, *v) for (ns, name), v in list(self._remote.items())]
 
     def _watch_namespaces(self) -> None:
         from kubernetes import client, watch  # type: ignore[import-not-found]

@@ -259,3 +259,58 @@ def test_policies_from_the_api_server_watch():
     kube.on_policy_event("ADDED", served)
     kube.on_policy_event("DELETED", served)
     assert kube.policies() == []
+
+
+class FakeKube:
+    """exporter.enforcer.ClusterSource as the API-server watch fills it."""
+
+    def __init__(self) -> None:
+        self.kube = KubeLabels("node-1")
+        meta = type("Meta", (), {})
+
+        def m(ns: str, name: str, labels: dict[str, str]) -> object:
+            o = meta()
+            o.namespace, o.name, o.labels = ns, name, labels  # type: ignore[attr-defined]
+            return o
+
+        self.kube.on_pod_event("ADDED", m("shop", "api", {"app": "api"}), "node-1", ["10.1.0.5"])
+        self.kube.on_pod_event("ADDED", m("other", "api", {"app": "api"}), "node-2", ["10.2.0.7"])
+        self.kube.on_pod_event("ADDED", m("other", "web", {"app": "web"}), "node-2", ["10.2.0.8"])
+        self.kube.on_policy_event(
+            "ADDED",
+            {
+                "metadata": {"name": "from-api", "namespace": "shop"},
+                "spec": {
+                    "podSelector": {},
+                    "ingress": [
+                        {"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "api"}}}]}
+                    ],
+                },
+            },
+        )
+
+
+def test_pods_on_other_nodes_get_identities_in_the_ipcache(tmp_path: Path):
+    kube = FakeKube().kube
+    assert kube.pod("shop", "api") == ({"app": "api"}, ())
+    assert kube.pod("other", "api") is None and len(kube.remote_pods()) == 2
+    dp = FakeDatapath()
+    state = tmp_path / "state"
+    write_record(str(state), "c1", "shop", "api", ["10.1.0.5/24"], 7)
+    enforcer = Enforcer(
+        str(state), [], dp, EndpointDirectory(str(state)), cluster_source=kube, host_addresses=lambda: []
+    )
+    enforcer.sync()
+    api_id, web_id = dp.ipcache["10.2.0.7"], dp.ipcache["10.2.0.8"]
+    assert api_id >= 256 and web_id >= 256 and api_id != web_id
+    compiled = dp.applied[-1]
+    peers = {e.peer for e in compiled.allows}
+    assert api_id in peers and web_id not in peers  # the remote api pod is selected, the web pod not
+    engine = enforcer.engine
+    assert engine.decide(engine.connection("10.2.0.7", "shop/api", "TCP", 80)).allowed
+    assert not engine.decide(engine.connection("10.2.0.8", "shop/api", "TCP", 80)).allowed
+    kube.on_pod_event(
+        "DELETED", type("M", (), {"namespace": "other", "name": "api", "labels": {}})(), None, []
+    )
+    enforcer.sync()
+    assert "10.2.0.7" not in dp.ipcache
