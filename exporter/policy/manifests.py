@@ -12,11 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml  # type: ignore[import-untyped]
-
 from exporter.policy.cluster import ContainerPort
 from exporter.policy.errors import PolicyError
-from exporter.policy.model import SAFE_LOADER, NetworkPolicy, parse_policy
+from exporter.policy.model import NetworkPolicy, parse_policy, yaml_objects
 from exporter.policy.selectors import check_label_key, check_label_value
 
 #: Namespace annotation: "true" turns policy drops in that namespace into AUDIT verdicts (forwarded)
@@ -103,21 +101,7 @@ def parse_namespace(doc: dict) -> NamespaceManifest:
 
 
 def load_text(text: str, source: str, into: Manifests, default_namespace: str = "default") -> None:
-    try:
-        docs = list(yaml.load_all(text, Loader=SAFE_LOADER))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise PolicyError("", f"not valid YAML{at}: {getattr(e, 'problem', None) or e}", source) from None
-    objects: list[tuple[str, object]] = []
-    for n, doc in enumerate(docs, 1):
-        if doc is None:
-            continue
-        if isinstance(doc, dict) and doc.get("kind") == "List":
-            for i, item in enumerate(doc.get("items") or []):
-                objects.append((f"{source}, document {n}, items[{i}]", item))
-        else:
-            objects.append((f"{source}, document {n}", doc))
+    objects = yaml_objects(text, source)
     seen = {p.key for p in into.policies}
     for where, obj in objects:
         if not isinstance(obj, dict):

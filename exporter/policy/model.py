@@ -266,14 +266,9 @@ def parse_policy(obj: object, default_namespace: str = "default") -> NetworkPoli
     return NetworkPolicy(namespace, name, pod_selector, ingress, egress, frozenset(types))
 
 
-def load_policies(
-    text: str, source: str = "<manifest>", default_namespace: str = "default"
-) -> list[NetworkPolicy]:
-    """Every NetworkPolicy in a (multi-document) YAML text; `kind: List` is unpacked as kubectl does.
-
-    All or nothing: the first invalid document raises PolicyError naming the source, document and field,
-    so a caller can keep the policies already in force. A NetworkPolicy given twice is an error too.
-    """
+def yaml_objects(text: str, source: str) -> list[tuple[str, object]]:
+    """The objects of a (multi-document) YAML text with where each was, `kind: List` unpacked as kubectl
+    does; invalid YAML raises PolicyError with the line and column."""
     try:
         docs = list(yaml.load_all(text, Loader=SAFE_LOADER))
     except yaml.YAMLError as e:
@@ -289,8 +284,19 @@ def load_policies(
                 objects.append((f"{source}, document {n}, items[{i}]", item))
         else:
             objects.append((f"{source}, document {n}", doc))
+    return objects
+
+
+def load_policies(
+    text: str, source: str = "<manifest>", default_namespace: str = "default"
+) -> list[NetworkPolicy]:
+    """Every NetworkPolicy in a (multi-document) YAML text; `kind: List` is unpacked as kubectl does.
+
+    All or nothing: the first invalid document raises PolicyError naming the source, document and field,
+    so a caller can keep the policies already in force. A NetworkPolicy given twice is an error too.
+    """
     policies: dict[str, NetworkPolicy] = {}
-    for where, obj in objects:
+    for where, obj in yaml_objects(text, source):
         try:
             policy = parse_policy(obj, default_namespace)
         except PolicyError as e:
