@@ -161,6 +161,10 @@ class FlowStats(ct.Structure):
         ("policy_gen", ct.c_uint32),
         ("egress_policy", ct.c_uint32),
         ("ingress_policy", ct.c_uint32),
+        ("tick", ct.c_uint32),
+        ("fwd_ifindex", ct.c_uint32),
+        ("fwd_mac", ct.c_uint8 * 6),
+        ("pad", ct.c_uint8 * 2),
     ]
 
 

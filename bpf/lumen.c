@@ -6,7 +6,8 @@
  *     (tc ingress, direction EGRESS). At the destination's host veth (tc egress, direction INGRESS) only
  *     traffic whose source is not a local pod is accounted (host, gateway, other nodes), so a pod-to-pod
  *     flow counts once whether or not the bridge is bypassed.
- *  3. Update the flow table (LRU) and the per-source counters (per-CPU).
+ *  3. Update the flow table (LRU) and the per-source counters (per-CPU). An established flow reads the
+ *     clock and its redirect target (cached in its entry) once per kernel tick, not per packet.
  *  4. Emit ring-buffer events by aggregation level: NEW on a flow's first packet, END on FIN/RST,
  *     REPORT every report interval of an active flow, PACKET per packet at level "none". A failed
  *     reserve is counted (LUMEN_STAT_LOST_EVENTS), never silent. The consumer is woken every
@@ -253,6 +254,21 @@ static __always_inline void lumen_decide(struct lumen_config *cfg, struct flow_k
     d->drop_reason = LUMEN_DROP_POLICY_DENIED;
 }
 
+/* The redirect target cached in a flow entry. Why it cannot send a packet to the wrong pod: it is read
+ * only in the tick (jiffy, 4 ms at HZ=250) it was copied from lumen_endpoints, and again after every
+ * policy generation change; a deleted pod's host veth ifindex is not handed to another device (the
+ * kernel allocates ifindexes cyclically), so within that tick a stale target can only be a device that
+ * is gone (the packet is dropped), never another pod. */
+static __always_inline void lumen_set_fwd(struct flow_stats *st, struct endpoint_info *dst)
+{
+    if (dst) {
+        __builtin_memcpy(st->fwd_mac, dst->mac, 6);
+        st->fwd_ifindex = dst->ifindex;
+    } else {
+        st->fwd_ifindex = 0;
+    }
+}
+
 static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
 {
     __u32 zero = 0;
@@ -279,15 +295,8 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
         src_ep = skb->ifindex;
     else if (lumen_endpoint(key.saddr, key.family))
         return TC_ACT_OK; /* already accounted (and policy decided) at the source pod's host veth */
-    /* The destination endpoint is looked up only when needed: a new flow (its dst_ep) or a redirect. */
-    struct endpoint_info *dst = 0;
     int want_redirect = direction == LUMEN_DIR_EGRESS && cfg->redirect;
-    if (want_redirect)
-        dst = lumen_endpoint(key.daddr, key.family);
 
-    /* 3. The coarse clock (jiffies, CLOCK_MONOTONIC) costs a few ns against ~65 ns for the precise one
-     * on this kind of VM; a flow's first packet takes the precise clock, later ones the coarse. */
-    __u64 now = bpf_ktime_get_coarse_ns();
     __u64 len = skb->len;
     __u64 payload = len > (__u64)payload_off ? len - payload_off : 0;
 
@@ -303,6 +312,16 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
         lumen_sources.update(&sk, &init);
     }
 
+    /* 3. On this VM a clock helper costs ~30 ns and a hash lookup 35-60 ns: an established flow reads
+     * the coarse clock and looks up its destination endpoint once per tick (jiffies, inlined by the
+     * verifier), not once per packet; the coarse clock only moves at ticks anyway. A flow's first packet
+     * and its end take the precise clock. The destination endpoint is looked up for a new flow (its
+     * dst_ep), a policy change and, with direct forwarding, once per tick. */
+    __u32 tick = (__u32)bpf_jiffies64();
+    struct endpoint_info *dst = 0;
+    __u32 fwd_ifindex = 0;
+    __u8 *fwd_mac = 0;
+    __u64 now;
     __u8 ev_type = 0;
     __u8 verdict;
     struct flow_stats *st = lumen_flows.lookup(&key);
@@ -310,12 +329,20 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
         __sync_fetch_and_add(&st->packets, 1);
         __sync_fetch_and_add(&st->bytes, len);
         __sync_fetch_and_add(&st->payload_bytes, payload);
-        if (now > st->last_seen_ns)
-            st->last_seen_ns = now;
         st->tcp_flags |= tcp_flags;
+        if (st->tick != tick) {
+            now = bpf_ktime_get_coarse_ns();
+            if (now > st->last_seen_ns)
+                st->last_seen_ns = now;
+            if (want_redirect)
+                dst = lumen_endpoint(key.daddr, key.family);
+            lumen_set_fwd(st, dst);
+            st->tick = tick; /* last: another CPU in this tick reads the fresh target, or refreshes too */
+        }
+        now = st->last_seen_ns;
         if (st->policy_gen != cfg->policy_gen) {
             /* policies changed since this flow was decided: decide again, now, on this packet */
-            if (!want_redirect)
+            if (!dst)
                 dst = lumen_endpoint(key.daddr, key.family);
             struct lumen_decision d = {};
             lumen_decide(cfg, &key, direction, dst, st, &d);
@@ -326,12 +353,15 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
             st->egress_policy = d.egress_policy;
             st->ingress_policy = d.ingress_policy;
             st->flags |= d.flags;
+            lumen_set_fwd(st, want_redirect ? dst : 0);
             if (was != d.verdict) {
                 st->last_report_ns = now;
                 ev_type = d.verdict == LUMEN_VERDICT_DROPPED ? LUMEN_EV_DROP : LUMEN_EV_REPORT;
             }
         }
         verdict = st->verdict;
+        fwd_ifindex = st->fwd_ifindex;
+        fwd_mac = st->fwd_mac;
         if (!ev_type && (tcp_flags & (LUMEN_TCP_FIN | LUMEN_TCP_RST))) {
             st->last_seen_ns = bpf_ktime_get_ns(); /* a flow's end gets the precise clock too */
             ev_type = LUMEN_EV_END;
@@ -341,8 +371,7 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
         }
     } else {
         now = bpf_ktime_get_ns();
-        if (!want_redirect)
-            dst = lumen_endpoint(key.daddr, key.family);
+        dst = lumen_endpoint(key.daddr, key.family);
         struct lumen_decision d = {};
         lumen_decide(cfg, &key, direction, dst, 0, &d);
         verdict = d.verdict;
@@ -362,6 +391,12 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
         init.policy_gen = cfg->policy_gen;
         init.egress_policy = d.egress_policy;
         init.ingress_policy = d.ingress_policy;
+        init.tick = tick;
+        if (want_redirect && dst) {
+            lumen_set_fwd(&init, dst);
+            fwd_ifindex = dst->ifindex;
+            fwd_mac = dst->mac;
+        }
         if (lumen_flows.update(&key, &init) != 0) {
             lumen_stat_add(LUMEN_STAT_FLOW_INSERT_FAILED, 1);
         } else {
@@ -386,8 +421,7 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
         lumen_stat_add(LUMEN_STAT_POLICY_AUDIT, 1);
 
     /* 6. */
-    if (want_redirect && dst && dst->ifindex != skb->ifindex) {
-        __u32 ifindex = dst->ifindex;
+    if (want_redirect && fwd_ifindex && fwd_mac && fwd_ifindex != skb->ifindex) {
         void *data = (void *)(long)skb->data;
         struct ethhdr *eth = data;
         if ((void *)(eth + 1) > (void *)(long)skb->data_end)
@@ -397,14 +431,14 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
         __u8 differs = 0;
 #pragma unroll
         for (int i = 0; i < 6; i++)
-            differs |= eth->h_dest[i] ^ dst->mac[i];
+            differs |= eth->h_dest[i] ^ fwd_mac[i];
         if (differs) {
             __u8 mac[6];
-            __builtin_memcpy(mac, dst->mac, 6);
+            __builtin_memcpy(mac, fwd_mac, 6);
             bpf_skb_store_bytes(skb, 0, mac, 6, 0);
         }
         lumen_stat_add(LUMEN_STAT_REDIRECTED, 1);
-        return bpf_redirect_peer(ifindex, 0);
+        return bpf_redirect_peer(fwd_ifindex, 0);
     }
     return TC_ACT_OK;
 }

@@ -139,7 +139,10 @@ def main() -> None:
         results: dict[str, dict[str, list[float]]] = {
             v: {"gbps": [], "rr_us": [], "ping_us": []} for v in VARIANTS
         }
-        cost: dict[str, list[int]] = {name: [0, 0] for name in dp.progs}
+        # per program and variant: [run_time_ns, run_cnt]
+        cost: dict[tuple[str, str], list[int]] = {
+            (name, v): [0, 0] for name in dp.progs for v in VARIANTS if v != "bridge"
+        }
         for _ in range(args.rounds):
             for variant in VARIANTS:
                 with Netlink() as nl:
@@ -158,8 +161,8 @@ def main() -> None:
                 if variant != "bridge":
                     for name, fn in dp.progs.items():
                         ns, cnt = prog_stats(fn.fd)
-                        cost[name][0] += ns - before[name][0]
-                        cost[name][1] += cnt - before[name][1]
+                        cost[(name, variant)][0] += ns - before[name][0]
+                        cost[(name, variant)][1] += cnt - before[name][1]
 
         med = {v: {k: statistics.median(x) for k, x in r.items()} for v, r in results.items()}
         base = med["bridge"]
@@ -174,9 +177,15 @@ def main() -> None:
                 f"{v:<9} {m['gbps']:10.2f} {m['gbps'] / base['gbps']:6.2f} {m['rr_us']:8.1f} "
                 f"{m['rr_us'] / base['rr_us']:6.2f} {m['ping_us']:8.1f} {m['ping_us'] / base['ping_us']:6.2f}"
             )
-        for name, (ns, cnt) in cost.items():
+        for name in dp.progs:
             where = "host veth tc ingress" if name == abi.PROG_INGRESS else "host veth tc egress"
+            ns = sum(c[0] for (n, _), c in cost.items() if n == name)
+            cnt = sum(c[1] for (n, _), c in cost.items() if n == name)
+            by_variant = ", ".join(
+                f"{v} {c[0] / max(c[1], 1):.0f} ns ({c[1]} runs)" for (n, v), c in cost.items() if n == name
+            )
             print(f"per-packet cost {name} ({where}): {ns / max(cnt, 1):.0f} ns over {cnt} runs")
+            print(f"  by variant: {by_variant}")
         print(GOALS)
     finally:
         Path("/proc/sys/kernel/bpf_stats_enabled").write_text(stats_was)

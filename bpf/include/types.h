@@ -98,6 +98,11 @@ struct flow_stats {
     __u32 egress_policy;  /* id of the policy admitting the source's egress; 0 none isolates it;
                            * LUMEN_POLICY_DENIED_ID none admits it */
     __u32 ingress_policy; /* the same for the destination's ingress */
+    /* Per-packet shortcuts, refreshed once per kernel tick (jiffy) of a flow (bpf/lumen.c, step 3): */
+    __u32 tick;           /* low 32 bits of jiffies when last_seen_ns and fwd_* were last refreshed */
+    __u32 fwd_ifindex;    /* redirect target (destination's host veth) as of `tick`; 0 none */
+    __u8 fwd_mac[6];      /* the destination pod's MAC, as of `tick` */
+    __u8 pad[2];
 };
 
 struct flow_event {

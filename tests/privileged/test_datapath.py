@@ -186,6 +186,27 @@ def test_direct_forwarding_bypasses_the_bridge_and_still_counts_once(dp: Datapat
     assert st.packets == count, "still counted once with the bridge in the path"
 
 
+def test_a_reused_address_gets_the_new_pods_traffic_on_the_same_flow(dp: Datapath, dnode: Node):
+    """Direct forwarding caches the destination in the flow entry: when the destination pod is deleted
+    and its address given to a new pod, the same 5-tuple must reach the new pod (not the gone veth)."""
+    a, b = dnode.add_pod("a"), dnode.add_pod("b")
+    ip = b.ip(4)
+    assert t.udp(a, b, 4, 50, 100, sport=42000) == 50
+    assert dnode.del_pod("b").ok
+    conf = dnode.conf()
+    conf["runtimeConfig"] = {"ips": [ip]}
+    c = dnode.add_pod("c", conf=conf)
+    assert c.ip(4) == ip
+    before_redirect = dp.stat(abi.Stat.REDIRECTED)
+    # a still holds b's MAC for this address: only the redirect (MAC rewritten to c's) delivers these
+    assert t.udp(a, c, 4, 50, 100, sport=42000) == 50
+    assert dp.stat(abi.Stat.REDIRECTED) - before_redirect >= 50
+    (st,) = t.find(dp, a.ip(4), ip, UDP, 5005)
+    assert st.packets == 100, "one flow entry across both pods"
+    with Netlink() as nl:
+        assert st.fwd_ifindex == nl.link(t.host_veth(c)).index
+
+
 def test_a_full_ring_buffer_counts_exactly_the_lost_events(pin_dir: str, dnode: Node):
     dp = load(pin_dir, ringbuf_pages=1, aggregation=abi.Aggregation.NONE)
     try:
