@@ -30,15 +30,75 @@ def _pin_replace(fd: int, path: str) -> None:
     os.replace(tmp, path)
 
 
+def expected_layouts(cflags: list[str]) -> dict[str, tuple[int, int, int]]:
+    """Pinned map -> (key size, value size, max entries) this build creates (sizes from the -D flags)."""
+    import ctypes as ct
+
+    sizes = {f[2:].split("=")[0]: f.split("=", 1)[1] for f in cflags if f.startswith("-D") and "=" in f}
+    n = {k: int(v) for k, v in sizes.items() if v.isdigit()}
+    u32 = ct.sizeof(ct.c_uint32)
+    return {
+        abi.MAP_FLOWS: (
+            ct.sizeof(abi.FlowKey),
+            ct.sizeof(abi.FlowStats),
+            n.get("LUMEN_FLOW_TABLE_SIZE", 65536),
+        ),
+        abi.MAP_SOURCES: (
+            ct.sizeof(abi.EndpointKey),
+            ct.sizeof(abi.SourceCounters),
+            n.get("LUMEN_SOURCE_TABLE_SIZE", 16384),
+        ),
+        abi.MAP_ENDPOINTS: (
+            ct.sizeof(abi.EndpointKey),
+            ct.sizeof(abi.EndpointInfo),
+            n.get("LUMEN_ENDPOINT_TABLE_SIZE", 4096),
+        ),
+        abi.MAP_IPCACHE: (ct.sizeof(abi.EndpointKey), u32, n.get("LUMEN_IPCACHE_SIZE", 65536)),
+        abi.MAP_CIDRS: (ct.sizeof(abi.CidrKey), u32, n.get("LUMEN_CIDR_MAP_SIZE", 32768)),
+        abi.MAP_POLICY: (
+            ct.sizeof(abi.PolicyKey),
+            ct.sizeof(abi.PolicyValue),
+            n.get("LUMEN_POLICY_MAP_SIZE", 262144),
+        ),
+        abi.MAP_STATS: (u32, 8, abi.STAT_MAX),
+        abi.MAP_CONFIG: (u32, ct.sizeof(abi.Config), 1),
+    }
+
+
+def retire_incompatible_pins(pin_dir: str, cflags: list[str]) -> list[str]:
+    """Unpin maps an older build (or other sizes) left: bcc would reuse them and the verifier refuse the
+    programs. Pods still running the old programs keep the old maps until they are re-attached; the new
+    maps start empty (counters restart, the agent refills endpoints and policy)."""
+    from bpf.maps import map_info, obj_get
+
+    retired = []
+    for name, want in expected_layouts(cflags).items():
+        path = os.path.join(pin_dir, name)
+        if not os.path.exists(path):
+            continue
+        fd = obj_get(path)
+        try:
+            info = map_info(fd)
+        finally:
+            os.close(fd)
+        if (info.key_size, info.value_size, info.max_entries) != want:
+            os.unlink(path)
+            retired.append(
+                f"{name} (key {info.key_size}, value {info.value_size}, {info.max_entries} entries)"
+            )
+    return retired
+
+
 def compile_and_pin(pin_dir: str, cflags: list[str]) -> dict[str, object]:
     t0 = time.monotonic()
     os.makedirs(pin_dir, exist_ok=True)
+    retired = retire_incompatible_pins(pin_dir, cflags)
     b = BPF(src_file=str(abi.SOURCE).encode(), cflags=cflags)
     progs = {name: b.load_func(name.encode(), BPF.SCHED_CLS) for name in PROG_PINS}
     for name, pin in PROG_PINS.items():
         _pin_replace(progs[name].fd, os.path.join(pin_dir, pin))
     _pin_replace(b[abi.MAP_EVENTS.encode()].map_fd, os.path.join(pin_dir, abi.MAP_EVENTS))
-    return {"ok": True, "seconds": round(time.monotonic() - t0, 3)}
+    return {"ok": True, "seconds": round(time.monotonic() - t0, 3), "retired": retired}
 
 
 def main() -> int:

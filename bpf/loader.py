@@ -86,6 +86,8 @@ class Datapath:
             abi.MAP_CONFIG: Map(f"{pin}/{abi.MAP_CONFIG}", u32, abi.Config),
         }
         self._events_fd = obj_get(os.path.join(pin, abi.MAP_EVENTS))
+        #: maps of an incompatible older layout the compile step unpinned (they start empty)
+        self.retired_pins: list[str] = []
         self._ring: RingBuffer | None = None
 
     @classmethod
@@ -106,6 +108,7 @@ class Datapath:
         if not result.get("ok"):
             raise RuntimeError(f"compiling the datapath failed: {result.get('error')}\n{proc.stderr[-4000:]}")
         dp = cls(cfg)
+        dp.retired_pins = list(result.get("retired", []))
         dp.set_config()
         return dp
 

@@ -56,6 +56,30 @@ def obj_pin(fd: int, path: str) -> None:
     _check(lib().bpf_obj_pin(fd, path.encode()), f"bpf_obj_pin {path}")
 
 
+class MapInfo(ct.Structure):
+    """The head of struct bpf_map_info (uapi/linux/bpf.h): what decides whether a pin can be reused."""
+
+    _fields_ = [
+        ("type", ct.c_uint32),
+        ("id", ct.c_uint32),
+        ("key_size", ct.c_uint32),
+        ("value_size", ct.c_uint32),
+        ("max_entries", ct.c_uint32),
+        ("map_flags", ct.c_uint32),
+        ("name", ct.c_char * 16),
+        ("rest", ct.c_uint8 * 64),
+    ]
+
+
+def map_info(fd: int) -> MapInfo:
+    info = MapInfo()
+    size = ct.c_uint32(ct.sizeof(info))
+    so = lib()
+    so.bpf_obj_get_info_by_fd.argtypes = [ct.c_int, ct.c_void_p, ct.POINTER(ct.c_uint32)]
+    _check(so.bpf_obj_get_info_by_fd(fd, ct.byref(info), ct.byref(size)), "bpf_obj_get_info_by_fd")
+    return info
+
+
 @cache
 def possible_cpus() -> int:
     return _check(lib().libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")

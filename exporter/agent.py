@@ -112,6 +112,11 @@ class Agent:
         t0 = time.monotonic()
         self.dp = Datapath.load(dcfg)
         self.loaded_at = time.time()
+        if self.dp.retired_pins:
+            log.warning(
+                "maps pinned by an incompatible older agent were replaced; their counters restart",
+                extra={"maps": self.dp.retired_pins},
+            )
         _release_compiler_memory()
         from exporter.enforcer import Enforcer
 

@@ -7,6 +7,7 @@ application wrote (L4 payload), so both are exact whatever GSO does to packet co
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import socket
 import subprocess
@@ -334,3 +335,30 @@ def test_a_full_flow_table_is_visible(pin_dir: str, dnode: Node):
         assert created - present >= 1000 - 256, "evictions = created - present, visible to the agent"
     finally:
         dp.close()
+
+
+def test_maps_pinned_by_an_incompatible_older_agent_are_replaced(pin_dir: str):
+    """An upgrade that changes a map's layout must not leave the agent unable to load (bcc would reuse
+    the old pin and the verifier refuse the programs)."""
+    import ctypes as ct
+
+    from bpf.maps import lib, map_info, obj_get, obj_pin
+
+    os.makedirs(pin_dir, exist_ok=True)
+    so = lib()
+    so.bpf_map_create.argtypes = [ct.c_int, ct.c_char_p, ct.c_uint32, ct.c_uint32, ct.c_uint32, ct.c_void_p]
+    lru_hash = 9
+    fd = so.bpf_map_create(lru_hash, b"lumen_flows", ct.sizeof(abi.FlowKey), 72, 65536, None)
+    assert fd >= 0
+    obj_pin(fd, os.path.join(pin_dir, abi.MAP_FLOWS))
+    os.close(fd)
+    d = load(pin_dir)
+    try:
+        assert d.retired_pins and d.retired_pins[0].startswith("lumen_flows (key 40, value 72")
+        fd = obj_get(os.path.join(pin_dir, abi.MAP_FLOWS))
+        try:
+            assert map_info(fd).value_size == ct.sizeof(abi.FlowStats)
+        finally:
+            os.close(fd)
+    finally:
+        d.close()
