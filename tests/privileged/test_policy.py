@@ -90,11 +90,13 @@ class Lab:
         return result
 
     def flow_verdicts(self, since_ns: int) -> dict[tuple[str, str, str, int], set[str]]:
+        """Verdicts of the flows seen since `since_ns`. By last packet, not first: an ephemeral port can
+        repeat an earlier probe's 5-tuple, whose entry is then decided again under the new policy."""
         out: dict[tuple[str, str, str, int], set[str]] = {}
         names = {6: "TCP", 17: "UDP"}
         for (src, dst, proto, _sport, dport, direction), st in t.flows(self.dp).items():
             if (
-                st.first_seen_ns < since_ns
+                st.last_seen_ns < since_ns
                 or direction != abi.Direction.EGRESS
                 or st.flags & abi.FlowFlag.REPLY
             ):
@@ -389,7 +391,7 @@ def test_sctp_ports(lab: Lab):
     verdicts = {
         k[4]: abi.Verdict(v.verdict).name
         for k, v in t.flows(lab.dp).items()
-        if k[:3] == (xa.ip(), za.ip(), 132) and v.first_seen_ns >= started
+        if k[:3] == (xa.ip(), za.ip(), 132) and v.last_seen_ns >= started
     }
     assert verdicts == {9: "FORWARDED", 10: "DROPPED"}
 
