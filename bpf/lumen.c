@@ -122,13 +122,14 @@ static __always_inline struct policy_value *lumen_policy_lookup(__u8 slot, __u8 
 }
 
 struct lumen_peer {
-    __u32 id;   /* label or reserved identity */
-    __u32 cidr; /* CIDR identity of the address, 0 if no ipBlock covers it */
+    __u32 id;     /* label or reserved identity */
+    __u8 *addr;   /* its address: the CIDR identity is looked up only if the label did not decide */
+    __u8 family;
 };
 
 /* One side of a connection: may `subject` (0: not a local pod) send (egress) or receive (ingress)?
- * At most three lookups: the isolation marker matches any key of the subject, so a miss means the
- * pod is not isolated in this direction. */
+ * At most four lookups, cheapest first: the isolation marker matches any key of the subject, so a miss
+ * on the first means the pod is not isolated in this direction. */
 static __always_inline int lumen_side(__u8 slot, __u8 direction, __u32 subject, struct lumen_peer *peer,
                                       __u8 proto, __u16 port, __u32 *policy, __u8 *audit)
 {
@@ -143,17 +144,19 @@ static __always_inline int lumen_side(__u8 slot, __u8 direction, __u32 subject, 
         return 1;
     }
     *audit = v->audit;
-    if (peer->cidr) {
-        v = lumen_policy_lookup(slot, direction, subject, peer->cidr, proto, port);
-        if (v && v->kind == LUMEN_POLICY_ALLOW) {
-            *policy = v->policy_id;
-            return 1;
-        }
-    }
     v = lumen_policy_lookup(slot, direction, subject, LUMEN_ID_ANY, proto, port);
     if (v && v->kind == LUMEN_POLICY_ALLOW) {
         *policy = v->policy_id;
         return 1;
+    }
+    /* last, as it costs two lookups: the address's ipBlock prefix, then its entry */
+    __u32 cidr = lumen_cidr_identity(slot, peer->addr, peer->family);
+    if (cidr) {
+        v = lumen_policy_lookup(slot, direction, subject, cidr, proto, port);
+        if (v && v->kind == LUMEN_POLICY_ALLOW) {
+            *policy = v->policy_id;
+            return 1;
+        }
     }
     *policy = LUMEN_POLICY_DENIED_ID;
     return 0;
@@ -220,8 +223,10 @@ static __always_inline void lumen_decide(struct lumen_config *cfg, struct flow_k
     } else {
         dstp.id = lumen_remote_identity(key->daddr, key->family);
     }
-    src.cidr = lumen_cidr_identity(slot, key->saddr, key->family);
-    dstp.cidr = lumen_cidr_identity(slot, key->daddr, key->family);
+    src.addr = key->saddr;
+    src.family = key->family;
+    dstp.addr = key->daddr;
+    dstp.family = key->family;
     __u16 port = 0;
     if (key->proto == IPPROTO_TCP || key->proto == IPPROTO_UDP || key->proto == IPPROTO_SCTP)
         port = key->dport;
