@@ -31,36 +31,30 @@ def _pin_replace(fd: int, path: str) -> None:
 
 
 def expected_layouts(cflags: list[str]) -> dict[str, tuple[int, int, int]]:
-    """Pinned map -> (key size, value size, max entries) this build creates (sizes from the -D flags)."""
+    """Pinned map -> (key size, value size, max entries) this build creates: sizes from the ctypes mirrors
+    and the -D flags (bpf/loader.py DatapathConfig.cflags passes every size; tests/unit/test_abi.py checks
+    this against the compiled maps)."""
     import ctypes as ct
 
-    sizes = {f[2:].split("=")[0]: f.split("=", 1)[1] for f in cflags if f.startswith("-D") and "=" in f}
-    n = {k: int(v) for k, v in sizes.items() if v.isdigit()}
+    n = {f[2:].split("=")[0]: int(f.split("=", 1)[1]) for f in cflags if f.startswith("-D") and "=" in f
+         and f.split("=", 1)[1].isdigit()}  # fmt: skip
     u32 = ct.sizeof(ct.c_uint32)
     return {
-        abi.MAP_FLOWS: (
-            ct.sizeof(abi.FlowKey),
-            ct.sizeof(abi.FlowStats),
-            n.get("LUMEN_FLOW_TABLE_SIZE", 65536),
-        ),
+        abi.MAP_FLOWS: (ct.sizeof(abi.FlowKey), ct.sizeof(abi.FlowStats), n["LUMEN_FLOW_TABLE_SIZE"]),
         abi.MAP_SOURCES: (
             ct.sizeof(abi.EndpointKey),
             ct.sizeof(abi.SourceCounters),
-            n.get("LUMEN_SOURCE_TABLE_SIZE", 16384),
+            n["LUMEN_SOURCE_TABLE_SIZE"],
         ),
         abi.MAP_ENDPOINTS: (
             ct.sizeof(abi.EndpointKey),
             ct.sizeof(abi.EndpointInfo),
-            n.get("LUMEN_ENDPOINT_TABLE_SIZE", 4096),
+            n["LUMEN_ENDPOINT_TABLE_SIZE"],
         ),
-        abi.MAP_IPCACHE: (ct.sizeof(abi.EndpointKey), u32, n.get("LUMEN_IPCACHE_SIZE", 65536)),
-        abi.MAP_CIDRS: (ct.sizeof(abi.CidrKey), u32, n.get("LUMEN_CIDR_MAP_SIZE", 32768)),
-        abi.MAP_POLICY: (
-            ct.sizeof(abi.PolicyKey),
-            ct.sizeof(abi.PolicyValue),
-            n.get("LUMEN_POLICY_MAP_SIZE", 262144),
-        ),
-        abi.MAP_STATS: (u32, 8, abi.STAT_MAX),
+        abi.MAP_IPCACHE: (ct.sizeof(abi.EndpointKey), u32, n["LUMEN_IPCACHE_SIZE"]),
+        abi.MAP_CIDRS: (ct.sizeof(abi.CidrKey), u32, n["LUMEN_CIDR_MAP_SIZE"]),
+        abi.MAP_POLICY: (ct.sizeof(abi.PolicyKey), ct.sizeof(abi.PolicyValue), n["LUMEN_POLICY_MAP_SIZE"]),
+        abi.MAP_STATS: (u32, ct.sizeof(ct.c_uint64), abi.STAT_MAX),
         abi.MAP_CONFIG: (u32, ct.sizeof(abi.Config), 1),
     }
 

@@ -41,6 +41,9 @@ class DatapathConfig:
     flow_table_size: int = 65536
     source_table_size: int = 16384
     endpoint_table_size: int = 4096
+    ipcache_size: int = 65536
+    policy_map_size: int = 262144
+    cidr_map_size: int = 32768
     ringbuf_pages: int = 256  # 1 MiB; must be a power of two
     aggregation: abi.Aggregation = abi.Aggregation.DEFAULT
     report_interval_s: float = 5.0
@@ -55,6 +58,9 @@ class DatapathConfig:
             f"-DLUMEN_FLOW_TABLE_SIZE={self.flow_table_size}",
             f"-DLUMEN_SOURCE_TABLE_SIZE={self.source_table_size}",
             f"-DLUMEN_ENDPOINT_TABLE_SIZE={self.endpoint_table_size}",
+            f"-DLUMEN_IPCACHE_SIZE={self.ipcache_size}",
+            f"-DLUMEN_POLICY_MAP_SIZE={self.policy_map_size}",
+            f"-DLUMEN_CIDR_MAP_SIZE={self.cidr_map_size}",
             f"-DLUMEN_RINGBUF_PAGES={self.ringbuf_pages}",
             *self.extra_cflags,
         ]

@@ -93,6 +93,29 @@ def test_map_names_and_types_match(compiled):
     assert layout(abi.Config) == layout(compiled[abi.MAP_CONFIG.encode()].Leaf)
 
 
+def test_pinned_map_layouts_match_what_the_compile_step_expects():
+    """bpf/compile.py recreates a pin whose sizes differ from these; they must be what bcc creates."""
+    from bpf.compile import expected_layouts
+    from bpf.loader import DatapathConfig, unpin_all
+
+    cfg = DatapathConfig(pin_dir=f"/sys/fs/bpf/lt_abi_{secrets.token_hex(3)}", flow_table_size=1024)
+    b = bcc.BPF(src_file=str(abi.SOURCE).encode(), cflags=cfg.cflags())
+    try:
+        want = expected_layouts(cfg.cflags())
+        assert set(want) == set(abi.PINNED_MAPS)
+        for name, (key_size, value_size, entries) in want.items():
+            table = b[name.encode()]
+            per_value = getattr(table, "sLeaf", table.Leaf)
+            assert (ct.sizeof(table.Key), ct.sizeof(per_value), table.max_entries) == (
+                key_size,
+                value_size,
+                entries,
+            ), name
+    finally:
+        b.cleanup()
+        unpin_all(cfg.pin_dir)
+
+
 def test_plugin_packs_endpoint_entries_like_the_c(probe):
     """The plugin (stdlib only) packs endpoint map entries itself; its bytes must be the C layout."""
     assert bpfsys.ENDPOINT_KEY.size == ct.sizeof(probe[b"probe_endpoint_key"].Leaf)
