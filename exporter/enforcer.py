@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from bpf import abi
 from exporter.enrich import EndpointDirectory
 from exporter.identities import Identities
 from exporter.policy.cluster import Cluster, ContainerPort, Namespace, Pod
@@ -29,8 +30,6 @@ from exporter.policy.manifests import Manifests, fingerprint, load_dirs
 from exporter.policy.model import NetworkPolicy
 
 log = logging.getLogger("lumen.policy")
-
-HOST_IDENTITY = 1  # enum lumen_identity
 
 
 class PolicyDatapath(Protocol):
@@ -172,21 +171,11 @@ class Enforcer:
         remote_ips: dict[str, int] = {}
         remote_sets: list[LabelSet] = []
         for ns, _name, labels, ports, ips in remote:
-            ls = LabelSet(
-                ns,
-                tuple(sorted(labels.items())),
-                tuple(sorted((p.name, p.protocol, p.port) for p in ports if p.name)),
-            )
+            ls = LabelSet.of(ns, labels, ports)
             remote_sets.append(ls)
             remote_ips.update({ip: self.identities.identity(ls) for ip in ips})
-        pod_sets: dict[tuple[str, str], LabelSet] = {}
-        for ns, name in pod_keys:
-            labels, ports = self._pod_facts(ns, name)
-            pod_sets[(ns, name)] = LabelSet(
-                ns,
-                tuple(sorted(labels.items())),
-                tuple(sorted((p.name, p.protocol, p.port) for p in ports if p.name)),
-            )
+        facts = {key: self._pod_facts(*key) for key in pod_keys}
+        pod_sets = {key: LabelSet.of(key[0], *facts[key]) for key in pod_keys}
         ns_sets = {ns: LabelSet(ns) for ns in ns_facts}
         pod_ids = {f"{ns}/{name}": self.identities.identity(ls) for (ns, name), ls in pod_sets.items()}
         ns_ids = {ns: self.identities.identity(ls) for ns, ls in ns_sets.items()}
@@ -232,32 +221,32 @@ class Enforcer:
         if changed and not applied:
             self.status.generation = self.dp.bump_policy_generation()
         try:
-            self.dp.set_ipcache({**remote_ips, **{ip: HOST_IDENTITY for ip in self._host_addresses()}})
+            host_ips = list(self._host_addresses())
         except OSError as e:
             log.warning("cannot list the node's addresses", extra={"error": str(e)})
+            host_ips = []
+        else:
+            self.dp.set_ipcache({**remote_ips, **{ip: abi.Identity.HOST for ip in host_ips}})
 
-        self.engine = Engine(policies, self._cluster(local, ns_facts, remote))
+        self.engine = Engine(policies, self._cluster(local, facts, ns_facts, remote, host_ips))
         return applied
 
     def _cluster(
-        self, local: list[Any], ns_facts: Mapping[str, tuple[dict[str, str], bool]], remote: list[Any]
+        self,
+        local: list[Any],
+        facts: Mapping[tuple[str, str], tuple[dict[str, str], tuple[ContainerPort, ...]]],
+        ns_facts: Mapping[str, tuple[dict[str, str], bool]],
+        remote: list[Any],
+        host_ips: list[str],
     ) -> Cluster:
+        """What explain and what-if decide on: the same pods and labels the maps were compiled from."""
         pods: dict[str, Pod] = {}
         for ns, name, labels, ports, ips in remote:
             pods[f"{ns}/{name}"] = Pod(ns, name, dict(labels), tuple(ips), tuple(ports))
         for m in self.manifests.pods.values():
             pods[m.key] = Pod(m.namespace, m.name, dict(m.labels), (), m.ports)
         for p in local:
-            labels, ports = self._pod_facts(p.namespace, p.pod)
+            labels, ports = facts[(p.namespace, p.pod)]
             pods[f"{p.namespace}/{p.pod}"] = Pod(p.namespace, p.pod, labels, tuple(p.ips), ports)
         namespaces = [Namespace(ns, labels) for ns, (labels, _) in ns_facts.items()]
-        return Cluster(pods.values(), namespaces, host_ips=self._safe_host_addresses())
-
-    def _safe_host_addresses(self) -> list[str]:
-        try:
-            return list(self._host_addresses())
-        except OSError:
-            return []
-
-    def name(self, policy_id: int) -> str:
-        return self.policy_names.get(policy_id, f"#{policy_id}")
+        return Cluster(pods.values(), namespaces, host_ips=host_ips)

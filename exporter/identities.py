@@ -11,11 +11,12 @@ import json
 import os
 import tempfile
 
+from bpf import abi
 from exporter.policy.compiler import LabelSet
 from plugin.attach import IDENTITIES_FILE
 
-FIRST_LABEL = 256  # enum lumen_identity LUMEN_ID_FIRST_LABEL
-LAST_LABEL = 16777215  # CIDR identities start above
+FIRST_LABEL = int(abi.Identity.FIRST_LABEL)
+LAST_LABEL = int(abi.Identity.FIRST_CIDR) - 1  # CIDR identities start above
 
 
 class Identities:

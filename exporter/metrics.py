@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from bpf import abi
 from exporter.enrich import EndpointDirectory
 from exporter.flows import FlowStore
 
@@ -51,18 +52,15 @@ class FlowTotals(NamedTuple):
     dst_ep: int
     packets: int
     bytes: int
-    egress_policy: int = 0  # policy id admitting the source's egress; 0 not isolated; DENIED_ID none
+    egress_policy: int = 0  # policy id admitting the source's egress; 0 not isolated; POLICY_DENIED_ID none
     ingress_policy: int = 0
-
-
-DENIED_ID = 0xFFFFFFFF  # LUMEN_POLICY_DENIED_ID
 
 
 def policy_verdicts(t: FlowTotals, names: Mapping[int, str]) -> Iterator[tuple[str, str, str]]:
     """(verdict, direction, policy) of each isolated side of a flow; policy "none" = default deny."""
     for direction, pid in (("egress", t.egress_policy), ("ingress", t.ingress_policy)):
         if pid:
-            yield t.verdict, direction, "none" if pid == DENIED_ID else names.get(pid, f"#{pid}")
+            yield t.verdict, direction, "none" if pid == abi.POLICY_DENIED_ID else names.get(pid, f"#{pid}")
 
 
 class MapSource(Protocol):

@@ -23,13 +23,12 @@ import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from exporter.policy.cluster import NAMESPACE_NAME_LABEL
+from bpf import abi
+from exporter.policy.cluster import NAMESPACE_NAME_LABEL, ContainerPort
 from exporter.policy.model import Direction, IPBlock, IPNetwork, NetworkPolicy, Peer, PolicyPort
 
 PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
-ANY = 0  # peer identity: any peer (enum lumen_identity LUMEN_ID_ANY)
-FIRST_CIDR = 16777216  # LUMEN_ID_FIRST_CIDR
-DENIED_ID = 0xFFFFFFFF
+ANY = int(abi.Identity.ANY)  # peer identity: any peer
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,15 @@ class LabelSet:
     namespace: str
     labels: tuple[tuple[str, str], ...] = ()
     named_ports: tuple[tuple[str, str, int], ...] = ()  # (name, protocol, port)
+
+    @classmethod
+    def of(cls, namespace: str, labels: Mapping[str, str], ports: Iterable[ContainerPort] = ()) -> LabelSet:
+        """A pod's label set: its labels and its named container ports, in a canonical order."""
+        return cls(
+            namespace,
+            tuple(sorted(labels.items())),
+            tuple(sorted((p.name, p.protocol, p.port) for p in ports if p.name)),
+        )
 
     def named_port(self, name: str, protocol: str) -> int | None:
         return next((p for n, proto, p in self.named_ports if n == name and proto == protocol), None)
@@ -66,9 +74,9 @@ class PolicyEntry:
 
     @property
     def prefixlen(self) -> int:
-        if self.port_bits is None:
-            return 96
-        return 112 + self.port_bits if self.proto else 96
+        if self.port_bits is None or not self.proto:
+            return abi.POLICY_PREFIX_PEER
+        return abi.POLICY_PREFIX_PORT + self.port_bits
 
 
 @dataclass
@@ -130,9 +138,8 @@ class Compiler:
         self.audit = set(audit_namespaces)
         self._ns_labels = namespace_labels
         self._block_cache: dict[IPBlock, list[int]] = {}
-        self._sorted_for: dict[IPNetwork, int] | None = None
-        self._sorted_cidrs: list[tuple[int, int, int, IPNetwork]] | None = None
-        self._sorted_keys: list[tuple[int, int]] = []
+        self._cidr_nets: list[IPNetwork] = []  # out.cidrs' prefixes, sorted by address
+        self._cidr_keys: list[tuple[int, int]] = []  # their (version, network address)
 
     def ns_labels(self, name: str) -> Mapping[str, str]:
         return {**self._ns_labels.get(name, {}), NAMESPACE_NAME_LABEL: name}
@@ -141,6 +148,9 @@ class Compiler:
         ordered = sorted(policies, key=lambda p: p.key)
         out = Compiled()
         out.cidrs = self._cidr_identities(ordered)
+        self._cidr_nets = list(out.cidrs)
+        self._cidr_keys = [(n.version, int(n.network_address)) for n in self._cidr_nets]
+        self._block_cache = {}
         for p in ordered:
             out.policy_names[policy_id(p.key)] = p.key
         for ident, subject in sorted(self.identities.items()):
@@ -180,8 +190,9 @@ class Compiler:
                     if peer.ip_block is not None:
                         nets.add(peer.ip_block.cidr)
                         nets.update(peer.ip_block.except_)
+        # sorted by address: _block_identities binary-searches this order
         ordered = sorted(nets, key=lambda n: (n.version, int(n.network_address), n.prefixlen))
-        return {n: FIRST_CIDR + i for i, n in enumerate(ordered)}
+        return {n: abi.Identity.FIRST_CIDR + i for i, n in enumerate(ordered)}
 
     def _block_identities(self, block: IPBlock, cidrs: dict[IPNetwork, int]) -> list[int]:
         """CIDR identities a block admits: prefixes inside its cidr and inside none of its excepts.
@@ -189,19 +200,14 @@ class Compiler:
         cached = self._block_cache.get(block)
         if cached is not None:
             return cached
-        if self._sorted_cidrs is None or self._sorted_for is not cidrs:
-            self._sorted_for = cidrs
-            self._sorted_cidrs = sorted(
-                ((n.version, int(n.network_address), n.prefixlen, n) for n in cidrs), key=lambda t: t[:3]
-            )
-            self._sorted_keys = [t[:2] for t in self._sorted_cidrs]
         c = block.cidr
-        lo = bisect.bisect_left(self._sorted_keys, (c.version, int(c.network_address)))
-        hi = bisect.bisect_right(self._sorted_keys, (c.version, int(c.broadcast_address)))
-        out = []
-        for _, _, plen, net in self._sorted_cidrs[lo:hi]:
-            if plen >= c.prefixlen and not any(net.subnet_of(e) for e in block.except_):  # type: ignore[arg-type]
-                out.append(cidrs[net])
+        lo = bisect.bisect_left(self._cidr_keys, (c.version, int(c.network_address)))
+        hi = bisect.bisect_right(self._cidr_keys, (c.version, int(c.broadcast_address)))
+        out = [
+            cidrs[net]
+            for net in self._cidr_nets[lo:hi]
+            if net.prefixlen >= c.prefixlen and not any(net.subnet_of(e) for e in block.except_)  # type: ignore[arg-type]
+        ]
         self._block_cache[block] = out
         return out
 

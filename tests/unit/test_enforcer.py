@@ -65,14 +65,6 @@ NAMESPACES = [Namespace("a", {"team": "red"}), Namespace("b", {"team": "blue"}),
 PROTO = {"TCP": 6, "UDP": 17, "SCTP": 132, "ICMP": 1}
 
 
-def label_set(p: Pod) -> LabelSet:
-    return LabelSet(
-        p.namespace,
-        tuple(sorted(p.labels.items())),
-        tuple(sorted((c.name, c.protocol, c.port) for c in p.ports if c.name)),
-    )
-
-
 class KernelModel:
     """What bpf/lumen.c does with the compiled tables (LPM: the longest matching entry wins)."""
 
@@ -121,7 +113,7 @@ class KernelModel:
 
 def test_compiled_tables_decide_like_the_engine():
     policies = load_policies(POLICIES)
-    sets = {p.key: label_set(p) for p in PODS}
+    sets = {p.key: LabelSet.of(p.namespace, p.labels, p.ports) for p in PODS}
     ids = {key: 256 + i for i, key in enumerate(sets)}
     compiler = Compiler({ids[k]: ls for k, ls in sets.items()}, {n.name: n.labels for n in NAMESPACES})
     compiled = compiler.compile(policies)
