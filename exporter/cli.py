@@ -313,12 +313,26 @@ def format_status(st: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _get_json(
+    args: argparse.Namespace,
+    command: str,
+    path: str,
+    params: Sequence[tuple[str, str]] = (),
+    timeout: float = 30,
+    data: bytes | None = None,
+) -> Any:
+    """One JSON answer of the agent, or None after saying on stderr why there is none."""
     try:
-        with _open(args.server, "/api/status", [], args.token, 30) as resp:
-            st = json.load(resp)
+        with _open(args.server, path, params, args.token, timeout, data=data) as resp:
+            return json.load(resp)
     except ApiError as exc:
-        print(f"lumen status: {exc}", file=sys.stderr)
+        print(f"lumen {command}: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    st = _get_json(args, "status", "/api/status")
+    if st is None:
         return 1
     print(json.dumps(st, indent=2) if args.output == "json" else format_status(st))
     return 0
@@ -355,11 +369,8 @@ def _policy_parser(sub: Any) -> None:
 
 
 def cmd_policy_status(args: argparse.Namespace) -> int:
-    try:
-        with _open(args.server, "/api/policy", [], args.token, 30) as resp:
-            st = json.load(resp)
-    except ApiError as exc:
-        print(f"lumen policy status: {exc}", file=sys.stderr)
+    st = _get_json(args, "policy status", "/api/policy")
+    if st is None:
         return 1
     if args.output == "json":
         print(json.dumps(st, indent=2))
@@ -377,11 +388,8 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     params = [("src", args.src), ("dst", args.dst), ("protocol", args.protocol)]
     if args.port is not None:
         params.append(("port", str(args.port)))
-    try:
-        with _open(args.server, "/api/policy/explain", params, args.token, 30) as resp:
-            answer = json.load(resp)
-    except ApiError as exc:
-        print(f"lumen policy explain: {exc}", file=sys.stderr)
+    answer = _get_json(args, "policy explain", "/api/policy/explain", params)
+    if answer is None:
         return 1
     print(json.dumps(answer, indent=2) if args.output == "json" else answer["text"])
     return 0
@@ -403,11 +411,8 @@ def cmd_policy_whatif(args: argparse.Namespace) -> int:
                 print(f"lumen policy whatif: {f}: {e.strerror}", file=sys.stderr)
                 return 2
     body = "\n---\n".join(texts).encode()
-    try:
-        with _open(args.server, "/api/policy/whatif", [], args.token, 60, data=body) as resp:
-            answer = json.load(resp)
-    except ApiError as exc:
-        print(f"lumen policy whatif: {exc}", file=sys.stderr)
+    answer = _get_json(args, "policy whatif", "/api/policy/whatif", timeout=60, data=body)
+    if answer is None:
         return 1
     if args.output == "json":
         print(json.dumps(answer, indent=2))

@@ -174,7 +174,7 @@ class Decoder:
 
     def ended(self, key: abi.FlowKey, st: abi.FlowStats, now_mono_ns: int) -> Flow:
         """A flow the agent swept out of the table for being idle: its final record, as an END."""
-        # bcc hands back its own ctypes classes for the map's types: copy through the bytes.
+        # the key may be any ctypes object of the layout (a map reader's or a test's): copy its bytes
         ev = abi.FlowEvent(
             key=abi.FlowKey.from_buffer_copy(bytes(key)),
             ts_ns=now_mono_ns,
