@@ -127,6 +127,15 @@ struct lumen_peer {
     __u8 family;
 };
 
+/* An allow entry: its policy becomes the one that admitted this side. */
+static __always_inline int lumen_admits(struct policy_value *v, __u32 *policy)
+{
+    if (!v || v->kind != LUMEN_POLICY_ALLOW)
+        return 0;
+    *policy = v->policy_id;
+    return 1;
+}
+
 /* One side of a connection: may `subject` (0: not a local pod) send (egress) or receive (ingress)?
  * At most four lookups, cheapest first: the isolation marker matches any key of the subject, so a miss
  * on the first means the pod is not isolated in this direction. */
@@ -139,25 +148,15 @@ static __always_inline int lumen_side(__u8 slot, __u8 direction, __u32 subject, 
     struct policy_value *v = lumen_policy_lookup(slot, direction, subject, peer->id, proto, port);
     if (!v)
         return 1;
-    if (v->kind == LUMEN_POLICY_ALLOW) {
-        *policy = v->policy_id;
+    if (lumen_admits(v, policy))
         return 1;
-    }
     *audit = v->audit;
-    v = lumen_policy_lookup(slot, direction, subject, LUMEN_ID_ANY, proto, port);
-    if (v && v->kind == LUMEN_POLICY_ALLOW) {
-        *policy = v->policy_id;
+    if (lumen_admits(lumen_policy_lookup(slot, direction, subject, LUMEN_ID_ANY, proto, port), policy))
         return 1;
-    }
     /* last, as it costs two lookups: the address's ipBlock prefix, then its entry */
     __u32 cidr = lumen_cidr_identity(slot, peer->addr, peer->family);
-    if (cidr) {
-        v = lumen_policy_lookup(slot, direction, subject, cidr, proto, port);
-        if (v && v->kind == LUMEN_POLICY_ALLOW) {
-            *policy = v->policy_id;
-            return 1;
-        }
-    }
+    if (cidr && lumen_admits(lumen_policy_lookup(slot, direction, subject, cidr, proto, port), policy))
+        return 1;
     *policy = LUMEN_POLICY_DENIED_ID;
     return 0;
 }
