@@ -4,7 +4,6 @@ the agent's policy denies shows as DROPPED with its reason and the policy verdic
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,10 +12,9 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from bpf.loader import unpin_all
 from tests.browser.harness import chromium, console_errors, screenshot, wait_until
-from tests.cni_harness import Node, Pod, install_plugin, ns_exec
-from tests.e2e.test_agent import Agent, quiet
+from tests.cni_harness import Pod, ns_exec
+from tests.e2e.test_agent import Agent, agent_with_pods
 from tests.privileged import dp_tools as t
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.bpf, pytest.mark.netns]
@@ -33,8 +31,6 @@ class Live:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     workdir = tmp_path_factory.mktemp("ui-agent")
-    pin_dir = f"/sys/fs/bpf/lt_ui{secrets.token_hex(4)}"
-    node = Node(binary=install_plugin(workdir / "bin"), ipv6=False, extra={"bpfPinDir": pin_dir})
     namespace = f"ui{secrets.token_hex(2)}"
     policies = workdir / "policies"
     policies.mkdir()
@@ -44,22 +40,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         f"metadata: {{name: udp-only, namespace: {namespace}}}\n"
         "spec: {podSelector: {}, ingress: [{ports: [{protocol: UDP}]}]}\n"
     )
-    agent = Agent(
-        str(node.state_dir), pin_dir, workdir, dict(os.environ), args=["--policy-dir", str(policies)]
-    )
-    try:
-        agent.start()
-        a = node.add_pod("client", namespace=namespace)
-        b = node.add_pod("server", namespace=namespace)
-        for pod in (a, b):
-            quiet(pod)
+    pods = [("client", namespace), ("server", namespace)]
+    with agent_with_pods(workdir, pods, args=["--policy-dir", str(policies)]) as (_, agent, (a, b)):
         yield Live(agent, a, b, namespace)
-    finally:
-        if agent.proc and agent.proc.poll() is None:
-            agent.proc.kill()
-            agent.proc.wait()
-        node.cleanup()
-        unpin_all(pin_dir)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -145,13 +146,34 @@ def quiet(pod: Pod) -> None:
         )
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+@contextmanager
+def agent_with_pods(
+    workdir: Path, pods: list[tuple[str, str]], env: dict[str, str] | None = None, args: Sequence[str] = ()
+) -> Iterator[tuple[Node, Agent, list[Pod]]]:
+    """`lumen agent` on its own pin dir, then pods (name, namespace) wired by the plugin, quieted; all of
+    it removed afterwards."""
     from tests.cni_harness import install_plugin
 
-    workdir = tmp_path_factory.mktemp("agent-e2e")
-    binary = install_plugin(workdir / "bin")
     pin_dir = f"/sys/fs/bpf/lt_{secrets.token_hex(4)}"
+    node = Node(binary=install_plugin(workdir / "bin"), ipv6=False, extra={"bpfPinDir": pin_dir})
+    agent = Agent(str(node.state_dir), pin_dir, workdir, env or dict(os.environ), args=list(args))
+    try:
+        agent.start()
+        added = [node.add_pod(name, namespace=ns) for name, ns in pods]
+        for pod in added:
+            quiet(pod)
+        yield node, agent, added
+    finally:
+        if agent.proc and agent.proc.poll() is None:
+            agent.proc.kill()
+            agent.proc.wait()
+        node.cleanup()
+        unpin_all(pin_dir)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    workdir = tmp_path_factory.mktemp("agent-e2e")
     spans = Spans()
 
     class Handler(BaseHTTPRequestHandler):
@@ -167,27 +189,20 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
     receiver = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    node = Node(binary=binary, ipv6=False, extra={"bpfPinDir": pin_dir})
     agent_env = {
         **os.environ,
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.server_address[1]}",
         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
     }
-    agent = Agent(str(node.state_dir), pin_dir, workdir, agent_env)
     try:
-        agent.start()
-        a = node.add_pod("alpha", namespace="shop")
-        b = node.add_pod("beta", namespace="shop")
-        for pod in (a, b):
-            quiet(pod)
-        yield Env(node, agent, spans, a, b)
+        with agent_with_pods(workdir, [("alpha", "shop"), ("beta", "shop")], agent_env) as (
+            node,
+            agent,
+            pods,
+        ):
+            yield Env(node, agent, spans, *pods)
     finally:
-        if agent.proc and agent.proc.poll() is None:
-            agent.proc.kill()
-            agent.proc.wait()
-        node.cleanup()
-        unpin_all(pin_dir)
         receiver.shutdown()
         receiver.server_close()
 

@@ -5,8 +5,6 @@ real traffic dropped and admitted, and the same verdicts in /api/flows, /metrics
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import subprocess
 import sys
 import time
@@ -17,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bpf.loader import unpin_all
 from tests.cni_harness import Node, Pod
-from tests.e2e.test_agent import Agent, quiet
+from tests.e2e.test_agent import Agent, agent_with_pods
 from tests.privileged import probe
 
 pytestmark = [pytest.mark.e2e, pytest.mark.bpf, pytest.mark.netns]
@@ -65,33 +62,15 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    from tests.cni_harness import install_plugin
-
     workdir = tmp_path_factory.mktemp("agent-policy")
-    binary = install_plugin(workdir / "bin")
     policy_dir = workdir / "policies"
     policy_dir.mkdir()
     (policy_dir / "00-cluster.yaml").write_text(CLUSTER)
     (policy_dir / "10-db.yaml").write_text(DB_ONLY_FROM_API)
-    pin_dir = f"/sys/fs/bpf/lt_{secrets.token_hex(4)}"
-    node = Node(binary=binary, ipv6=False, extra={"bpfPinDir": pin_dir})
-    agent = Agent(
-        str(node.state_dir), pin_dir, workdir, dict(os.environ), args=["--policy-dir", str(policy_dir)]
-    )
-    try:
-        agent.start()
-        web = node.add_pod("web", namespace="shop")
-        db = node.add_pod("db", namespace="shop")
-        for pod in (web, db):
-            quiet(pod)
+    pods = [("web", "shop"), ("db", "shop")]
+    with agent_with_pods(workdir, pods, args=["--policy-dir", str(policy_dir)]) as (node, agent, (web, db)):
         with probe.servers([db], [5432]):
             yield Env(node, agent, policy_dir, web, db)
-    finally:
-        if agent.proc and agent.proc.poll() is None:
-            agent.proc.kill()
-            agent.proc.wait()
-        node.cleanup()
-        unpin_all(pin_dir)
 
 
 def reach(env: Env) -> bool:
