@@ -68,6 +68,20 @@ def screenshot(driver: WebDriver, name: str) -> Path:
     return path
 
 
+def detail_panel(driver: WebDriver) -> dict[str, str]:
+    """The open flow detail panel as {term: value}."""
+    from selenium.webdriver.common.by import By
+
+    panel = driver.find_element(By.ID, "detail")
+    return dict(
+        zip(
+            [e.text for e in panel.find_elements(By.TAG_NAME, "dt")],
+            [e.text for e in panel.find_elements(By.TAG_NAME, "dd")],
+            strict=True,
+        )
+    )
+
+
 def wait_until(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while True:

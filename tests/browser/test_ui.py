@@ -17,7 +17,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from exporter.flows import Flow, FlowStore
-from tests.browser.harness import Server, chromium, console_errors, screenshot, wait_until
+from tests.browser.harness import Server, chromium, console_errors, detail_panel, screenshot, wait_until
 from tests.unit.exporter_fixtures import View, make_flow
 
 pytestmark = pytest.mark.browser
@@ -181,13 +181,7 @@ def test_keyboard_navigation_detail_panel_and_labels(browser, server, node):
     second.send_keys(Keys.ENTER)
     panel = browser.find_element(By.ID, "detail")
     assert panel.is_displayed()
-    detail = dict(
-        zip(
-            [e.text for e in panel.find_elements(By.TAG_NAME, "dt")],
-            [e.text for e in panel.find_elements(By.TAG_NAME, "dd")],
-            strict=True,
-        )
-    )
+    detail = detail_panel(browser)
     assert detail["Verdict"] == "DROPPED" and detail["Drop reason"] == "policy_denied"
     assert detail["Source"] == f"shop/web (10.22.0.5:{a.source.port})"
     assert detail["Source labels"] == "app=web" and detail["Direction"] == "egress"

@@ -12,7 +12,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from tests.browser.harness import chromium, console_errors, screenshot, wait_until
+from tests.browser.harness import chromium, console_errors, detail_panel, screenshot, wait_until
 from tests.cni_harness import Pod, ns_exec
 from tests.e2e.test_agent import Agent, agent_with_pods
 from tests.privileged import dp_tools as t
@@ -120,13 +120,7 @@ def test_a_denied_connection_shows_as_dropped_with_its_reason(browser, live):
     tr.click()
     panel = browser.find_element(By.ID, "detail")
     wait_until(panel.is_displayed)
-    detail = dict(
-        zip(
-            [e.text for e in panel.find_elements(By.TAG_NAME, "dt")],
-            [e.text for e in panel.find_elements(By.TAG_NAME, "dd")],
-            strict=True,
-        )
-    )
+    detail = detail_panel(browser)
     assert detail["Verdict"] == "DROPPED" and detail["Drop reason"] == "policy_denied"
     assert detail["Policy"] == "no policy allows ingress" and detail["Ingress policy"] == "no rule admits it"
     assert console_errors(browser) == []
