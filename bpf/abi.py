@@ -254,6 +254,19 @@ class Config(ct.Structure):
     ]
 
 
+#: pinned map -> (key type, value type, per-CPU): the loader opens the pins with these, the compile step
+#: recreates a pin whose sizes differ, the drift test compares them with the compiled maps
+PINNED_LAYOUTS: dict[str, tuple[type, type, bool]] = {
+    MAP_FLOWS: (FlowKey, FlowStats, False),
+    MAP_SOURCES: (EndpointKey, SourceCounters, True),
+    MAP_ENDPOINTS: (EndpointKey, EndpointInfo, False),
+    MAP_IPCACHE: (EndpointKey, ct.c_uint32, False),
+    MAP_CIDRS: (CidrKey, ct.c_uint32, False),
+    MAP_POLICY: (PolicyKey, PolicyValue, False),
+    MAP_STATS: (ct.c_uint32, ct.c_uint64, True),
+    MAP_CONFIG: (ct.c_uint32, Config, False),
+}
+
 #: C struct name -> Python mirror, for the drift test
 MIRRORS: dict[str, type[ct.Structure]] = {
     "flow_key": FlowKey,

@@ -30,33 +30,30 @@ def _pin_replace(fd: int, path: str) -> None:
     os.replace(tmp, path)
 
 
+#: pinned map -> the -D flag that sizes it (bpf/loader.py DatapathConfig.cflags passes each), or a size
+MAP_SIZES: dict[str, str | int] = {
+    abi.MAP_FLOWS: "LUMEN_FLOW_TABLE_SIZE",
+    abi.MAP_SOURCES: "LUMEN_SOURCE_TABLE_SIZE",
+    abi.MAP_ENDPOINTS: "LUMEN_ENDPOINT_TABLE_SIZE",
+    abi.MAP_IPCACHE: "LUMEN_IPCACHE_SIZE",
+    abi.MAP_CIDRS: "LUMEN_CIDR_MAP_SIZE",
+    abi.MAP_POLICY: "LUMEN_POLICY_MAP_SIZE",
+    abi.MAP_STATS: abi.STAT_MAX,
+    abi.MAP_CONFIG: 1,
+}
+
+
 def expected_layouts(cflags: list[str]) -> dict[str, tuple[int, int, int]]:
     """Pinned map -> (key size, value size, max entries) this build creates: sizes from the ctypes mirrors
-    and the -D flags (bpf/loader.py DatapathConfig.cflags passes every size; tests/unit/test_abi.py checks
-    this against the compiled maps)."""
+    and the -D flags (tests/unit/test_abi.py checks this against the compiled maps)."""
     import ctypes as ct
 
-    n = {f[2:].split("=")[0]: int(f.split("=", 1)[1]) for f in cflags if f.startswith("-D") and "=" in f
-         and f.split("=", 1)[1].isdigit()}  # fmt: skip
-    u32 = ct.sizeof(ct.c_uint32)
-    return {
-        abi.MAP_FLOWS: (ct.sizeof(abi.FlowKey), ct.sizeof(abi.FlowStats), n["LUMEN_FLOW_TABLE_SIZE"]),
-        abi.MAP_SOURCES: (
-            ct.sizeof(abi.EndpointKey),
-            ct.sizeof(abi.SourceCounters),
-            n["LUMEN_SOURCE_TABLE_SIZE"],
-        ),
-        abi.MAP_ENDPOINTS: (
-            ct.sizeof(abi.EndpointKey),
-            ct.sizeof(abi.EndpointInfo),
-            n["LUMEN_ENDPOINT_TABLE_SIZE"],
-        ),
-        abi.MAP_IPCACHE: (ct.sizeof(abi.EndpointKey), u32, n["LUMEN_IPCACHE_SIZE"]),
-        abi.MAP_CIDRS: (ct.sizeof(abi.CidrKey), u32, n["LUMEN_CIDR_MAP_SIZE"]),
-        abi.MAP_POLICY: (ct.sizeof(abi.PolicyKey), ct.sizeof(abi.PolicyValue), n["LUMEN_POLICY_MAP_SIZE"]),
-        abi.MAP_STATS: (u32, ct.sizeof(ct.c_uint64), abi.STAT_MAX),
-        abi.MAP_CONFIG: (u32, ct.sizeof(abi.Config), 1),
-    }
+    flags = dict(f[2:].split("=", 1) for f in cflags if f.startswith("-D") and "=" in f)
+    out = {}
+    for name, (key, value, _) in abi.PINNED_LAYOUTS.items():
+        size = MAP_SIZES[name]
+        out[name] = (ct.sizeof(key), ct.sizeof(value), int(flags[size]) if isinstance(size, str) else size)
+    return out
 
 
 def retire_incompatible_pins(pin_dir: str, cflags: list[str]) -> list[str]:

@@ -78,18 +78,9 @@ class Datapath:
         self.cfg = cfg
         pin = cfg.pin_dir
         self.progs = {name: Prog(name, obj_get(os.path.join(pin, p))) for name, p in PROG_PINS.items()}
-        u32 = ct.c_uint32
-        self.maps: dict[str, Map] = {
-            abi.MAP_FLOWS: Map(f"{pin}/{abi.MAP_FLOWS}", abi.FlowKey, abi.FlowStats),
-            abi.MAP_SOURCES: Map(
-                f"{pin}/{abi.MAP_SOURCES}", abi.EndpointKey, abi.SourceCounters, percpu=True
-            ),
-            abi.MAP_ENDPOINTS: Map(f"{pin}/{abi.MAP_ENDPOINTS}", abi.EndpointKey, abi.EndpointInfo),
-            abi.MAP_IPCACHE: Map(f"{pin}/{abi.MAP_IPCACHE}", abi.EndpointKey, u32),
-            abi.MAP_CIDRS: Map(f"{pin}/{abi.MAP_CIDRS}", abi.CidrKey, u32),
-            abi.MAP_POLICY: Map(f"{pin}/{abi.MAP_POLICY}", abi.PolicyKey, abi.PolicyValue),
-            abi.MAP_STATS: Map(f"{pin}/{abi.MAP_STATS}", u32, ct.c_uint64, percpu=True),
-            abi.MAP_CONFIG: Map(f"{pin}/{abi.MAP_CONFIG}", u32, abi.Config),
+        self.maps = {
+            name: Map(os.path.join(pin, name), key, value, percpu=percpu)
+            for name, (key, value, percpu) in abi.PINNED_LAYOUTS.items()
         }
         self._events_fd = obj_get(os.path.join(pin, abi.MAP_EVENTS))
         #: maps of an incompatible older layout the compile step unpinned (they start empty)

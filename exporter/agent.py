@@ -117,7 +117,6 @@ class Agent:
                 "maps pinned by an incompatible older agent were replaced; their counters restart",
                 extra={"maps": self.dp.retired_pins},
             )
-        _release_compiler_memory()
         from exporter.enforcer import Enforcer
 
         for d in self.cfg.policy_dirs:
@@ -384,13 +383,3 @@ class Agent:
             "otel": self.tracer is not None,
             "endpoints": self.endpoints(),
         }
-
-
-def _release_compiler_memory() -> None:
-    """bcc compiles in process; glibc keeps the freed LLVM heap (~80 MB here) unless asked to return it."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc

@@ -74,22 +74,19 @@ def test_map_names_and_types_match(compiled):
         for i in range(bcc.lib.bpf_num_tables(compiled.module))
     }
     assert names == set(abi.ALL_MAPS)
-    pairs = {
-        abi.MAP_FLOWS: (abi.FlowKey, abi.FlowStats),
-        abi.MAP_ENDPOINTS: (abi.EndpointKey, abi.EndpointInfo),
-        abi.MAP_SOURCES: (abi.EndpointKey, abi.SourceCounters),
-        abi.MAP_IPCACHE: (abi.EndpointKey, ct.c_uint32),
-        abi.MAP_CIDRS: (abi.CidrKey, ct.c_uint32),
-        abi.MAP_POLICY: (abi.PolicyKey, abi.PolicyValue),
-    }
-    for name, (key, leaf) in pairs.items():
+    assert set(abi.PINNED_LAYOUTS) == set(abi.PINNED_MAPS)
+    for name, (key, leaf, _) in abi.PINNED_LAYOUTS.items():
         table = compiled[name.encode()]
-        assert layout(key) == layout(table.Key), name
         per_value = getattr(table, "sLeaf", table.Leaf)  # per-CPU maps: Leaf is an array of sLeaf
+        if issubclass(key, ct.Structure):
+            assert layout(key) == layout(table.Key), name
+        else:
+            assert ct.sizeof(key) == ct.sizeof(table.Key), name
         if issubclass(leaf, ct.Structure):
             assert layout(leaf) == layout(per_value), name
         else:
             assert ct.sizeof(leaf) == ct.sizeof(per_value), name
+        assert (getattr(table, "sLeaf", None) is not None) == abi.PINNED_LAYOUTS[name][2], name
     assert layout(abi.Config) == layout(compiled[abi.MAP_CONFIG.encode()].Leaf)
 
 
