@@ -117,6 +117,14 @@ class Retired:
             key = (t.src_ep, t.dst_ep, t.verdict)
             self.pairs[key] = self.pairs.get(key, 0) + t.bytes
 
+    def copy(self) -> Retired:
+        out = Retired()
+        out.flows, out.drops, out.policy = Counter(self.flows), Counter(self.drops), Counter(self.policy)
+        out.tx = {ep: list(v) for ep, v in self.tx.items()}
+        out.rx = {ep: list(v) for ep, v in self.rx.items()}
+        out.pairs = dict(self.pairs)
+        return out
+
     def forget_endpoints(self, alive: set[int]) -> None:
         """A DEL'd pod's totals go with it (its endpoint id, a host ifindex, may be reused)."""
         for table in (self.tx, self.rx):
@@ -213,27 +221,14 @@ class LumenCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         started = time.perf_counter()
         self.directory.refresh()
-        flows: Counter[tuple[str, str, str]] = Counter(self.retired.flows)
-        drops: Counter[tuple[str, str]] = Counter(self.retired.drops)
-        tx = {ep: list(v) for ep, v in self.retired.tx.items()}
-        rx = {ep: list(v) for ep, v in self.retired.rx.items()}
-        policy: Counter[tuple[str, str, str]] = Counter(self.retired.policy)
-        pairs: dict[tuple[int, int, str], int] = dict(self.retired.pairs)
+        # live table entries summed on top of the swept ones, the same way the sweep retires them
+        totals = self.retired.copy()
         entries = 0
         for t in self.source.flow_totals():
             entries += 1
-            flows[(t.verdict, t.protocol, t.direction)] += 1
-            if t.egress_policy or t.ingress_policy:
-                policy.update(policy_verdicts(t, self.policy_names))
-            if t.verdict == "DROPPED":
-                drops[(t.drop_reason, t.protocol)] += t.packets
-            if t.src_ep:
-                _bump(tx, t.src_ep, t.packets, t.bytes)
-            if t.dst_ep:
-                _bump(rx, t.dst_ep, t.packets, t.bytes)
-            if t.src_ep and t.dst_ep:
-                key = (t.src_ep, t.dst_ep, t.verdict)
-                pairs[key] = pairs.get(key, 0) + t.bytes
+            totals.add(t, self.policy_names)
+        flows, drops, policy = totals.flows, totals.drops, totals.policy
+        tx, rx, pairs = totals.tx, totals.rx, totals.pairs
 
         yield self._counter(
             "lumen_flows_processed",
