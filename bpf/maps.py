@@ -108,13 +108,13 @@ class Map:
     def _key(self, key: Any) -> Any:
         return key if isinstance(key, self.Key) else self.Key.from_buffer_copy(bytes(key))
 
-    def _unpack(self, raw: ct.Array[ct.c_char]) -> Any:
-        scalar = issubclass(self.sLeaf, ct._SimpleCData)  # u32/u64 values come back as ints, as in bcc
+    def _unpack(self, data: Any, offset: int = 0) -> Any:
+        """The value at `offset` of a buffer; u32/u64 values come back as ints, as in bcc."""
+        scalar = issubclass(self.sLeaf, ct._SimpleCData)
         if not self.percpu:
-            v = self.sLeaf.from_buffer_copy(raw)
+            v = self.sLeaf.from_buffer_copy(data, offset)
             return v.value if scalar else v
-        data = bytes(raw)
-        out = [self.sLeaf.from_buffer_copy(data, i * self._slot) for i in range(self.total_cpu)]
+        out = [self.sLeaf.from_buffer_copy(data, offset + i * self._slot) for i in range(self.total_cpu)]
         return [v.value for v in out] if scalar else out
 
     def __getitem__(self, key: Any) -> Any:
@@ -193,7 +193,7 @@ class Map:
             for i in range(count.value):
                 yield (
                     self.Key.from_buffer_copy(kb, i * ksize),
-                    self._unpack(ct.create_string_buffer(vb[i * vsize : (i + 1) * vsize], vsize)),
+                    self._unpack(vb, i * vsize),
                 )
             if err == errno.ENOENT:
                 return
