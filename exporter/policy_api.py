@@ -27,11 +27,16 @@ class PolicyView(Protocol):
     def status_dict(self) -> dict[str, Any]: ...
 
 
+def verdict_name(v: Verdict) -> str:
+    """The flow verdict the datapath gives this decision (outside audit mode)."""
+    return "FORWARDED" if v.allowed else "DROPPED"
+
+
 def verdict_dict(v: Verdict) -> dict[str, Any]:
     return {
         "connection": str(v.connection),
         "allowed": v.allowed,
-        "verdict": "FORWARDED" if v.allowed else "DROPPED",
+        "verdict": verdict_name(v),
         "policies": list(v.policies),
         "denied_in": list(v.denied_in),
         "reason": v.reason,
@@ -102,8 +107,8 @@ def router(view: Callable[[], PolicyView | None], store: FlowStore) -> APIRouter
             "changes": [
                 {
                     "connection": str(c.after.connection),
-                    "before": "FORWARDED" if c.before.allowed else "DROPPED",
-                    "after": "FORWARDED" if c.after.allowed else "DROPPED",
+                    "before": verdict_name(c.before),
+                    "after": verdict_name(c.after),
                     "reason": c.after.reason,
                 }
                 for c in changes
