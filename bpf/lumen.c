@@ -5,7 +5,8 @@
  *  2. Account each flow once, where it enters the node's pod network: at the source pod's host veth
  *     (tc ingress, direction EGRESS). At the destination's host veth (tc egress, direction INGRESS) only
  *     traffic whose source is not a local pod is accounted (host, gateway, other nodes), so a pod-to-pod
- *     flow counts once whether or not the bridge is bypassed.
+ *     flow counts once whether or not the bridge is bypassed. A packet accounted at tc ingress carries
+ *     LUMEN_TC_ACCOUNTED in skb->tc_index across the bridge, so tc egress passes it without parsing.
  *  3. Update the flow table (LRU) and the per-source counters (per-CPU). An established flow reads the
  *     clock and its redirect target (cached in its entry) once per kernel tick, not per packet.
  *  4. Emit ring-buffer events by aggregation level: NEW on a flow's first packet, END on FIN/RST,
@@ -30,6 +31,11 @@
 
 #define LUMEN_TCP_FIN 0x01
 #define LUMEN_TCP_RST 0x04
+
+/* skb->tc_index of a packet accounted at a source pod's veth. A direct-action program sets it through
+ * skb->tc_classid (the kernel copies its low 16 bits into tc_index when the program returns TC_ACT_OK);
+ * the bridge leaves it alone, and every later tc hook overwrites it. */
+#define LUMEN_TC_ACCOUNTED 0x4c4d
 
 static __always_inline void lumen_stat_add(__u32 idx, __u64 n)
 {
@@ -275,6 +281,10 @@ static __always_inline void lumen_set_fwd(struct flow_stats *st, struct endpoint
 
 static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
 {
+    /* 2. Bridged from a pod's veth, where it was accounted: the cheapest exit (~60 ns less than the
+     * endpoint lookup below, on every pod-to-pod packet when the bridge is not bypassed). */
+    if (direction == LUMEN_DIR_INGRESS && skb->tc_index == LUMEN_TC_ACCOUNTED)
+        return TC_ACT_OK;
     __u32 zero = 0;
     struct lumen_config *cfg = lumen_config.lookup(&zero);
     if (!cfg)
@@ -295,10 +305,12 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
     /* 2. At tc ingress the source is the pod behind this veth, whose endpoint id is this ifindex
      * (the plugin uses the host veth ifindex as endpoint id): no lookup needed. */
     __u32 src_ep = 0;
-    if (direction == LUMEN_DIR_EGRESS)
+    if (direction == LUMEN_DIR_EGRESS) {
         src_ep = skb->ifindex;
-    else if (lumen_endpoint(key.saddr, key.family))
-        return TC_ACT_OK; /* already accounted (and policy decided) at the source pod's host veth */
+        skb->tc_classid = LUMEN_TC_ACCOUNTED;
+    } else if (lumen_endpoint(key.saddr, key.family)) {
+        return TC_ACT_OK; /* accounted (and policy decided) at the source pod's veth, mark lost on the way */
+    }
     int want_redirect = direction == LUMEN_DIR_EGRESS && cfg->redirect;
 
     __u64 len = skb->len;

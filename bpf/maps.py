@@ -80,6 +80,21 @@ def map_info(fd: int) -> MapInfo:
     return info
 
 
+BPF_PROG_TYPE_SCHED_CLS = 3
+# mov64 r0, 0 (TC_ACT_OK); exit
+_NOOP_INSNS = bytes.fromhex("b700000000000000") + bytes.fromhex("9500000000000000")
+
+
+def load_noop_tc_prog(name: str = "lumen_noop") -> int:
+    """A TC program that does nothing: what bpf_stats charges any program on this machine (its clock
+    reads), the floor under bench/datapath's per-packet costs. Returns its fd."""
+    insns = ct.create_string_buffer(_NOOP_INSNS, len(_NOOP_INSNS))
+    fn = lib().bpf_prog_load
+    fn.argtypes = [ct.c_int, ct.c_char_p, ct.c_char_p, ct.c_void_p, ct.c_size_t, ct.c_void_p]
+    return _check(fn(BPF_PROG_TYPE_SCHED_CLS, name.encode(), b"GPL", insns, len(_NOOP_INSNS) // 8, None),
+                  "bpf_prog_load")  # fmt: skip
+
+
 @cache
 def possible_cpus() -> int:
     return _check(lib().libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
