@@ -20,12 +20,9 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import secrets
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,13 +31,13 @@ from typing import TypeVar
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from bench.datapath.bed import bed  # noqa: E402
 from bench.datapath.run import in_ns, prog_stats, throughput  # noqa: E402
 from bpf import abi  # noqa: E402
-from bpf.loader import Datapath, DatapathConfig, unpin_all  # noqa: E402
+from bpf.loader import Datapath  # noqa: E402
 from exporter.enforcer import Enforcer  # noqa: E402
 from exporter.enrich import EndpointDirectory  # noqa: E402
 from exporter.policy.compiler import Compiled  # noqa: E402
-from tests.cni_harness import Node, install_plugin  # noqa: E402
 
 RULE_COUNTS = (0, 10, 1000, 10000)
 NAMESPACE = "bench"
@@ -176,19 +173,11 @@ def main() -> None:
     if not 0 < args.flows <= 45000:
         sys.exit("--flows: 1..45000 (one source port each, from 20000)")
 
-    work = Path(tempfile.mkdtemp(prefix="lumen-bench-pol-"))
-    pin = f"/sys/fs/bpf/lt_bpol_{secrets.token_hex(3)}"
-    binary = install_plugin(work / "bin")
-    node = Node(binary=binary, ipv6=False, extra={"bpfPinDir": pin}, workdir=work / "node")
-    node.workdir.mkdir(parents=True, exist_ok=True)
-    manifests = work / "manifests"
-    manifests.mkdir()
-    procs: list[subprocess.Popen[bytes]] = []
-    dp: Datapath | None = None
-    stats_path = Path("/proc/sys/kernel/bpf_stats_enabled")
-    stats_was = stats_path.read_text().strip()
-    try:
-        dp = Datapath.load(DatapathConfig(pin_dir=pin))
+    with bed("bpol") as b:
+        node, work = b.node, b.work
+        manifests = work / "manifests"
+        manifests.mkdir()
+        dp = b.load()
         # Events are drained before each run, so every run starts with the same empty ring.
         dp.open_ring_buffer(lambda _raw: None, raw=True)
         (manifests / "cluster.yaml").write_text(cluster_manifests())
@@ -212,12 +201,8 @@ def main() -> None:
             compiled[n] = enforcer.compiled
             setup[n] = (len(enforcer.status.policies), dp.policy_entries(), time.monotonic() - t0)
 
-        for argv in (["iperf3", "-s"], [PY, "-c", SINK, str(UDP_PORT)]):
-            procs.append(
-                subprocess.Popen(
-                    in_ns(server.ns, *argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-                )
-            )
+        b.start(in_ns(server.ns, "iperf3", "-s"))
+        b.start(in_ns(server.ns, PY, "-c", SINK, str(UDP_PORT)))
         time.sleep(0.5)
         # Isolation is real: with rules in force a port no rule admits is dropped, the measured one not.
         pods = {client.ip(4), server_ip}
@@ -233,7 +218,7 @@ def main() -> None:
             denied = abi.Verdict.DROPPED if n else abi.Verdict.FORWARDED
             if seen.get((17, DENIED_PORT)) != {denied} or seen.get((17, UDP_PORT)) != {abi.Verdict.FORWARDED}:
                 raise RuntimeError(f"{n} rules: the policy does not isolate or admit as built: {seen}")
-        stats_path.write_text("1")
+        b.stats(True)
 
         def check(found: tuple[Verdicts, list[str]]) -> None:
             seen, other = found
@@ -296,19 +281,6 @@ def main() -> None:
             f"scaling alone, {top:,} vs {few} rules: established {med[top]['est'] / med[few]['est']:.2f}x, "
             f"new-flow {med[top]['new'] / med[few]['new']:.2f}x"
         )
-    finally:
-        stats_path.write_text(stats_was)
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        node.cleanup()
-        if dp is not None:
-            dp.close()
-        unpin_all(pin)
-        subprocess.run(["rm", "-rf", str(work)])
 
 
 if __name__ == "__main__":

@@ -17,22 +17,18 @@ import argparse
 import json
 import os
 import re
-import secrets
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from bench.datapath.bed import bed  # noqa: E402
 from bpf import abi  # noqa: E402
-from bpf.loader import Datapath, DatapathConfig, unpin_all  # noqa: E402
 from bpf.maps import load_noop_tc_prog  # noqa: E402
 from plugin.netlink import Netlink  # noqa: E402
-from tests.cni_harness import Node, install_plugin  # noqa: E402
 
 VARIANTS = ("bridge", "observe", "redirect")
 GOALS = (
@@ -112,34 +108,20 @@ def main() -> None:
     if os.geteuid() != 0:
         sys.exit("bench/datapath needs root")
 
-    work = Path(tempfile.mkdtemp(prefix="lumen-bench-dp-"))
-    pin = f"/sys/fs/bpf/lt_bench_{secrets.token_hex(3)}"
-    binary = install_plugin(work / "bin")
-    node = Node(binary=binary, ipv6=False, extra={"bpfPinDir": pin}, workdir=work / "node")
-    node.workdir.mkdir(parents=True, exist_ok=True)
-    procs: list[subprocess.Popen[bytes]] = []
-    dp: Datapath | None = None
-    stats_was = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
-    try:
+    with bed("dp") as b:
+        node = b.node
         client, server = node.add_pod("cli"), node.add_pod("srv")  # no pins yet: plain bridge
-        dp = Datapath.load(DatapathConfig(pin_dir=pin))
+        dp = b.load()
         ifindexes = []
         with Netlink() as nl:
             for pod in (client, server):
                 ifindexes.append(nl.link(pod.result["interfaces"][1]["name"]).index)
         dp.add_endpoint(client.ips, ifindexes[0], ifindexes[0], client.result["interfaces"][2]["mac"])
         dp.add_endpoint(server.ips, ifindexes[1], ifindexes[1], server.result["interfaces"][2]["mac"])
-        for argv in (["iperf3", "-s"], ["sockperf", "server", "--tcp", "-i", server.ip(4), "-p", "11111"]):
-            procs.append(
-                subprocess.Popen(
-                    in_ns(server.ns, *argv, cpu=0 if argv[0] == "sockperf" else None),
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
+        b.start(in_ns(server.ns, "iperf3", "-s"))
+        b.start(in_ns(server.ns, "sockperf", "server", "--tcp", "-i", server.ip(4), "-p", "11111", cpu=0))
         subprocess.run(in_ns(client.ns, "ping", "-c", "3", "-i", "0.2", server.ip(4)), capture_output=True)
         noop_fd = load_noop_tc_prog()
-        stats_file = Path("/proc/sys/kernel/bpf_stats_enabled")
 
         def wire(variant: str) -> None:
             with Netlink() as nl:
@@ -162,14 +144,14 @@ def main() -> None:
         fds = {name: fn.fd for name, fn in dp.progs.items()} | {"noop": noop_fd}
         cost: dict[tuple[str, str], list[int]] = {}
         for _ in range(args.rounds):
-            stats_file.write_text("0")
+            b.stats(False)
             for variant in VARIANTS:
                 wire(variant)
                 r = results[variant]
                 r["gbps"].append(throughput(client.ns, server.ip(4), args.seconds))
                 r["rr_us"].append(rr_latency(client.ns, server.ip(4), args.seconds))
                 r["ping_us"].append(ping_rtt(client.ns, server.ip(4), 50))
-            stats_file.write_text("1")
+            b.stats(True)
             for variant in ("noop", "observe", "redirect"):
                 wire(variant)
                 progs = ["noop"] if variant == "noop" else list(dp.progs)
@@ -213,19 +195,6 @@ def main() -> None:
                 f"by variant: {by_variant}"
             )
         print(GOALS)
-    finally:
-        Path("/proc/sys/kernel/bpf_stats_enabled").write_text(stats_was)
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        if dp is not None:
-            dp.close()
-        node.cleanup()
-        unpin_all(pin)
-        subprocess.run(["rm", "-rf", str(work)])
 
 
 if __name__ == "__main__":
