@@ -6,7 +6,7 @@
  *     (tc ingress, direction EGRESS). At the destination's host veth (tc egress, direction INGRESS) only
  *     traffic whose source is not a local pod is accounted (host, gateway, other nodes), so a pod-to-pod
  *     flow counts once whether or not the bridge is bypassed. A packet accounted at tc ingress carries
- *     LUMEN_TC_ACCOUNTED in skb->tc_index across the bridge, so tc egress passes it without parsing.
+ *     a mark in skb->tc_index across the bridge, so tc egress passes it without parsing.
  *  3. Update the flow table (LRU) and the per-source counters (per-CPU). An established flow reads the
  *     clock and its redirect target (cached in its entry) once per kernel tick, not per packet.
  *  4. Emit ring-buffer events by aggregation level: NEW on a flow's first packet, END on FIN/RST,
@@ -34,8 +34,14 @@
 
 /* skb->tc_index of a packet accounted at a source pod's veth. A direct-action program sets it through
  * skb->tc_classid (the kernel copies its low 16 bits into tc_index when the program returns TC_ACT_OK);
- * the bridge leaves it alone, and every later tc hook overwrites it. */
-#define LUMEN_TC_ACCOUNTED 0x4c4d
+ * the bridge leaves it alone, and every later tc hook overwrites it. It names the veth it was set on,
+ * which the bridge keeps as skb->ingress_ifindex, so a tc_index some other tc filter left (its classid)
+ * is taken for the mark only if it also names the device the packet came in on; the top bit keeps it
+ * clear of the common small values (0 when no filter ran). */
+static __always_inline __u32 lumen_tc_mark(__u32 ifindex)
+{
+    return 0x8000 | (ifindex & 0x7fff);
+}
 
 static __always_inline void lumen_stat_add(__u32 idx, __u64 n)
 {
@@ -283,7 +289,7 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
 {
     /* 2. Bridged from a pod's veth, where it was accounted: the cheapest exit (~60 ns less than the
      * endpoint lookup below, on every pod-to-pod packet when the bridge is not bypassed). */
-    if (direction == LUMEN_DIR_INGRESS && skb->tc_index == LUMEN_TC_ACCOUNTED)
+    if (direction == LUMEN_DIR_INGRESS && skb->tc_index == lumen_tc_mark(skb->ingress_ifindex))
         return TC_ACT_OK;
     __u32 zero = 0;
     struct lumen_config *cfg = lumen_config.lookup(&zero);
@@ -307,7 +313,7 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
     __u32 src_ep = 0;
     if (direction == LUMEN_DIR_EGRESS) {
         src_ep = skb->ifindex;
-        skb->tc_classid = LUMEN_TC_ACCOUNTED;
+        skb->tc_classid = lumen_tc_mark(skb->ifindex);
     } else if (lumen_endpoint(key.saddr, key.family)) {
         return TC_ACT_OK; /* accounted (and policy decided) at the source pod's veth, mark lost on the way */
     }
