@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   python3-venv python3-pip iputils-ping python3-bpfcc bpfcc-tools libbpf1 linux-headers-amd64 iproute2 iperf3
   containerd podman containernetworking-plugins busybox-static prometheus sockperf systemd
-  chromium chromium-driver
+  chromium chromium-driver nftables clickhouse-server
 )
 
 if [ "$(id -u)" -ne 0 ]; then
