@@ -41,6 +41,7 @@ from tests.cni_harness import REPO, Invocation, install_plugin, invoke, netns_ad
 
 CLONE_NEWNET = 0x40000000
 AGENT_PORT = 9470
+RELAY_PORT = 9466
 UNDERLAY_MTU = 1500
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -174,6 +175,8 @@ class ClusterPod:
     container_id: str
     result: dict[str, Any]
     labels: dict[str, str] = field(default_factory=dict)
+    #: the Pod manifest's containers (named ports for policies)
+    containers: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "main"}])
 
     @property
     def ips(self) -> list[str]:
@@ -259,7 +262,11 @@ class SimNode:
         return invoke(self.cluster.binary, command, self.conf(), wrap=["ip", "netns", "exec", self.ns], **kw)
 
     def add_pod(
-        self, name: str, namespace: str = "default", labels: dict[str, str] | None = None
+        self,
+        name: str,
+        namespace: str = "default",
+        labels: dict[str, str] | None = None,
+        containers: list[dict[str, Any]] | None = None,
     ) -> ClusterPod:
         c = self.cluster
         ns = f"{c.prefix}p{next(c._pod_seq)}"
@@ -272,6 +279,8 @@ class SimNode:
             netns_del(ns)
             raise RuntimeError(f"ADD {name} on {self.name} failed: {res.out} {res.stderr}")
         pod = ClusterPod(name, namespace, self, ns, cid, res.out, dict(labels or {}))
+        if containers:
+            pod.containers = containers
         self.pods[pod.key] = pod
         c.write_pod_manifests()
         return pod
@@ -379,6 +388,9 @@ class Cluster:
         self.internet = f"{self.prefix}i"
         self.internet4 = f"192.168.{self.octet}.200"
         self.internet6 = f"fd01:{self.octet}::c8"
+        self.underlay4 = f"192.168.{self.octet}.254"
+        self.relay_port = RELAY_PORT
+        self.relay: subprocess.Popen[bytes] | None = None
         self.nodes: list[SimNode] = []
         self._pod_seq = iter(range(1, 10**6))
         self._binary = binary
@@ -410,6 +422,8 @@ class Cluster:
         br = f"{self.prefix}ul"
         nsx(self.underlay, "ip", "link", "add", br, "type", "bridge")
         nsx(self.underlay, "ip", "link", "set", br, "up")
+        # the underlay's own address: where the relay (a cluster Deployment in real life) listens
+        nsx(self.underlay, "ip", "addr", "add", f"{self.underlay4}/24", "dev", br)
         self._attach(self.internet, "i", self.internet4, self.internet6)
         for i in range(1, self._n + 1):
             self.add_node(i)
@@ -470,7 +484,7 @@ class Cluster:
                 "apiVersion": "v1",
                 "kind": "Pod",
                 "metadata": {"name": p.name, "namespace": p.namespace, "labels": p.labels},
-                "spec": {"nodeName": p.node.name, "containers": [{"name": "main"}]},
+                "spec": {"nodeName": p.node.name, "containers": p.containers},
                 "status": {"podIPs": [{"ip": ip} for ip in p.ips]},
             }
             for n in self.nodes
@@ -488,6 +502,37 @@ class Cluster:
             n.spawn_agent(*extra)
         for n in self.nodes:
             n.wait_ready()
+
+    # -- relay --------------------------------------------------------------------------------------
+
+    def start_relay(self, *extra: str, wait: float = 30) -> None:
+        """`lumen relay` on the underlay, asking every node's agent (with the agents' token)."""
+        argv = [
+            "ip", "netns", "exec", self.underlay,
+            str(REPO / ".venv" / "bin" / "python"), "-m", "exporter.cli", "relay",
+            "--host", self.underlay4,
+            "--port", str(self.relay_port),
+            "--token", self.token,
+            "--agent-token", self.token,
+            *[f"--agent={n.name}={n.url}" for n in self.nodes],
+            *extra,
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        with open(self.workdir / "relay.log", "ab") as log:
+            self.relay = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+        self._procs.append(self.relay)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.relay.poll() is not None:
+                raise RuntimeError(f"relay exited: {(self.workdir / 'relay.log').read_text()[-3000:]}")
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                if self.relay_api("/readyz", timeout=1)[0] in (200, 503):
+                    return
+            time.sleep(0.3)
+        raise RuntimeError(f"relay not up: {(self.workdir / 'relay.log').read_text()[-3000:]}")
+
+    def relay_api(self, path: str, timeout: float = 10) -> tuple[int, Any]:
+        return ns_http(self.underlay, self.underlay4, self.relay_port, path, self.token, timeout)
 
     @property
     def pods(self) -> list[ClusterPod]:

@@ -165,9 +165,15 @@ def _pod(node: SimNode) -> ClusterPod:
 def test_cross_node_transfer_counted_exactly_on_both_nodes(cluster: Cluster, version: int) -> None:
     n1, n2 = cluster.nodes[0], cluster.nodes[1]
     src, dst = _pod(n1), _pod(n2)
-    count, size, sport = 200, 700, 40000 + version
+    count, size = 200, 700
     assert src.ping(dst.ip(version))  # neighbours resolved: none of the burst waits in an ND queue
-    assert t.udp(src, dst, version, count, size, port=5005, sport=sport) == count
+    # Exactness is checked on a transfer the receiver got whole: a datagram lost to a full socket
+    # buffer on this shared machine is not the datapath's to count. A new source port per attempt.
+    for sport in range(41000 + version * 10, 41003 + version * 10):
+        if t.udp(src, dst, version, count, size, port=5005, sport=sport) == count:
+            break
+    else:
+        pytest.fail("three UDP transfers lost datagrams on the way")
     wire = size + UDP + (IP4 if version == 4 else IP6) + ETH
 
     def one(node: SimNode, direction: str) -> dict[str, Any] | None:
