@@ -139,6 +139,10 @@ class Agent:
             audit=self.cfg.policy_audit,
         )
         self.policy_names = self.enforcer.policy_names
+        if self.kube is None:
+            from exporter.enrich import ManifestLabels
+
+            self.directory.label_source = ManifestLabels(lambda: self.enforcer.manifests)
         self.network = self._node_network()
         self.decoder = Decoder(self.directory, self.cfg.node, self.policy_names)
         self.source = DatapathSource(self.dp)

@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +133,18 @@ def _pod(rec: dict[str, Any]) -> Pod | None:
     except (KeyError, ValueError, TypeError):
         log.warning("skipping malformed endpoint record", extra={"record": rec})
         return None
+
+
+class ManifestLabels(LabelSource):
+    """Outside a cluster: pod labels from the `Pod` manifests of the policy directories (the same ones
+    policy selects on), so local pods' flows carry the labels remote ones get."""
+
+    def __init__(self, manifests: Callable[[], Any]) -> None:
+        self._manifests = manifests
+
+    def labels(self, namespace: str, pod: str) -> Mapping[str, str]:
+        m = self._manifests().pods.get(f"{namespace}/{pod}")
+        return m.labels if m is not None and m.labels else NO_LABELS
 
 
 class KubeLabels(LabelSource):

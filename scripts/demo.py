@@ -352,8 +352,8 @@ def main() -> None:
     ap.add_argument("--workdir", default=DEFAULT_WORKDIR)
     ap.add_argument("--no-agent", action="store_true")
     args = ap.parse_args()
-    if not 1 <= args.nodes <= 9 or not 1 <= args.octet <= 254 or not 1 <= len(args.prefix) <= 5:
-        ap.error("--nodes is 1..9, --octet 1..254, --prefix 1..5 characters (link names are short)")
+    if not 1 <= args.nodes <= 9 or not 1 <= args.octet <= 254 or not 1 <= len(args.prefix) <= 6:
+        ap.error("--nodes is 1..9, --octet 1..254, --prefix 1..6 characters (link names are short)")
     if os.geteuid() != 0:
         sys.exit("demo: needs root (network namespaces, veths, bpf)")
     stop_on_signals()  # before anything is built: a signal from now on cleans up
