@@ -213,6 +213,7 @@
       const e = Lumen.endpoint(ep);
       put(dl, side, e.name ? `${e.name} (${e.addr})` : `${e.addr} (not a pod on this node)`);
       put(dl, `${side} labels`, labels(ep.labels));
+      if (ep.node) put(dl, `${side} node`, ep.node); // a cross-node flow names both nodes
     }
     put(dl, "TCP flags seen", f.tcp_flags.join(" "));
     put(dl, "Packets", f.packets);
