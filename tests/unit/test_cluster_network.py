@@ -356,3 +356,37 @@ def test_agent_refuses_bad_network_settings_before_loading_anything(
     assert cli.main(["agent", "--pin-dir", "/nonexistent/never-made", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lumen agent: ") and said in err and "Traceback" not in err
+
+
+# -- the netlink wrapper's retry -----------------------------------------------------------------------
+
+
+def test_interrupted_dumps_are_retried_and_refusals_carry_the_errno() -> None:
+    import errno
+
+    from exporter import netlink
+    from exporter.netlink import NetlinkDumpInterrupted, NetlinkError  # pyroute2's, as the wrapper sees them
+
+    calls = []
+
+    def flaky() -> list[str]:
+        calls.append(1)
+        if len(calls) < 3:
+            raise NetlinkDumpInterrupted()
+        return ["whole table"]
+
+    assert netlink._retry("dump", flaky) == ["whole table"] and len(calls) == 3
+
+    def always() -> None:
+        raise NetlinkDumpInterrupted()
+
+    with pytest.raises(netlink.NetlinkFailure) as e:
+        netlink._retry("dump routes", always)
+    assert e.value.errno == errno.EINTR and "dump routes" in str(e.value)
+
+    def refused() -> None:
+        raise NetlinkError(errno.ENETUNREACH, "Network unreachable")
+
+    with pytest.raises(netlink.NetlinkFailure) as e:
+        netlink._retry("replace route 10.1.2.0/24", refused)
+    assert e.value.errno == errno.ENETUNREACH and "10.1.2.0/24" in str(e.value)
