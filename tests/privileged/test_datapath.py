@@ -20,7 +20,7 @@ import pytest
 from bpf import abi
 from bpf.loader import Datapath, DatapathConfig, unpin_all
 from plugin.netlink import Netlink
-from tests.cni_harness import Node, ns_exec
+from tests.cni_harness import PREFIX, Node, ns_exec
 from tests.privileged import dp_tools as t
 
 pytestmark = [pytest.mark.bpf, pytest.mark.netns]
@@ -32,7 +32,7 @@ ETH = 14
 
 @pytest.fixture
 def pin_dir() -> Iterator[str]:
-    path = f"/sys/fs/bpf/lt_{secrets.token_hex(4)}"
+    path = f"/sys/fs/bpf/{PREFIX}_{secrets.token_hex(4)}"
     try:
         yield path
     finally:
