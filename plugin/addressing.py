@@ -6,7 +6,7 @@ import ipaddress
 
 from plugin.config import Env, NetConf
 from plugin.errors import INVALID_CONFIG, PLUGIN_NOT_AVAILABLE, CNIError
-from plugin.result import to_current
+from plugin.result import check_result, to_current
 
 TYPE_CHECKING = False  # typing costs ~3 ms of start-up; annotations are strings anyway
 if TYPE_CHECKING:
@@ -64,6 +64,8 @@ def add(conf: NetConf, env: Env, environ: dict[str, str]) -> Addressing:
     from plugin import delegate
 
     result = delegate.exec_plugin(conf.ipam["type"], "ADD", conf.raw, environ, env.path)
+    if result is not None:
+        result = check_result(result, f"result of IPAM plugin {conf.ipam['type']!r}")
     if not result or not result.get("ips"):
         raise CNIError(INVALID_CONFIG, f"IPAM plugin {conf.ipam['type']!r} returned no IP addresses")
     current = to_current(result)

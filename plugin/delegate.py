@@ -6,7 +6,7 @@ import os
 import subprocess
 
 from plugin import jsonio
-from plugin.errors import INVALID_CONFIG, IO_FAILURE, CNIError
+from plugin.errors import DECODE_FAILURE, INVALID_CONFIG, IO_FAILURE, CNIError
 
 TYPE_CHECKING = False  # typing costs ~3 ms of start-up; annotations are strings anyway
 if TYPE_CHECKING:
@@ -40,12 +40,17 @@ def exec_plugin(
             parsed = jsonio.loads(out)
         except ValueError:
             raise CNIError(
-                IO_FAILURE, f"IPAM plugin {name!r} wrote invalid JSON", out[:200].decode()
+                DECODE_FAILURE, f"IPAM plugin {name!r} wrote invalid JSON", out[:200].decode(errors="replace")
             ) from None
     if proc.returncode != 0:
-        if isinstance(parsed, dict) and "code" in parsed:
-            raise CNIError(int(parsed["code"]), str(parsed.get("msg", "")), str(parsed.get("details", "")))
+        code = parsed.get("code") if isinstance(parsed, dict) else None
+        if type(code) is int and 0 < code < 2**31:
+            raise CNIError(code, str(parsed.get("msg", "")), str(parsed.get("details", "")))  # type: ignore[union-attr]
         raise CNIError(
-            IO_FAILURE, f"IPAM plugin {name!r} failed (exit {proc.returncode})", proc.stderr[-500:].decode()
+            IO_FAILURE,
+            f"IPAM plugin {name!r} failed (exit {proc.returncode})",
+            proc.stderr[-500:].decode(errors="replace"),
         )
+    if parsed is not None and not isinstance(parsed, dict):
+        raise CNIError(DECODE_FAILURE, f"IPAM plugin {name!r} wrote JSON that is not an object")
     return parsed

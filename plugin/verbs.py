@@ -88,17 +88,18 @@ def _routes_for(
             gw = ipaddress.ip_address(ip["gateway"])
             gateways.setdefault(gw.version, gw)
     routes = [dict(r) for r in addr.routes]
+    # strict=False: a dst with host bits set means its network, as in the reference plugins.
     have_default = {
-        ipaddress.ip_network(r["dst"]).version
+        ipaddress.ip_network(r["dst"], strict=False).version
         for r in routes
-        if ipaddress.ip_network(r["dst"]).prefixlen == 0
+        if ipaddress.ip_network(r["dst"], strict=False).prefixlen == 0
     }
     for version, gw in sorted(gateways.items()):
         if version not in have_default:
             routes.append({"dst": "0.0.0.0/0" if version == 4 else "::/0", "gw": str(gw)})
     install: list[tuple[IPNet, IPAddr | None]] = []
     for r in routes:
-        dst = ipaddress.ip_network(r["dst"])
+        dst = ipaddress.ip_network(r["dst"], strict=False)
         via = ipaddress.ip_address(r["gw"]) if r.get("gw") else gateways.get(dst.version)
         install.append((dst, via))
     return routes, install

@@ -81,6 +81,14 @@ def _check_network_name(network: object) -> str:
     return network
 
 
+def _unencodable(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def parse_range(raw: object, where: str) -> Range:
     if not isinstance(raw, dict) or "subnet" not in raw:
         raise _bad(f"{where}.subnet", "each range needs a subnet")
@@ -158,6 +166,11 @@ def parse_ipam_config(network: str, ipam: dict[str, Any]) -> IPAMConfig:
         raise _bad("routes", "routes must be a list")
     routes = [_parse_route(r, f"routes[{k}]") for k, r in enumerate(raw_routes)]
     data_dir = ipam.get("dataDir") or DEFAULT_DATA_DIR
-    if not isinstance(data_dir, str) or not data_dir.startswith("/"):
+    if (
+        not isinstance(data_dir, str)
+        or not data_dir.startswith("/")
+        or "\0" in data_dir
+        or _unencodable(data_dir)
+    ):
         raise _bad("dataDir", f"{data_dir!r} must be an absolute path")
     return IPAMConfig(network, sets, routes, data_dir)
