@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from plugin.config import Env, NetConf
 from plugin.errors import INVALID_CONFIG, PLUGIN_NOT_AVAILABLE, CNIError
+from plugin.ip import Address, ip_interface
 from plugin.result import check_result, to_current
 
 TYPE_CHECKING = False  # typing costs ~3 ms of start-up; annotations are strings anyway
@@ -26,7 +25,7 @@ class Addressing:
         self.dns = dns
 
 
-def requested_ips(conf: NetConf, env: Env) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+def requested_ips(conf: NetConf, env: Env) -> list[Address]:
     """A static IP may come from CNI_ARGS IP= (podman re-adds), runtimeConfig ips, or args.cni.ips."""
     raw: list[str] = []
     if env.args.get("IP"):
@@ -39,7 +38,7 @@ def requested_ips(conf: NetConf, env: Env) -> list[ipaddress.IPv4Address | ipadd
     out = []
     for value in raw:
         try:
-            out.append(ipaddress.ip_interface(str(value).strip()).ip)
+            out.append(ip_interface(str(value).strip()).ip)
         except ValueError:
             raise CNIError(INVALID_CONFIG, "invalid requested IP", f"{value!r}") from None
     return list(dict.fromkeys(out))
@@ -93,7 +92,7 @@ def check(conf: NetConf, env: Env, environ: dict[str, str], expected: list[str])
         return
     ipam, ipconf = _builtin(conf)
     held = sorted(str(a.address.ip) for a in ipam.get(ipconf, env.container_id, env.ifname))
-    want = sorted(str(ipaddress.ip_interface(a).ip) for a in expected)
+    want = sorted(str(ip_interface(a).ip) for a in expected)
     if held != want:
         raise CNIError(100, "IPAM allocations do not match", f"allocator holds {held}, pod has {want}")
 

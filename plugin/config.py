@@ -56,11 +56,11 @@ def is_unicast_mac(value: object) -> bool:
 
 def _ip_list(values: list[object]) -> str | None:
     """The first value that is not an IP address (with or without a prefix length), or None."""
-    import ipaddress
+    from plugin.ip import ip_interface
 
     for value in values:
         try:
-            ipaddress.ip_interface(value.strip() if isinstance(value, str) else "")
+            ip_interface(value.strip() if isinstance(value, str) else "")
         except ValueError:
             return repr(value)
     return None
