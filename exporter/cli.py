@@ -70,6 +70,30 @@ def _agent_parser(sub: Any) -> None:
         action="store_true",
         help="audit mode everywhere: flows policy would drop are forwarded with verdict AUDIT",
     )
+    p.add_argument(
+        "--routing-mode",
+        choices=["direct", "vxlan"],
+        default=os.environ.get("LUMEN_ROUTING_MODE", "direct"),
+        help="how pods reach other nodes' pods: direct routes via the node addresses (one L2 segment) "
+        "or a VXLAN overlay (env LUMEN_ROUTING_MODE)",
+    )
+    p.add_argument("--vxlan-device", default="lumen-vxlan", help="name of the VXLAN device (vxlan mode)")
+    p.add_argument("--vxlan-vni", type=int, default=1, help="VXLAN network identifier (vxlan mode)")
+    p.add_argument("--vxlan-port", type=int, default=8472, help="VXLAN UDP port (vxlan mode)")
+    p.add_argument(
+        "--no-masquerade",
+        action="store_true",
+        default=os.environ.get("LUMEN_MASQUERADE", "true").lower() in ("false", "0", "off", "no"),
+        help="do not masquerade pod traffic leaving the cluster's pod CIDRs (env LUMEN_MASQUERADE=false)",
+    )
+    p.add_argument(
+        "--non-masquerade",
+        action="append",
+        default=None,
+        metavar="CIDR",
+        help="destinations pod traffic reaches with the pod's own address (repeatable; env "
+        "LUMEN_NON_MASQUERADE, comma-separated)",
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--print-bpf", action="store_true", help="print the C and the effective config, then exit")
     p.set_defaults(func=cmd_agent)
@@ -106,7 +130,18 @@ def cmd_agent(args: argparse.Namespace) -> int:
         plugin_socket=args.plugin_socket,
         policy_dirs=args.policy_dir or AgentConfig().policy_dirs,
         policy_audit=args.policy_audit,
+        routing_mode=args.routing_mode,
+        vxlan_device=args.vxlan_device,
+        vxlan_vni=args.vxlan_vni,
+        vxlan_port=args.vxlan_port,
+        masquerade=not args.no_masquerade,
+        non_masquerade=args.non_masquerade
+        or [c.strip() for c in os.environ.get("LUMEN_NON_MASQUERADE", "").split(",") if c.strip()],
     )
+    problem = _network_problem(cfg)
+    if problem:
+        print(f"lumen agent: {problem}", file=sys.stderr)
+        return 2
     if args.print_bpf:
         from bpf.loader import source_text
 
@@ -142,6 +177,21 @@ def cmd_agent(args: argparse.Namespace) -> int:
     finally:
         agent.stop()
     return 0
+
+
+def _network_problem(cfg: Any) -> str:
+    """A bad routing or masquerade setting, said before anything is compiled or pinned."""
+    import ipaddress
+
+    from exporter.routing import RoutingConfig
+
+    try:
+        RoutingConfig(cfg.node, cfg.routing_mode, cfg.vxlan_device, cfg.vxlan_vni, cfg.vxlan_port)
+        for c in cfg.non_masquerade:
+            ipaddress.ip_network(c.strip(), strict=False)
+    except ValueError as e:
+        return str(e)
+    return ""
 
 
 # -- relay -------------------------------------------------------------------------------------

@@ -83,6 +83,11 @@ class Agent(View):
     def status(self) -> dict[str, Any]:
         return {**super().status(), "node": self.name}
 
+    def endpoints(self) -> list[dict[str, Any]]:
+        return [
+            {"namespace": "default", "pod": f"pod-{self.name}", "ips": [], "attached": True, "state": "ready"}
+        ]
+
 
 @contextmanager
 def agents(names: Sequence[str], token: str | None = None, capacity: int = 10000) -> Iterator[list[Agent]]:

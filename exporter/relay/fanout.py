@@ -61,7 +61,7 @@ class Metrics:
         self.streams = Gauge("lumen_relay_streams", "live streams the relay serves", registry=registry)
 
 
-def _reason(exc: Exception) -> tuple[str, str]:
+def describe(exc: Exception) -> tuple[str, str]:
     """(metric label, text) for a failed request."""
     if isinstance(exc, httpx.TimeoutException):
         return "timeout", f"timed out ({type(exc).__name__})"
@@ -131,7 +131,7 @@ class Fanout:
                 target.url + path, params=list(params), timeout=timeout or self.timeout_s
             )
         except httpx.HTTPError as exc:
-            label, text = _reason(exc)
+            label, text = describe(exc)
             self.mark(target, text, label)
             return Result(target, error=text)
         if resp.status_code != 200:

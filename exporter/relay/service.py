@@ -19,7 +19,7 @@ import httpx
 from exporter import servicemap
 from exporter.relay import merge
 from exporter.relay.discovery import Target
-from exporter.relay.fanout import Fanout, Result, StreamError
+from exporter.relay.fanout import Fanout, Result, StreamError, describe
 from exporter.relay.wire import flow_from_dict, time_us
 
 MAX_ROUNDS = 4  # fetch rounds for one page: each doubles what truncated agents are asked for
@@ -232,7 +232,7 @@ class Relay:
             except StreamError as exc:
                 error, label = str(exc), exc.label
             except httpx.HTTPError as exc:
-                error, label = f"stream: {type(exc).__name__}: {exc}", "stream"
+                label, error = describe(exc)
             self.fanout.mark(target, error, label)
             if state.set(target.name, error):
                 _wake(queue, target.name)
