@@ -506,11 +506,32 @@ def _get_json(
         return None
 
 
+def format_relay_status(st: dict[str, Any]) -> str:
+    """`lumen status --server <relay>`: the relay, then each node's agent in brief."""
+    answering = len(st["agents"]) - len(st["unreachable"])
+    lines = [f"Relay:       {answering}/{len(st['agents'])} agents answer, uptime={st['uptime_s']}s"]
+    for agent in st["agents"]:
+        node = st["nodes"].get(agent["node"])
+        if node is None:
+            lines.append(f"  {agent['node']:<24} UNREACHABLE ({agent['error']})  {agent['url']}")
+            continue
+        fs = node.get("flow_store") or {}
+        state = "ready" if node.get("ready") else f"NOT READY ({node.get('reason', '')})"
+        lines.append(
+            f"  {agent['node']:<24} {state}  {fs.get('flows', '?')}/{fs.get('capacity', '?')} flows, "
+            f"{len(node.get('endpoints') or [])} endpoints  {agent['url']}"
+        )
+    return "\n".join(lines)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     st = _get_json(args, "status", "/api/status")
     if st is None:
         return 1
-    print(json.dumps(st, indent=2) if args.output == "json" else format_status(st))
+    if args.output == "json":
+        print(json.dumps(st, indent=2))
+    else:
+        print(format_relay_status(st) if st.get("relay") else format_status(st))
     return 0
 
 

@@ -49,13 +49,16 @@ class Record:
     flow: dict[str, Any]
     pos: Position
     tuple5: str
-    start_us: int
+
+    @property
+    def start_us(self) -> int:
+        return time_us(self.flow["start"])  # only pairing candidates need it: parsed on demand
 
 
 def record(node: str, flow: dict[str, Any]) -> Record:
-    """An agent's flow, stamped with the node it came from and the node each end is on when the
-    direction says so (egress is counted at the source's node, ingress at the destination's)."""
-    flow = dict(flow)
+    """An agent's flow, stamped (in place: it is the relay's own decoded copy) with the node it came
+    from and the node each end is on when the direction says so (egress is counted at the source's
+    node, ingress at the destination's)."""
     if not flow.get("node"):
         flow["node"] = node
     if flow.get("direction") == "egress":
@@ -63,13 +66,7 @@ def record(node: str, flow: dict[str, Any]) -> Record:
     elif flow.get("direction") == "ingress":
         flow.setdefault("destination_node", flow["node"])
     tuple5 = five_tuple(flow)
-    return Record(
-        node,
-        flow,
-        (time_us(flow["time"]), node, f"{tuple5}|{flow['direction']}"),
-        tuple5,
-        time_us(flow["start"]),
-    )
+    return Record(node, flow, (time_us(flow["time"]), node, f"{tuple5}|{flow['direction']}"), tuple5)
 
 
 def encode_cursor(pos: Position) -> str:
