@@ -30,6 +30,13 @@ MAP_CIDRS = "lumen_cidrs"
 MAP_POLICY = "lumen_policy"
 MAP_STATS = "lumen_stats"
 MAP_CONFIG = "lumen_config"
+MAP_SLOTS = "lumen_slots"
+MAP_ENDPOINT_GEN = "lumen_endpoint_gen"
+MAP_PODS = "lumen_pods"
+MAP_PAIRS = "lumen_pairs"
+MAP_FLOW_COUNTS = "lumen_flow_counts"
+MAP_DROPS = "lumen_drops"
+MAP_POLICY_COUNTS = "lumen_policy_counts"
 MAP_BATCH = "lumen_batch"
 MAP_EVENTS = "lumen_events"
 #: maps pinned under the pin dir (file name = map name); they survive an agent restart
@@ -42,6 +49,13 @@ PINNED_MAPS = (
     MAP_POLICY,
     MAP_STATS,
     MAP_CONFIG,
+    MAP_SLOTS,
+    MAP_ENDPOINT_GEN,
+    MAP_PODS,
+    MAP_PAIRS,
+    MAP_FLOW_COUNTS,
+    MAP_DROPS,
+    MAP_POLICY_COUNTS,
 )
 ALL_MAPS = (*PINNED_MAPS, MAP_BATCH, MAP_EVENTS)
 
@@ -68,6 +82,21 @@ class Verdict(IntEnum):
 class DropReason(IntEnum):
     NONE = 0
     POLICY_DENIED = 1
+
+
+DROP_MAX = 2  # lumen_drops holds DROP_MAX x 256 protocols
+#: endpoint_key.family of the entry keyed by the pod's host veth ifindex
+EP_BY_IFINDEX = 0
+
+
+def flow_count_index(proto: int, verdict: int, direction: int) -> int:
+    """lumen_flow_counts key of (protocol number, Verdict, Direction), as bpf/lumen.c computes it."""
+    return proto << 3 | (verdict & 3) << 1 | ((direction - 1) & 1)
+
+
+def pair_index(src_slot: int, dst_slot: int, slots: int) -> int:
+    """lumen_pairs key of (source slot, destination slot) with `slots` pod slots."""
+    return src_slot * slots + dst_slot
 
 
 class Aggregation(IntEnum):
@@ -121,6 +150,8 @@ C_ENUMS: dict[str, int] = {
     **{f"LUMEN_EV_{m.name}": m.value for m in EventType},
     **{f"LUMEN_VERDICT_{m.name}": m.value for m in Verdict},
     **{f"LUMEN_DROP_{m.name}": m.value for m in DropReason},
+    "LUMEN_DROP_MAX": DROP_MAX,
+    "LUMEN_EP_BY_IFINDEX": EP_BY_IFINDEX,
     **{f"LUMEN_AGG_{m.name}": m.value for m in Aggregation},
     **{f"LUMEN_STAT_{m.name}": m.value for m in Stat},
     "LUMEN_STAT_MAX": STAT_MAX,
@@ -164,7 +195,10 @@ class FlowStats(ct.Structure):
         ("tick", ct.c_uint32),
         ("fwd_ifindex", ct.c_uint32),
         ("fwd_mac", ct.c_uint8 * 6),
-        ("pad", ct.c_uint8 * 2),
+        ("src_slot", ct.c_uint16),
+        ("dst_slot", ct.c_uint16),
+        ("pad", ct.c_uint16),
+        ("ep_gen", ct.c_uint32),
     ]
 
 
@@ -200,7 +234,7 @@ class EndpointInfo(ct.Structure):
         ("ifindex", ct.c_uint32),
         ("endpoint_id", ct.c_uint32),
         ("mac", ct.c_uint8 * 6),
-        ("pad", ct.c_uint8 * 2),
+        ("slot", ct.c_uint16),
         ("identity", ct.c_uint32),
     ]
 
@@ -238,6 +272,30 @@ class PolicyValue(ct.Structure):
     ]
 
 
+class PodCounters(ct.Structure):
+    _fields_ = [
+        ("endpoint_id", ct.c_uint32),
+        ("pad", ct.c_uint32),
+        ("tx_packets", ct.c_uint64),
+        ("tx_bytes", ct.c_uint64),
+        ("rx_packets", ct.c_uint64),
+        ("rx_bytes", ct.c_uint64),
+    ]
+
+
+class PairCounters(ct.Structure):
+    _fields_ = [("bytes", ct.c_uint64 * 4)]  # by Verdict (index 0 unused)
+
+
+class PolicyCountKey(ct.Structure):
+    _fields_ = [
+        ("policy_id", ct.c_uint32),
+        ("verdict", ct.c_uint8),
+        ("direction", ct.c_uint8),
+        ("pad", ct.c_uint8 * 2),
+    ]
+
+
 class SourceCounters(ct.Structure):
     _fields_ = [("packets", ct.c_uint64), ("bytes", ct.c_uint64)]
 
@@ -265,6 +323,13 @@ PINNED_LAYOUTS: dict[str, tuple[type, type, bool]] = {
     MAP_POLICY: (PolicyKey, PolicyValue, False),
     MAP_STATS: (ct.c_uint32, ct.c_uint64, True),
     MAP_CONFIG: (ct.c_uint32, Config, False),
+    MAP_SLOTS: (ct.c_uint32, ct.c_uint32, False),
+    MAP_ENDPOINT_GEN: (ct.c_uint32, ct.c_uint32, False),
+    MAP_PODS: (ct.c_uint32, PodCounters, True),
+    MAP_PAIRS: (ct.c_uint32, PairCounters, False),
+    MAP_FLOW_COUNTS: (ct.c_uint32, ct.c_uint64, True),
+    MAP_DROPS: (ct.c_uint32, ct.c_uint64, True),
+    MAP_POLICY_COUNTS: (PolicyCountKey, ct.c_uint64, True),
 }
 
 #: C struct name -> Python mirror, for the drift test
@@ -279,6 +344,9 @@ MIRRORS: dict[str, type[ct.Structure]] = {
     "cidr_key": CidrKey,
     "policy_key": PolicyKey,
     "policy_value": PolicyValue,
+    "pod_counters": PodCounters,
+    "pair_counters": PairCounters,
+    "policy_count_key": PolicyCountKey,
 }
 
 
@@ -298,4 +366,11 @@ def endpoint_key(address: str) -> EndpointKey:
     key = EndpointKey()
     ct.memmove(key.addr, packed, 16)
     key.family = family
+    return key
+
+
+def endpoint_key_ifindex(ifindex: int) -> EndpointKey:
+    """The endpoint entry keyed by the pod's host veth (what tc ingress knows of the sender)."""
+    key = EndpointKey(family=EP_BY_IFINDEX)
+    ct.memmove(key.addr, ifindex.to_bytes(4, "little"), 4)
     return key

@@ -14,12 +14,16 @@ BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_OBJ_GET = 7
+BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_MAP_UPDATE_BATCH = 26
+BPF_NOEXIST = 1  # map_update flag: fail with EEXIST if the key is there (an atomic claim)
 _SYSCALL_NR = {"x86_64": 321, "aarch64": 280}
 
 # struct endpoint_key { u8 addr[16]; u8 family; u8 pad[3]; }
 ENDPOINT_KEY = struct.Struct("=16sB3x")
-# struct endpoint_info { u32 ifindex; u32 endpoint_id; u8 mac[6]; u8 pad[2]; u32 identity; }
-ENDPOINT_INFO = struct.Struct("=II6s2xI")
+# struct endpoint_info { u32 ifindex; u32 endpoint_id; u8 mac[6]; u16 slot; u32 identity; }
+ENDPOINT_INFO = struct.Struct("=II6sHI")
+EP_BY_IFINDEX = 0  # endpoint_key.family of the entry keyed by the host veth's ifindex
 IDENTITY_UNMANAGED = 3  # enum lumen_identity: labels unknown at ADD
 
 
@@ -51,11 +55,39 @@ def obj_get(path: str) -> int:
     return fd
 
 
-def map_update(fd: int, key: bytes, value: bytes) -> None:
+def map_update(fd: int, key: bytes, value: bytes, flags: int = 0) -> None:
+    """Raises FileExistsError with BPF_NOEXIST when the key is there."""
     kaddr, kkeep = _ptr(key)
     vaddr, vkeep = _ptr(value)
-    _bpf(BPF_MAP_UPDATE_ELEM, struct.pack("=I4xQQQ", fd, kaddr, vaddr, 0))
+    _bpf(BPF_MAP_UPDATE_ELEM, struct.pack("=I4xQQQ", fd, kaddr, vaddr, flags))
     del kkeep, vkeep
+
+
+def map_update_batch(fd: int, keys: bytes, values: bytes, count: int) -> None:
+    """`count` elements in one call: keys and values packed back to back."""
+    kaddr, kkeep = _ptr(keys)
+    vaddr, vkeep = _ptr(values)
+    _bpf(BPF_MAP_UPDATE_BATCH, struct.pack("=QQQQIIQQ", 0, 0, kaddr, vaddr, count, fd, 0, 0))
+    del kkeep, vkeep
+
+
+def map_max_entries(fd: int) -> int:
+    """max_entries of a map (struct bpf_map_info: type, id, key_size, value_size, max_entries, ...)."""
+    info = bytes(80)
+    iaddr, keep = _ptr(info)
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, struct.pack("=IIQ", fd, len(info), iaddr))
+    import ctypes
+
+    entries = struct.unpack_from("=I", ctypes.string_at(iaddr, len(info)), 16)[0]
+    del keep
+    return int(entries)
+
+
+def possible_cpus() -> int:
+    """How many values a per-CPU map holds per key (the kernel's possible CPUs, e.g. "0-1" or "0,2-3")."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        spans = f.read().strip().split(",")
+    return max(int(span.split("-")[-1]) for span in spans) + 1
 
 
 def map_delete(fd: int, key: bytes) -> bool:
@@ -91,5 +123,13 @@ def endpoint_key(address: str) -> bytes:
     return ENDPOINT_KEY.pack(ip.packed.ljust(16, b"\0"), ip.version)
 
 
-def endpoint_info(ifindex: int, endpoint_id: int, mac: str, identity: int = IDENTITY_UNMANAGED) -> bytes:
-    return ENDPOINT_INFO.pack(ifindex, endpoint_id, bytes(int(b, 16) for b in mac.split(":")), identity)
+def endpoint_key_ifindex(ifindex: int) -> bytes:
+    """The endpoint entry tc ingress finds its sender by: the host veth, whatever source address."""
+    return ENDPOINT_KEY.pack(struct.pack("=I", ifindex), EP_BY_IFINDEX)
+
+
+def endpoint_info(
+    ifindex: int, endpoint_id: int, mac: str, identity: int = IDENTITY_UNMANAGED, slot: int = 0
+) -> bytes:
+    mac_bytes = bytes(int(b, 16) for b in mac.split(":"))
+    return ENDPOINT_INFO.pack(ifindex, endpoint_id, mac_bytes, slot, identity)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from bpf import abi
-from plugin import attach, bpfsys
+from plugin import attach, bpfsys, slots
 
 pytestmark = pytest.mark.bpf
 
@@ -119,10 +119,25 @@ def test_plugin_packs_endpoint_entries_like_the_c(probe):
     assert bpfsys.ENDPOINT_INFO.size == ct.sizeof(probe[b"probe_endpoint_info"].Leaf)
     for ip in ("10.1.2.3", "fd00::7"):
         assert bpfsys.endpoint_key(ip) == bytes(abi.endpoint_key(ip))
-    info = abi.EndpointInfo(ifindex=7, endpoint_id=9, identity=300)
+    info = abi.EndpointInfo(ifindex=7, endpoint_id=9, identity=300, slot=12)
     ct.memmove(info.mac, bytes([0x0A, 0x58, 1, 2, 3, 4]), 6)
-    assert bpfsys.endpoint_info(7, 9, "0a:58:01:02:03:04", 300) == bytes(info)
+    assert bpfsys.endpoint_info(7, 9, "0a:58:01:02:03:04", 300, 12) == bytes(info)
+    assert bpfsys.endpoint_key_ifindex(1234) == bytes(abi.endpoint_key_ifindex(1234))
+    assert bpfsys.EP_BY_IFINDEX == abi.EP_BY_IFINDEX
     assert bpfsys.IDENTITY_UNMANAGED == abi.Identity.UNMANAGED
+
+
+def test_plugin_packs_counter_slots_like_the_c(probe):
+    assert slots.POD_COUNTERS.size == ct.sizeof(probe[b"probe_pod_counters"].Leaf)
+    assert slots.PAIR_COUNTERS_SIZE == ct.sizeof(probe[b"probe_pair_counters"].Leaf)
+    pc = abi.PodCounters(endpoint_id=9, tx_packets=1, tx_bytes=2, rx_packets=3, rx_bytes=4)
+    assert slots.POD_COUNTERS.pack(9, 1, 2, 3, 4) == bytes(pc)
+    assert (slots.PIN_SLOTS, slots.PIN_PODS, slots.PIN_PAIRS, slots.PIN_ENDPOINT_GEN) == (
+        abi.MAP_SLOTS,
+        abi.MAP_PODS,
+        abi.MAP_PAIRS,
+        abi.MAP_ENDPOINT_GEN,
+    )
 
 
 def test_pin_names_agree_between_agent_and_plugin():
