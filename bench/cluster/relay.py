@@ -165,9 +165,11 @@ def main() -> int:
     ):
         xs = series[key]
         print(
-            f"  {what:<28} p50 {statistics.median(xs) * 1e3:7.2f} ms  p90 {quantile(xs, 0.9) * 1e3:7.2f} ms"
+            f"  {what:<28} p50 {statistics.median(xs) * 1e3:7.2f} ms  p90 {quantile(xs, 0.9) * 1e3:7.2f} ms  "
+            f"min {min(xs) * 1e3:6.2f} ms"
         )
-    print("  (the agents share these CPUs: the last line is the floor of a fan-out on this machine)")
+    print("  (the agents share these CPUs: the last line is the floor of a fan-out on this machine; each hop")
+    print("   through another process waits for a CPU, which min leaves out)")
     print(f"  CPU per request: agent {cpu['agent'] / n * 1e3:.2f} ms, relay over {args.agents} "
           f"{cpu['relay'] / n * 1e3:.2f} ms (/proc, summed over {n})")  # fmt: skip
     med = {k: statistics.median(v) for k, v in series.items()}
