@@ -1,7 +1,9 @@
-"""Python mirrors of bpf/include/types.h and the map names of bpf/include/maps.h.
+"""Python mirrors of bpf/include/types.h, and the map and program names of bpf/include/maps.h and
+bpf/lumen.c (defined in plugin/pinned.py, which the plugin imports without ctypes or enum).
 
-The single place outside C that knows the binary layout. tests/unit/test_abi.py compiles the C with bcc
-and fails when an offset, a size, an enum value or a map name here drifts from what was compiled.
+The single place outside C that knows the binary layout (plugin/pinned.py packs the endpoint entries).
+tests/unit/test_abi.py compiles the C with bcc and fails when an offset, a size, an enum value or a map
+name here drifts from what was compiled.
 """
 
 from __future__ import annotations
@@ -11,39 +13,30 @@ import ipaddress
 from enum import IntEnum
 from pathlib import Path
 
+# Program, pin and map names live with the plugin, which opens the pins without importing this module;
+# re-exported here, where the agent looks them up.
+from plugin import pinned
+from plugin.pinned import (  # noqa: F401
+    ALL_MAPS,
+    MAP_BATCH,
+    MAP_CIDRS,
+    MAP_CONFIG,
+    MAP_ENDPOINTS,
+    MAP_EVENTS,
+    MAP_FLOWS,
+    MAP_IPCACHE,
+    MAP_POLICY,
+    MAP_SOURCES,
+    MAP_STATS,
+    PINNED_MAPS,
+    PROG_EGRESS,
+    PROG_INGRESS,
+    PROG_PINS,
+)
+
 BPF_DIR = Path(__file__).resolve().parent
 SOURCE = BPF_DIR / "lumen.c"
 INCLUDE_DIR = BPF_DIR / "include"
-
-# Entry points (bpf/lumen.c) and where each attaches on the host veth.
-PROG_INGRESS = "lumen_ingress"  # tc ingress: packets leaving the pod
-PROG_EGRESS = "lumen_egress"  # tc egress: packets entering the pod
-
-#: program name -> pin file name (bpffs names cannot contain dots); the plugin opens these at ADD
-PROG_PINS = {PROG_INGRESS: "prog_lumen_ingress", PROG_EGRESS: "prog_lumen_egress"}
-
-MAP_FLOWS = "lumen_flows"
-MAP_SOURCES = "lumen_sources"
-MAP_ENDPOINTS = "lumen_endpoints"
-MAP_IPCACHE = "lumen_ipcache"
-MAP_CIDRS = "lumen_cidrs"
-MAP_POLICY = "lumen_policy"
-MAP_STATS = "lumen_stats"
-MAP_CONFIG = "lumen_config"
-MAP_BATCH = "lumen_batch"
-MAP_EVENTS = "lumen_events"
-#: maps pinned under the pin dir (file name = map name); they survive an agent restart
-PINNED_MAPS = (
-    MAP_FLOWS,
-    MAP_SOURCES,
-    MAP_ENDPOINTS,
-    MAP_IPCACHE,
-    MAP_CIDRS,
-    MAP_POLICY,
-    MAP_STATS,
-    MAP_CONFIG,
-)
-ALL_MAPS = (*PINNED_MAPS, MAP_BATCH, MAP_EVENTS)
 
 
 class Direction(IntEnum):
@@ -294,8 +287,5 @@ def addr_str(raw: bytes | ct.Array, family: int) -> str:  # type: ignore[type-ar
 
 
 def endpoint_key(address: str) -> EndpointKey:
-    packed, family = addr_bytes(address)
-    key = EndpointKey()
-    ct.memmove(key.addr, packed, 16)
-    key.family = family
-    return key
+    """The lumen_endpoints (and lumen_ipcache) key of an address, packed by plugin/pinned.py."""
+    return EndpointKey.from_buffer_copy(pinned.endpoint_key(address))

@@ -23,7 +23,7 @@ from bpf import abi
 from bpf.abi import PROG_PINS
 from bpf.maps import Map, RingBuffer, obj_get
 from exporter.policy.compiler import Compiled, network_key
-from plugin import endpoint
+from plugin import endpoint, pinned
 from plugin.netlink import Netlink
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,14 +189,13 @@ class Datapath:
         """Change the identity of a local pod's endpoint entries (its labels changed or became known)."""
         table = self._map(abi.MAP_ENDPOINTS)
         for ip in ips:
-            key = abi.endpoint_key(ip)
+            key = pinned.endpoint_key(ip)
             try:
-                info = abi.EndpointInfo.from_buffer_copy(bytes(table[key]))
+                value = bytes(table[key])
             except KeyError:
                 continue
-            if info.identity != identity:
-                info.identity = identity
-                table[key] = info
+            if pinned.endpoint_identity(value) != identity:
+                table[key] = pinned.with_identity(value, identity)
 
     def endpoint_identities(self) -> dict[str, int]:
         return {
@@ -232,10 +231,9 @@ class Datapath:
         self, ips: list[str], ifindex: int, endpoint_id: int, mac: str, identity: int = abi.Identity.UNMANAGED
     ) -> None:
         table = self._map(abi.MAP_ENDPOINTS)
-        info = abi.EndpointInfo(ifindex=ifindex, endpoint_id=endpoint_id, identity=identity)
-        ct.memmove(info.mac, bytes(int(b, 16) for b in mac.split(":")), 6)
+        value = pinned.endpoint_info(ifindex, endpoint_id, mac, identity)
         for ip in ips:
-            table[abi.endpoint_key(ip)] = info
+            table[pinned.endpoint_key(ip)] = value
 
     def sync_endpoints(self, state_dir: str) -> list[int]:
         """Attach to every ready pod veth of the endpoint records (pods added while no agent ran, and

@@ -9,11 +9,19 @@ import os
 
 from plugin import bpfsys, jsonio
 from plugin.netlink import Netlink
+from plugin.pinned import (
+    IDENTITY_UNMANAGED,
+    MAP_ENDPOINTS,
+    PROG_EGRESS,
+    PROG_INGRESS,
+    PROG_PINS,
+    endpoint_info,
+    endpoint_key,
+)
 
-# Pin names (bpf/abi.py is the source of truth; tests/unit/test_abi.py checks these match).
-PIN_PROG_INGRESS = "prog_lumen_ingress"
-PIN_PROG_EGRESS = "prog_lumen_egress"
-PIN_ENDPOINTS = "lumen_endpoints"
+PIN_PROG_INGRESS = PROG_PINS[PROG_INGRESS]
+PIN_PROG_EGRESS = PROG_PINS[PROG_EGRESS]
+PIN_ENDPOINTS = MAP_ENDPOINTS  # maps are pinned under their own name
 # Written by the agent (exporter/identities.py) before pods start: {"pods": {"ns/name": id},
 # "namespaces": {"ns": id}}. Read here so a pod's identity is in the map before its first packet.
 IDENTITIES_FILE = "identities.json"
@@ -26,8 +34,8 @@ def pod_identity(state_dir: str, namespace: str, pod: str) -> int:
             data = jsonio.loads(f.read())
         ident = data["pods"].get(f"{namespace}/{pod}") or data["namespaces"].get(namespace)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return bpfsys.IDENTITY_UNMANAGED
-    return ident if isinstance(ident, int) and ident > 0 else bpfsys.IDENTITY_UNMANAGED
+        return IDENTITY_UNMANAGED
+    return ident if isinstance(ident, int) and ident > 0 else IDENTITY_UNMANAGED
 
 
 def pinned(pin_dir: str) -> bool:
@@ -47,13 +55,13 @@ def attach_endpoint(
         for name in (PIN_PROG_INGRESS, PIN_PROG_EGRESS, PIN_ENDPOINTS):
             fds.append(bpfsys.obj_get(os.path.join(pin_dir, name)))
         prog_in, prog_eg, endpoints = fds
-        value = bpfsys.endpoint_info(host_ifindex, endpoint_id, mac, identity)
+        value = endpoint_info(host_ifindex, endpoint_id, mac, identity)
         for ip in ips:
-            bpfsys.map_update(endpoints, bpfsys.endpoint_key(ip), value)
+            bpfsys.map_update(endpoints, endpoint_key(ip), value)
         with Netlink() as nl:
             nl.tc_clsact_add(host_ifindex)
-            nl.tc_bpf_attach(host_ifindex, "ingress", prog_in, "lumen_ingress")
-            nl.tc_bpf_attach(host_ifindex, "egress", prog_eg, "lumen_egress")
+            nl.tc_bpf_attach(host_ifindex, "ingress", prog_in, PROG_INGRESS)
+            nl.tc_bpf_attach(host_ifindex, "egress", prog_eg, PROG_EGRESS)
     finally:
         for fd in fds:
             os.close(fd)
@@ -68,6 +76,6 @@ def detach_endpoint(pin_dir: str, ips: list[str]) -> None:
     fd = bpfsys.obj_get(path)
     try:
         for ip in ips:
-            bpfsys.map_delete(fd, bpfsys.endpoint_key(ip))
+            bpfsys.map_delete(fd, endpoint_key(ip))
     finally:
         os.close(fd)
