@@ -53,6 +53,13 @@ class AgentConfig:
     plugin_socket: str | None = None  # serve the plugin's handed-over calls here
     policy_dirs: list[str] = field(default_factory=lambda: ["/etc/lumen/policies"])
     policy_audit: bool = False  # every policy drop becomes an AUDIT verdict (forwarded)
+    # the cluster network (exporter/network.py): routes to other nodes' pods, masquerade
+    routing_mode: str = "direct"  # or "vxlan"
+    vxlan_device: str = "lumen-vxlan"
+    vxlan_vni: int = 1
+    vxlan_port: int = 8472
+    masquerade: bool = True
+    non_masquerade: list[str] = field(default_factory=list)
 
 
 class Agent:
@@ -88,6 +95,7 @@ class Agent:
         self._plugin_attached: set[int] = set()
         self.enforcer: Any = None
         self.policy_names: dict[int, str] = {}
+        self.network: Any = None
 
     def _retired_path(self) -> str:
         return os.path.join(self.cfg.state_dir, RETIRED_FILE)
@@ -131,6 +139,11 @@ class Agent:
             audit=self.cfg.policy_audit,
         )
         self.policy_names = self.enforcer.policy_names
+        if self.kube is None:
+            from exporter.enrich import ManifestLabels
+
+            self.directory.label_source = ManifestLabels(lambda: self.enforcer.manifests)
+        self.network = self._node_network()
         self.decoder = Decoder(self.directory, self.cfg.node, self.policy_names)
         self.source = DatapathSource(self.dp)
         self.registry.register(
@@ -146,6 +159,8 @@ class Agent:
         self._sync_endpoints()
         # identities and policy maps before the plugin server takes its first ADD
         self.enforcer.sync()
+        self.directory.set_remote(self.enforcer.remote_pods)
+        self.network.sync(force=True)
         log.info(
             "datapath loaded",
             extra={
@@ -163,6 +178,27 @@ class Agent:
             t = threading.Thread(target=target, name=target.__name__, daemon=True)
             t.start()
             self._threads.append(t)
+
+    def _node_network(self) -> Any:
+        """Routes, VXLAN and masquerade from the node list: the API server's Nodes in a cluster, else
+        the `Node` manifests of the policy directories."""
+        from exporter.masquerade import Masquerade, table_exists
+        from exporter.network import NodeNetwork
+        from exporter.nodes import KubeNodes
+        from exporter.routing import RoutingConfig
+
+        cfg = self.cfg
+        routing = RoutingConfig(cfg.node, cfg.routing_mode, cfg.vxlan_device, cfg.vxlan_vni, cfg.vxlan_port)
+        nodes: Any = lambda: self.enforcer.manifests.nodes  # noqa: E731
+        if self.kube is not None:
+            kube_nodes = KubeNodes()
+            kube_nodes.start()
+            nodes = kube_nodes.nodes
+        masq = Masquerade(non_masquerade=cfg.non_masquerade) if cfg.masquerade else None
+        if masq is None and table_exists():
+            Masquerade().remove()  # switched off: our table goes, whole
+            log.info("egress masquerade off: Lumen's nftables table removed")
+        return NodeNetwork(routing, nodes, masq)
 
     def stop(self) -> None:
         self._stop.set()
@@ -218,6 +254,8 @@ class Agent:
             try:
                 self._sync_endpoints()
                 self.enforcer.sync()
+                self.directory.set_remote(self.enforcer.remote_pods)
+                self.network.sync()
                 self.retired.forget_endpoints({p.endpoint_id for p in self.directory.pods})
                 self.decoder.sync_clock()
                 if time.monotonic() - last_sweep >= min(self.cfg.idle_timeout_s / 2, 10.0):
@@ -291,6 +329,19 @@ class Agent:
             self.retired.save(self._retired_path())
         except OSError as exc:
             log.warning("cannot save retired flow totals", extra={"error": str(exc)})
+
+    def _network_status(self) -> dict[str, Any]:
+        if self.network is None:
+            return {}
+        st = self.network.status
+        return {
+            "mode": self.cfg.routing_mode,
+            "masquerade": self.cfg.masquerade,
+            "nodes": st.nodes,
+            "routes": st.routes,
+            "problems": st.problems,
+            "error": st.error,
+        }
 
     # -- api.AgentView ---------------------------------------------------------------------------
 
@@ -381,5 +432,6 @@ class Agent:
                 "poll_lag_s": round(self.health.poll_lag_seconds, 6),
             },
             "otel": self.tracer is not None,
+            "network": self._network_status(),
             "endpoints": self.endpoints(),
         }

@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +63,8 @@ class EndpointDirectory:
         self.by_id: dict[int, Pod] = {}
         self.pods: list[Pod] = []
         self.generation = 0  # bumped on every reload: decoders drop what they cached
+        #: pods on other nodes by address (the enforcer's index): names the far end of cross-node flows
+        self.remote: Mapping[str, Any] = {}
         self.refresh()
 
     def refresh(self, force: bool = False) -> bool:
@@ -102,6 +104,12 @@ class EndpointDirectory:
                     pod = self.by_id.get(endpoint_id) or self.by_ip.get(ip)
         return pod
 
+    def set_remote(self, remote: Mapping[str, Any]) -> None:
+        """Replace the remote pods (exporter.nodes.RemotePod by address); decoders re-name on a change."""
+        if remote != self.remote:
+            self.remote = remote
+            self.generation += 1
+
     def labels(self, pod: Pod) -> Mapping[str, str]:
         return self.label_source.labels(pod.namespace, pod.pod)
 
@@ -127,6 +135,18 @@ def _pod(rec: dict[str, Any]) -> Pod | None:
         return None
 
 
+class ManifestLabels(LabelSource):
+    """Outside a cluster: pod labels from the `Pod` manifests of the policy directories (the same ones
+    policy selects on), so local pods' flows carry the labels remote ones get."""
+
+    def __init__(self, manifests: Callable[[], Any]) -> None:
+        self._manifests = manifests
+
+    def labels(self, namespace: str, pod: str) -> Mapping[str, str]:
+        m = self._manifests().pods.get(f"{namespace}/{pod}")
+        return m.labels if m is not None and m.labels else NO_LABELS
+
+
 class KubeLabels(LabelSource):
     """Watches the pods of this node, all namespaces and all NetworkPolicies: pod labels (plus namespace
     labels as `namespace.<key>`) for flows, and exporter.enforcer.ClusterSource for policy. Reconnects
@@ -140,6 +160,7 @@ class KubeLabels(LabelSource):
         self._audit: dict[str, bool] = {}
         self._policies: dict[str, Any] = {}
         self._remote: dict[tuple[str, str], tuple[dict[str, str], tuple[Any, ...], tuple[str, ...]]] = {}
+        self._remote_node: dict[tuple[str, str], str] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -185,7 +206,7 @@ class KubeLabels(LabelSource):
     def on_pod_event(self, kind: str, meta: Any, node: str | None, ips: list[str], obj: Any = None) -> None:
         key = (meta.namespace, meta.name)
         if kind == "DELETED":
-            for table in (self._pods, self._ports, self._remote):
+            for table in (self._pods, self._ports, self._remote, self._remote_node):
                 table.pop(key, None)
             return
         labels = dict(meta.labels or {})
@@ -196,11 +217,16 @@ class KubeLabels(LabelSource):
             self._remote.pop(key, None)
         else:
             self._remote[key] = (labels, ports, tuple(ips))
+            self._remote_node[key] = node or ""
             self._pods.pop(key, None)
 
     def remote_pods(self) -> list[tuple[str, str, Mapping[str, str], tuple[Any, ...], tuple[str, ...]]]:
         """(namespace, name, labels, container ports, IPs) of pods on other nodes."""
         return [(ns, name, *v) for (ns, name), v in list(self._remote.items())]
+
+    def node_of(self, namespace: str, name: str) -> str:
+        """The node a remote pod runs on ("" if unknown)."""
+        return self._remote_node.get((namespace, name), "")
 
     def _watch_namespaces(self) -> None:
         from kubernetes import client, watch  # type: ignore[import-not-found]

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from bpf import abi
 from exporter.enrich import EndpointDirectory
-from exporter.flows import Endpoint, Flow, FlowKey
+from exporter.flows import NO_LABELS, Endpoint, Flow, FlowKey
 from exporter.metrics import FlowTotals
 
 PROTOCOL_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP"}
@@ -107,8 +107,11 @@ class Decoder:
     def _endpoint(self, ep_id: int, ip: str, port: int) -> Endpoint:
         pod = self.directory.lookup(ep_id, ip)
         if pod is None:
-            return Endpoint(ip, port)
-        return Endpoint(ip, port, pod.namespace, pod.pod, self.directory.labels(pod))
+            far = self.directory.remote.get(ip)  # a pod on another node
+            if far is None:
+                return Endpoint(ip, port)
+            return Endpoint(ip, port, far.namespace, far.name, far.labels or NO_LABELS, far.node)
+        return Endpoint(ip, port, pod.namespace, pod.pod, self.directory.labels(pod), self.node)
 
     def flow(self, buf: Any) -> Flow:
         """Decode one flow_event (bytes, memoryview or abi.FlowEvent)."""
