@@ -27,8 +27,9 @@ lint: setup ## ruff lint + format check, mypy on the pure modules
 cni-bin: ## Install the CNI plugin executable `lumen` into DEST (default /opt/cni/bin)
 	@bash scripts/install-cni.sh "$(DEST)"
 
-bench: setup ## Run the benchmarks (bench/cni, bench/datapath with policy scaling, bench/pipeline)
-	@for s in bench/cni/run.py bench/datapath/run.py bench/datapath/policy.py bench/pipeline/run.py; do \
+bench: setup ## Run the benchmarks (bench/cni, bench/datapath with policy scaling, bench/pipeline, bench/cluster)
+	@for s in bench/cni/run.py bench/datapath/run.py bench/datapath/policy.py bench/pipeline/run.py \
+		bench/cluster/run.py bench/cluster/relay.py; do \
 		[ -f $$s ] && $(PY) $$s; done; true
 
 .PHONY: help setup demo test test-unit lint cni-bin bench

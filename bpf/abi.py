@@ -18,14 +18,22 @@ from pathlib import Path
 from plugin import pinned
 from plugin.pinned import (  # noqa: F401
     ALL_MAPS,
+    EP_BY_IFINDEX,
     MAP_BATCH,
     MAP_CIDRS,
     MAP_CONFIG,
+    MAP_DROPS,
+    MAP_ENDPOINT_GEN,
     MAP_ENDPOINTS,
     MAP_EVENTS,
+    MAP_FLOW_COUNTS,
     MAP_FLOWS,
     MAP_IPCACHE,
+    MAP_PAIRS,
+    MAP_PODS,
     MAP_POLICY,
+    MAP_POLICY_COUNTS,
+    MAP_SLOTS,
     MAP_SOURCES,
     MAP_STATS,
     PINNED_MAPS,
@@ -61,6 +69,19 @@ class Verdict(IntEnum):
 class DropReason(IntEnum):
     NONE = 0
     POLICY_DENIED = 1
+
+
+DROP_MAX = 2  # lumen_drops holds DROP_MAX x 256 protocols
+
+
+def flow_count_index(proto: int, verdict: int, direction: int) -> int:
+    """lumen_flow_counts key of (protocol number, Verdict, Direction), as bpf/lumen.c computes it."""
+    return proto << 3 | (verdict & 3) << 1 | ((direction - 1) & 1)
+
+
+def pair_index(src_slot: int, dst_slot: int, slots: int) -> int:
+    """lumen_pairs key of (source slot, destination slot) with `slots` pod slots."""
+    return src_slot * slots + dst_slot
 
 
 class Aggregation(IntEnum):
@@ -114,6 +135,8 @@ C_ENUMS: dict[str, int] = {
     **{f"LUMEN_EV_{m.name}": m.value for m in EventType},
     **{f"LUMEN_VERDICT_{m.name}": m.value for m in Verdict},
     **{f"LUMEN_DROP_{m.name}": m.value for m in DropReason},
+    "LUMEN_DROP_MAX": DROP_MAX,
+    "LUMEN_EP_BY_IFINDEX": EP_BY_IFINDEX,
     **{f"LUMEN_AGG_{m.name}": m.value for m in Aggregation},
     **{f"LUMEN_STAT_{m.name}": m.value for m in Stat},
     "LUMEN_STAT_MAX": STAT_MAX,
@@ -157,7 +180,10 @@ class FlowStats(ct.Structure):
         ("tick", ct.c_uint32),
         ("fwd_ifindex", ct.c_uint32),
         ("fwd_mac", ct.c_uint8 * 6),
-        ("pad", ct.c_uint8 * 2),
+        ("src_slot", ct.c_uint16),
+        ("dst_slot", ct.c_uint16),
+        ("pad", ct.c_uint16),
+        ("ep_gen", ct.c_uint32),
     ]
 
 
@@ -193,7 +219,7 @@ class EndpointInfo(ct.Structure):
         ("ifindex", ct.c_uint32),
         ("endpoint_id", ct.c_uint32),
         ("mac", ct.c_uint8 * 6),
-        ("pad", ct.c_uint8 * 2),
+        ("slot", ct.c_uint16),
         ("identity", ct.c_uint32),
     ]
 
@@ -231,6 +257,30 @@ class PolicyValue(ct.Structure):
     ]
 
 
+class PodCounters(ct.Structure):
+    _fields_ = [
+        ("endpoint_id", ct.c_uint32),
+        ("pad", ct.c_uint32),
+        ("tx_packets", ct.c_uint64),
+        ("tx_bytes", ct.c_uint64),
+        ("rx_packets", ct.c_uint64),
+        ("rx_bytes", ct.c_uint64),
+    ]
+
+
+class PairCounters(ct.Structure):
+    _fields_ = [("bytes", ct.c_uint64 * 4)]  # by Verdict (index 0 unused)
+
+
+class PolicyCountKey(ct.Structure):
+    _fields_ = [
+        ("policy_id", ct.c_uint32),
+        ("verdict", ct.c_uint8),
+        ("direction", ct.c_uint8),
+        ("pad", ct.c_uint8 * 2),
+    ]
+
+
 class SourceCounters(ct.Structure):
     _fields_ = [("packets", ct.c_uint64), ("bytes", ct.c_uint64)]
 
@@ -258,6 +308,13 @@ PINNED_LAYOUTS: dict[str, tuple[type, type, bool]] = {
     MAP_POLICY: (PolicyKey, PolicyValue, False),
     MAP_STATS: (ct.c_uint32, ct.c_uint64, True),
     MAP_CONFIG: (ct.c_uint32, Config, False),
+    MAP_SLOTS: (ct.c_uint32, ct.c_uint32, False),
+    MAP_ENDPOINT_GEN: (ct.c_uint32, ct.c_uint32, False),
+    MAP_PODS: (ct.c_uint32, PodCounters, True),
+    MAP_PAIRS: (ct.c_uint32, PairCounters, False),
+    MAP_FLOW_COUNTS: (ct.c_uint32, ct.c_uint64, True),
+    MAP_DROPS: (ct.c_uint32, ct.c_uint64, True),
+    MAP_POLICY_COUNTS: (PolicyCountKey, ct.c_uint64, True),
 }
 
 #: C struct name -> Python mirror, for the drift test
@@ -272,6 +329,9 @@ MIRRORS: dict[str, type[ct.Structure]] = {
     "cidr_key": CidrKey,
     "policy_key": PolicyKey,
     "policy_value": PolicyValue,
+    "pod_counters": PodCounters,
+    "pair_counters": PairCounters,
+    "policy_count_key": PolicyCountKey,
 }
 
 
@@ -289,3 +349,8 @@ def addr_str(raw: bytes | ct.Array, family: int) -> str:  # type: ignore[type-ar
 def endpoint_key(address: str) -> EndpointKey:
     """The lumen_endpoints (and lumen_ipcache) key of an address, packed by plugin/pinned.py."""
     return EndpointKey.from_buffer_copy(pinned.endpoint_key(address))
+
+
+def endpoint_key_ifindex(ifindex: int) -> EndpointKey:
+    """The endpoint entry keyed by the pod's host veth (what tc ingress knows of the sender)."""
+    return EndpointKey.from_buffer_copy(pinned.endpoint_key_ifindex(ifindex))

@@ -31,8 +31,9 @@ def _pin_replace(fd: int, path: str) -> None:
     os.replace(tmp, path)
 
 
-#: pinned map -> the -D flag that sizes it (bpf/loader.py DatapathConfig.cflags passes each), or a size
-MAP_SIZES: dict[str, str | int] = {
+#: pinned map -> the -D flag that sizes it (bpf/loader.py DatapathConfig.cflags passes each), a fixed
+#: size, or (flag, power): lumen_pairs holds a counter per (source slot, destination slot)
+MAP_SIZES: dict[str, str | int | tuple[str, int]] = {
     abi.MAP_FLOWS: "LUMEN_FLOW_TABLE_SIZE",
     abi.MAP_SOURCES: "LUMEN_SOURCE_TABLE_SIZE",
     abi.MAP_ENDPOINTS: "LUMEN_ENDPOINT_TABLE_SIZE",
@@ -41,6 +42,13 @@ MAP_SIZES: dict[str, str | int] = {
     abi.MAP_POLICY: "LUMEN_POLICY_MAP_SIZE",
     abi.MAP_STATS: abi.STAT_MAX,
     abi.MAP_CONFIG: 1,
+    abi.MAP_SLOTS: "LUMEN_POD_SLOTS",
+    abi.MAP_ENDPOINT_GEN: 1,
+    abi.MAP_PODS: "LUMEN_POD_SLOTS",
+    abi.MAP_PAIRS: ("LUMEN_POD_SLOTS", 2),
+    abi.MAP_FLOW_COUNTS: 256 << 3,
+    abi.MAP_DROPS: abi.DROP_MAX << 8,
+    abi.MAP_POLICY_COUNTS: "LUMEN_POLICY_COUNT_SIZE",
 }
 
 
@@ -53,7 +61,11 @@ def expected_layouts(cflags: list[str]) -> dict[str, tuple[int, int, int]]:
     out = {}
     for name, (key, value, _) in abi.PINNED_LAYOUTS.items():
         size = MAP_SIZES[name]
-        out[name] = (ct.sizeof(key), ct.sizeof(value), int(flags[size]) if isinstance(size, str) else size)
+        if isinstance(size, tuple):
+            entries = int(flags[size[0]]) ** size[1]
+        else:
+            entries = int(flags[size]) if isinstance(size, str) else size
+        out[name] = (ct.sizeof(key), ct.sizeof(value), entries)
     return out
 
 

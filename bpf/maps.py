@@ -9,6 +9,7 @@ Values of per-CPU maps are lists with one entry per possible CPU, as bcc returns
 from __future__ import annotations
 
 import ctypes as ct
+import errno
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -108,3 +109,18 @@ class Map:
                 yield self.Key.from_buffer_copy(kb, i * ksize), self._unpack(vb, i * vsize)
             if token is None:
                 return
+
+    def raw_values(self, start: int, count: int) -> bytes:
+        """Values of array keys start .. start+count-1, back to back (per-CPU: each key's CPUs in turn,
+        8-byte aligned), in one BPF_MAP_LOOKUP_BATCH per 4096 keys, without a Python object per key."""
+        out = []
+        while count > 0:
+            chunk = min(count, 4096)
+            after = (start - 1).to_bytes(4, "little") if start else None  # the batch starts after `after`
+            _, values, got, _ = bpfsys.map_lookup_batch(self.fd, after, 4, self._vsize, chunk)
+            if got != chunk:
+                raise OSError(errno.EIO, f"batch lookup in {self.path}: {got} of {chunk} values")
+            out.append(values)
+            start += chunk
+            count -= chunk
+        return b"".join(out)

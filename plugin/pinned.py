@@ -23,6 +23,13 @@ MAP_CIDRS = "lumen_cidrs"
 MAP_POLICY = "lumen_policy"
 MAP_STATS = "lumen_stats"
 MAP_CONFIG = "lumen_config"
+MAP_SLOTS = "lumen_slots"
+MAP_ENDPOINT_GEN = "lumen_endpoint_gen"
+MAP_PODS = "lumen_pods"
+MAP_PAIRS = "lumen_pairs"
+MAP_FLOW_COUNTS = "lumen_flow_counts"
+MAP_DROPS = "lumen_drops"
+MAP_POLICY_COUNTS = "lumen_policy_counts"
 MAP_BATCH = "lumen_batch"
 MAP_EVENTS = "lumen_events"
 #: maps pinned under the pin dir (file name = map name); they survive an agent restart
@@ -35,13 +42,21 @@ PINNED_MAPS = (
     MAP_POLICY,
     MAP_STATS,
     MAP_CONFIG,
+    MAP_SLOTS,
+    MAP_ENDPOINT_GEN,
+    MAP_PODS,
+    MAP_PAIRS,
+    MAP_FLOW_COUNTS,
+    MAP_DROPS,
+    MAP_POLICY_COUNTS,
 )
 ALL_MAPS = (*PINNED_MAPS, MAP_BATCH, MAP_EVENTS)
 
 # struct endpoint_key { u8 addr[16]; u8 family; u8 pad[3]; }
 ENDPOINT_KEY = struct.Struct("=16sB3x")
-# struct endpoint_info { u32 ifindex; u32 endpoint_id; u8 mac[6]; u8 pad[2]; u32 identity; }
-ENDPOINT_INFO = struct.Struct("=II6s2xI")
+# struct endpoint_info { u32 ifindex; u32 endpoint_id; u8 mac[6]; u16 slot; u32 identity; }
+ENDPOINT_INFO = struct.Struct("=II6sHI")
+EP_BY_IFINDEX = 0  # endpoint_key.family of the entry keyed by the host veth's ifindex
 IDENTITY_UNMANAGED = 3  # enum lumen_identity: labels unknown at ADD
 
 
@@ -53,11 +68,19 @@ def endpoint_key(address: str) -> bytes:
     return ENDPOINT_KEY.pack(ip.packed.ljust(16, b"\0"), ip.version)
 
 
-def endpoint_info(ifindex: int, endpoint_id: int, mac: str, identity: int = IDENTITY_UNMANAGED) -> bytes:
+def endpoint_key_ifindex(ifindex: int) -> bytes:
+    """The endpoint entry tc ingress finds its sender by: the host veth, whatever source address."""
+    return ENDPOINT_KEY.pack(struct.pack("=I", ifindex), EP_BY_IFINDEX)
+
+
+def endpoint_info(
+    ifindex: int, endpoint_id: int, mac: str, identity: int = IDENTITY_UNMANAGED, slot: int = 0
+) -> bytes:
     """The lumen_endpoints value: where the pod is (host veth ifindex), who it is (endpoint id, policy
-    identity) and its MAC (the redirect target's, `aa:bb:..`; empty when unknown)."""
+    identity), its MAC (the redirect target's, `aa:bb:..`; empty when unknown) and its counter slot
+    (plugin/slots.py; 0: none)."""
     raw = bytes(int(b, 16) for b in mac.split(":")) if mac else b""
-    return ENDPOINT_INFO.pack(ifindex, endpoint_id, raw, identity)
+    return ENDPOINT_INFO.pack(ifindex, endpoint_id, raw, slot, identity)
 
 
 def endpoint_identity(value: bytes) -> int:

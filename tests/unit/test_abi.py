@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from bpf import abi
-from plugin import pinned
+from plugin import pinned, slots
 
 pytestmark = pytest.mark.bpf
 
@@ -121,8 +121,17 @@ def test_plugin_packs_endpoint_entries_like_the_c(probe):
     for ip in ("10.1.2.3", "fd00::7"):
         key = abi.EndpointKey.from_buffer_copy(pinned.endpoint_key(ip))
         assert abi.addr_str(key.addr, key.family) == ip
-    info = abi.EndpointInfo(ifindex=7, endpoint_id=9, identity=300)
+    info = abi.EndpointInfo(ifindex=7, endpoint_id=9, identity=300, slot=12)
     ct.memmove(info.mac, bytes([0x0A, 0x58, 1, 2, 3, 4]), 6)
-    assert pinned.endpoint_info(7, 9, "0a:58:01:02:03:04", 300) == bytes(info)
-    assert pinned.with_identity(bytes(info), 301) == pinned.endpoint_info(7, 9, "0a:58:01:02:03:04", 301)
+    assert pinned.endpoint_info(7, 9, "0a:58:01:02:03:04", 300, 12) == bytes(info)
+    assert pinned.with_identity(bytes(info), 301) == pinned.endpoint_info(7, 9, "0a:58:01:02:03:04", 301, 12)
+    key = abi.EndpointKey.from_buffer_copy(pinned.endpoint_key_ifindex(1234))
+    assert (key.family, bytes(key.addr)[:4]) == (abi.EP_BY_IFINDEX, (1234).to_bytes(4, "little"))
     assert pinned.IDENTITY_UNMANAGED == abi.Identity.UNMANAGED
+
+
+def test_plugin_packs_counter_slots_like_the_c(probe):
+    assert slots.POD_COUNTERS.size == ct.sizeof(probe[b"probe_pod_counters"].Leaf)
+    assert slots.PAIR_COUNTERS_SIZE == ct.sizeof(probe[b"probe_pair_counters"].Leaf)
+    pc = abi.PodCounters(endpoint_id=9, tx_packets=1, tx_bytes=2, rx_packets=3, rx_bytes=4)
+    assert slots.POD_COUNTERS.pack(9, 1, 2, 3, 4) == bytes(pc)

@@ -208,6 +208,17 @@ def test_lumen_observe_through_the_relay_says_which_nodes_are_missing(three):
     assert "flows of 1 node(s) missing, not reachable: n9: cannot connect" in out.stderr
 
 
+def test_lumen_status_through_the_relay_lists_every_node(three):
+    dead = Target("n9", f"http://127.0.0.1:{free_port()}")
+    with relay([*targets(three), dead]) as r:
+        out = run_cli("status", "--server", r.url)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("Relay:       3/4 agents answer")
+    assert "n1" in lines[1] and "ready  5/10000 flows, 1 endpoints" in lines[1]
+    assert lines[4].split()[:2] == ["n9", "UNREACHABLE"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
