@@ -78,7 +78,7 @@ class Relay:
             for r in await asyncio.gather(*(self._flows_of(t, base, ask) for t in todo)):
                 results[r.target.name] = r
             self.fanout.metrics.fanout.labels("/api/flows").observe(time.perf_counter() - started)
-            page = merge.merge_page(self._answers(results, ask), limit, after, self.pair)
+            page = self._merge(results, ask, limit, after)
             if not page.short:
                 break
             todo = [t for t in targets if self._truncated(results[t.name], ask[t.name])]
@@ -93,7 +93,7 @@ class Relay:
                     ask[t.name] = 0
                 for r in await asyncio.gather(*(self._flows_of(t, base, ask) for t in todo)):
                     results[r.target.name] = r
-                page = merge.merge_page(self._answers(results, ask), limit, after, self.pair)
+                page = self._merge(results, ask, limit, after)
         ok = [r.data for r in results.values() if r.error is None]
         return {
             "flows": list(reversed(page.rows)),
@@ -110,9 +110,23 @@ class Relay:
         if r.status == 400 and ask[t.name] and "limit" in (r.error or ""):
             ask[t.name] = 0  # asked for more than the agent holds: then everything it holds is the answer
             r = await self.fanout.get(t, "/api/flows", [*base, ("limit", "0")])
-        if r.error is None and isinstance(r.data, dict) and "capacity" in r.data:
-            self.fanout.capacity[t.name] = int(r.data["capacity"])
+        if r.error is None and not (isinstance(r.data, dict) and isinstance(r.data.get("flows"), list)):
+            self.fanout.mark(t, "not a flows answer", "format")
+            return Result(t, error="not a flows answer", status=r.status)
+        if r.error is None and isinstance(r.data.get("capacity"), int):
+            self.fanout.capacity[t.name] = r.data["capacity"]
         return r
+
+    def _merge(
+        self, results: dict[str, Result], ask: dict[str, int], limit: int, after: merge.Position | None
+    ) -> merge.Page:
+        while True:
+            try:
+                return merge.merge_page(self._answers(results, ask), limit, after, self.pair)
+            except merge.MalformedAnswer as exc:
+                bad = results[exc.node]
+                self.fanout.mark(bad.target, str(exc), "format")
+                results[exc.node] = Result(bad.target, error=str(exc), status=bad.status)
 
     def _answers(self, results: dict[str, Result], ask: dict[str, int]) -> list[merge.Answer]:
         return [
