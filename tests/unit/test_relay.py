@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -352,3 +353,27 @@ def test_kube_discovery_lists_nodes_and_endpointslices_through_the_client(monkey
     by_nodes._listed = 0.0
     asyncio.run(by_nodes.refresh())
     assert by_nodes.targets() == [Target("worker-1", "http://10.0.0.7:9465")], "the last list is kept"
+
+
+def test_lumen_observe_follow_through_the_relay_notes_the_missing_node(three):
+    dead = Target("n9", f"http://127.0.0.1:{free_port()}")
+    with relay([*targets(three), dead]) as r:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter.cli", "observe", "-f", "--server", r.url, "--last", "2"],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": REPO},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        watchdog = threading.Timer(30, proc.kill)  # a hung stream fails the test instead of the run
+        watchdog.start()
+        try:
+            note = proc.stderr.readline()
+            flows = [proc.stdout.readline(), proc.stdout.readline()]
+        finally:
+            watchdog.cancel()
+            proc.terminate()
+            proc.wait(timeout=10)
+    assert note.startswith("lumen observe: flows of 1 node(s) missing, not reachable: n9: cannot connect")
+    assert all(":" in line and "->" in line for line in flows)
