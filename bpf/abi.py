@@ -98,9 +98,11 @@ class Stat(IntEnum):
     UNPARSED = 5
     POLICY_DROPPED = 6
     POLICY_AUDIT = 7
+    SOURCES_FULL_PACKETS = 8
+    SOURCES_FULL_BYTES = 9
 
 
-STAT_MAX = 8
+STAT_MAX = 10
 
 
 class FlowFlag(IntEnum):

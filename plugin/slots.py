@@ -52,7 +52,7 @@ def reset(pods_fd: int, pairs_fd: int, slot: int, endpoint_id: int, n: int) -> N
     pairs = [slot * n + other for other in range(n)] + [
         other * n + slot for other in range(n) if other != slot
     ]
-    keys = b"".join(U32.pack(k) for k in pairs)
+    keys = struct.pack(f"={len(pairs)}I", *pairs)
     bpfsys.map_update_batch(pairs_fd, keys, bytes(PAIR_COUNTERS_SIZE * len(pairs)), len(pairs))
 
 

@@ -101,6 +101,8 @@ class Relay:
             "stored": sum(d.get("stored", 0) for d in ok),
             "capacity": sum(d.get("capacity", 0) for d in ok),
             "evicted": sum(d.get("evicted", 0) for d in ok),
+            # False when an agent says the time window reaches back past what it holds
+            "complete": all(d.get("complete", True) for d in ok),
             "nodes": sorted(t.name for t in targets),
             **Missing.of(list(results.values())).to_dict(),
         }

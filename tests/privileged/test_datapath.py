@@ -206,7 +206,10 @@ def test_a_reused_address_gets_the_new_pods_traffic_on_the_same_flow(dp: Datapat
     (st,) = t.find(dp, a.ip(4), ip, UDP, 5005)
     assert st.packets == 100, "one flow entry across both pods"
     with Netlink() as nl:
-        assert st.fwd_ifindex == nl.link(t.host_veth(c)).index
+        c_ifindex = nl.link(t.host_veth(c)).index
+    assert st.fwd_ifindex == c_ifindex
+    # ... and counts for the new pod from its first packet: its own slot, from zero
+    assert st.dst_ep == c_ifindex and dp.pod_counters()[c_ifindex][2] == 50
 
 
 def test_a_full_ring_buffer_counts_exactly_the_lost_events(pin_dir: str, dnode: Node):
