@@ -1,7 +1,9 @@
-"""Python mirrors of bpf/include/types.h and the map names of bpf/include/maps.h.
+"""Python mirrors of bpf/include/types.h, and the map and program names of bpf/include/maps.h and
+bpf/lumen.c (defined in plugin/pinned.py, which the plugin imports without ctypes or enum).
 
-The single place outside C that knows the binary layout. tests/unit/test_abi.py compiles the C with bcc
-and fails when an offset, a size, an enum value or a map name here drifts from what was compiled.
+The single place outside C that knows the binary layout (plugin/pinned.py packs the endpoint entries).
+tests/unit/test_abi.py compiles the C with bcc and fails when an offset, a size, an enum value or a map
+name here drifts from what was compiled.
 """
 
 from __future__ import annotations
@@ -11,53 +13,38 @@ import ipaddress
 from enum import IntEnum
 from pathlib import Path
 
+# Program, pin and map names live with the plugin, which opens the pins without importing this module;
+# re-exported here, where the agent looks them up.
+from plugin import pinned
+from plugin.pinned import (  # noqa: F401
+    ALL_MAPS,
+    EP_BY_IFINDEX,
+    MAP_BATCH,
+    MAP_CIDRS,
+    MAP_CONFIG,
+    MAP_DROPS,
+    MAP_ENDPOINT_GEN,
+    MAP_ENDPOINTS,
+    MAP_EVENTS,
+    MAP_FLOW_COUNTS,
+    MAP_FLOWS,
+    MAP_IPCACHE,
+    MAP_PAIRS,
+    MAP_PODS,
+    MAP_POLICY,
+    MAP_POLICY_COUNTS,
+    MAP_SLOTS,
+    MAP_SOURCES,
+    MAP_STATS,
+    PINNED_MAPS,
+    PROG_EGRESS,
+    PROG_INGRESS,
+    PROG_PINS,
+)
+
 BPF_DIR = Path(__file__).resolve().parent
 SOURCE = BPF_DIR / "lumen.c"
 INCLUDE_DIR = BPF_DIR / "include"
-
-# Entry points (bpf/lumen.c) and where each attaches on the host veth.
-PROG_INGRESS = "lumen_ingress"  # tc ingress: packets leaving the pod
-PROG_EGRESS = "lumen_egress"  # tc egress: packets entering the pod
-
-#: program name -> pin file name (bpffs names cannot contain dots); the plugin opens these at ADD
-PROG_PINS = {PROG_INGRESS: "prog_lumen_ingress", PROG_EGRESS: "prog_lumen_egress"}
-
-MAP_FLOWS = "lumen_flows"
-MAP_SOURCES = "lumen_sources"
-MAP_ENDPOINTS = "lumen_endpoints"
-MAP_IPCACHE = "lumen_ipcache"
-MAP_CIDRS = "lumen_cidrs"
-MAP_POLICY = "lumen_policy"
-MAP_STATS = "lumen_stats"
-MAP_CONFIG = "lumen_config"
-MAP_SLOTS = "lumen_slots"
-MAP_ENDPOINT_GEN = "lumen_endpoint_gen"
-MAP_PODS = "lumen_pods"
-MAP_PAIRS = "lumen_pairs"
-MAP_FLOW_COUNTS = "lumen_flow_counts"
-MAP_DROPS = "lumen_drops"
-MAP_POLICY_COUNTS = "lumen_policy_counts"
-MAP_BATCH = "lumen_batch"
-MAP_EVENTS = "lumen_events"
-#: maps pinned under the pin dir (file name = map name); they survive an agent restart
-PINNED_MAPS = (
-    MAP_FLOWS,
-    MAP_SOURCES,
-    MAP_ENDPOINTS,
-    MAP_IPCACHE,
-    MAP_CIDRS,
-    MAP_POLICY,
-    MAP_STATS,
-    MAP_CONFIG,
-    MAP_SLOTS,
-    MAP_ENDPOINT_GEN,
-    MAP_PODS,
-    MAP_PAIRS,
-    MAP_FLOW_COUNTS,
-    MAP_DROPS,
-    MAP_POLICY_COUNTS,
-)
-ALL_MAPS = (*PINNED_MAPS, MAP_BATCH, MAP_EVENTS)
 
 
 class Direction(IntEnum):
@@ -85,8 +72,6 @@ class DropReason(IntEnum):
 
 
 DROP_MAX = 2  # lumen_drops holds DROP_MAX x 256 protocols
-#: endpoint_key.family of the entry keyed by the pod's host veth ifindex
-EP_BY_IFINDEX = 0
 
 
 def flow_count_index(proto: int, verdict: int, direction: int) -> int:
@@ -113,9 +98,11 @@ class Stat(IntEnum):
     UNPARSED = 5
     POLICY_DROPPED = 6
     POLICY_AUDIT = 7
+    SOURCES_FULL_PACKETS = 8
+    SOURCES_FULL_BYTES = 9
 
 
-STAT_MAX = 8
+STAT_MAX = 10
 
 
 class FlowFlag(IntEnum):
@@ -362,15 +349,10 @@ def addr_str(raw: bytes | ct.Array, family: int) -> str:  # type: ignore[type-ar
 
 
 def endpoint_key(address: str) -> EndpointKey:
-    packed, family = addr_bytes(address)
-    key = EndpointKey()
-    ct.memmove(key.addr, packed, 16)
-    key.family = family
-    return key
+    """The lumen_endpoints (and lumen_ipcache) key of an address, packed by plugin/pinned.py."""
+    return EndpointKey.from_buffer_copy(pinned.endpoint_key(address))
 
 
 def endpoint_key_ifindex(ifindex: int) -> EndpointKey:
     """The endpoint entry keyed by the pod's host veth (what tc ingress knows of the sender)."""
-    key = EndpointKey(family=EP_BY_IFINDEX)
-    ct.memmove(key.addr, ifindex.to_bytes(4, "little"), 4)
-    return key
+    return EndpointKey.from_buffer_copy(pinned.endpoint_key_ifindex(ifindex))

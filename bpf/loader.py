@@ -23,7 +23,7 @@ from bpf import abi
 from bpf.abi import PROG_PINS
 from bpf.maps import Map, RingBuffer, map_info, obj_get
 from exporter.policy.compiler import Compiled, network_key
-from plugin import endpoint, slots
+from plugin import endpoint, pinned, slots
 from plugin.netlink import Netlink
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,14 +194,13 @@ class Datapath:
         """Change the identity of a local pod's endpoint entries (its labels changed or became known)."""
         table = self._map(abi.MAP_ENDPOINTS)
         for ip in ips:
-            key = abi.endpoint_key(ip)
+            key = pinned.endpoint_key(ip)
             try:
-                info = abi.EndpointInfo.from_buffer_copy(bytes(table[key]))
+                value = bytes(table[key])
             except KeyError:
                 continue
-            if info.identity != identity:
-                info.identity = identity
-                table[key] = info
+            if pinned.endpoint_identity(value) != identity:
+                table[key] = pinned.with_identity(value, identity)
 
     def endpoint_identities(self) -> dict[str, int]:
         return {
@@ -249,11 +248,10 @@ class Datapath:
                 self._map(abi.MAP_PAIRS).fd,
                 endpoint_id,
             )
-        info = abi.EndpointInfo(ifindex=ifindex, endpoint_id=endpoint_id, identity=identity, slot=slot)
-        ct.memmove(info.mac, bytes(int(b, 16) for b in mac.split(":")), 6)
+        value = pinned.endpoint_info(ifindex, endpoint_id, mac, identity, slot)
         for ip in ips:
-            table[abi.endpoint_key(ip)] = info
-        table[abi.endpoint_key_ifindex(ifindex)] = info
+            table[pinned.endpoint_key(ip)] = value
+        table[pinned.endpoint_key_ifindex(ifindex)] = value
         slots.bump_generation(self._map(abi.MAP_ENDPOINT_GEN).fd)
         return slot
 

@@ -343,7 +343,10 @@ static __always_inline void lumen_count(struct flow_key *key, __u16 src_slot, __
             sc->bytes += len;
         } else {
             struct source_counters init = {.packets = 1, .bytes = len};
-            lumen_sources.update(&sk, &init);
+            if (lumen_sources.update(&sk, &init) != 0) {
+                lumen_stat_add(LUMEN_STAT_SOURCES_FULL_PACKETS, 1);
+                lumen_stat_add(LUMEN_STAT_SOURCES_FULL_BYTES, len);
+            }
         }
     }
     slot = dst_slot;

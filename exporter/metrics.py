@@ -206,7 +206,9 @@ class LumenCollector(Collector):
                 src_bytes[key] = src_bytes.get(key, 0) + held.tx_bytes
             else:
                 by_addr.update(dict.fromkeys(p.ips, key))
-        other = [0, 0]
+        stats = src.datapath_stats()
+        # sources that found the per-source table full are counted in the datapath stats instead
+        other = [stats.get("sources_full_packets", 0), stats.get("sources_full_bytes", 0)]
         for ip, packets, nbytes in src.source_counters():
             owner = by_addr.get(ip)
             if owner is None:
@@ -240,7 +242,6 @@ class LumenCollector(Collector):
             {(): other[1]},
         )
 
-        stats = self.source.datapath_stats()
         for stat, (name, doc) in DATAPATH_STATS.items():
             yield self._counter(name, doc, [], {(): stats.get(stat, 0)})
 

@@ -44,7 +44,9 @@ enum lumen_stat {
     LUMEN_STAT_UNPARSED = 5,          /* IP packets whose headers were not linear: not accounted */
     LUMEN_STAT_POLICY_DROPPED = 6,    /* packets dropped by policy */
     LUMEN_STAT_POLICY_AUDIT = 7,      /* packets policy would drop, forwarded in audit mode */
-    LUMEN_STAT_MAX = 8,
+    LUMEN_STAT_SOURCES_FULL_PACKETS = 8, /* packets of a new source address with lumen_sources full */
+    LUMEN_STAT_SOURCES_FULL_BYTES = 9,   /* and their bytes: other sources stay exact */
+    LUMEN_STAT_MAX = 10,
 };
 
 /* Flow flags (flow_stats.flags, flow_event.flags). */

@@ -206,7 +206,10 @@ def test_a_reused_address_gets_the_new_pods_traffic_on_the_same_flow(dp: Datapat
     (st,) = t.find(dp, a.ip(4), ip, UDP, 5005)
     assert st.packets == 100, "one flow entry across both pods"
     with Netlink() as nl:
-        assert st.fwd_ifindex == nl.link(t.host_veth(c)).index
+        c_ifindex = nl.link(t.host_veth(c)).index
+    assert st.fwd_ifindex == c_ifindex
+    # ... and counts for the new pod from its first packet: its own slot, from zero
+    assert st.dst_ep == c_ifindex and dp.pod_counters()[c_ifindex][2] == 50
 
 
 def test_a_full_ring_buffer_counts_exactly_the_lost_events(pin_dir: str, dnode: Node):
@@ -344,14 +347,11 @@ def test_maps_pinned_by_an_incompatible_older_agent_are_replaced(pin_dir: str):
     the old pin and the verifier refuse the programs)."""
     import ctypes as ct
 
-    from bpf.maps import lib, map_info, obj_get, obj_pin
+    from plugin.bpfsys import map_create, map_info, obj_get, obj_pin
 
     os.makedirs(pin_dir, exist_ok=True)
-    so = lib()
-    so.bpf_map_create.argtypes = [ct.c_int, ct.c_char_p, ct.c_uint32, ct.c_uint32, ct.c_uint32, ct.c_void_p]
     lru_hash = 9
-    fd = so.bpf_map_create(lru_hash, b"lumen_flows", ct.sizeof(abi.FlowKey), 72, 65536, None)
-    assert fd >= 0
+    fd = map_create(lru_hash, ct.sizeof(abi.FlowKey), 72, 65536, "lumen_flows")
     obj_pin(fd, os.path.join(pin_dir, abi.MAP_FLOWS))
     os.close(fd)
     d = load(pin_dir)

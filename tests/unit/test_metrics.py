@@ -139,3 +139,10 @@ def test_promtool_accepts_the_exposition(node):
     proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
     assert proc.stdout.decode().strip() == "" and proc.stderr.decode().strip() == ""
+
+
+def test_sources_that_found_the_table_full_are_still_other_sources(node):
+    _, maps, _, reg = node
+    maps.stats.update(sources_full_packets=5, sources_full_bytes=500)
+    assert value(reg, "lumen_other_source_packets_total") == 4 + 5
+    assert value(reg, "lumen_other_source_bytes_total") == 240 + 500
