@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-from bcc import BPF  # noqa: TID251 - the one place bcc is imported at run time
+from bcc import BPF  # type: ignore[import-untyped]  # noqa: TID251 - the one place bcc is imported at run time
 
 from bpf import abi
 from bpf.abi import PROG_PINS

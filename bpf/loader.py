@@ -144,9 +144,9 @@ class Datapath:
         self._clear_slot(slot)
         for net, ident in compiled.cidrs.items():
             addr, family, plen = network_key(net)
-            key = abi.CidrKey(prefixlen=abi.CIDR_PREFIX_BASE + plen, slot=slot, family=family)
-            ct.memmove(key.addr, addr, 16)
-            cidrs[key] = ct.c_uint32(ident)
+            ckey = abi.CidrKey(prefixlen=abi.CIDR_PREFIX_BASE + plen, slot=slot, family=family)
+            ct.memmove(ckey.addr, addr, 16)
+            cidrs[ckey] = ct.c_uint32(ident)
         for (direction, subject), (pid, audit_ns) in compiled.markers.items():
             key = abi.PolicyKey(
                 prefixlen=abi.POLICY_PREFIX_SUBJECT, slot=slot, direction=_DIRS[direction], subject=subject
