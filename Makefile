@@ -21,8 +21,8 @@ test: setup ## Run every test: unit, privileged (netns, bpf), real runtimes, bro
 test-unit: setup ## Run only the unprivileged unit tests
 	@$(PY) -m pytest -q tests/unit
 
-lint: setup ## ruff lint + format check, mypy on the pure modules
-	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy plugin
+lint: setup ## ruff lint + format check, mypy on plugin, exporter and bpf (tests/unit/test_lint.py runs the same)
+	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy plugin exporter bpf
 
 cni-bin: ## Install the CNI plugin executable `lumen` into DEST (default /opt/cni/bin)
 	@bash scripts/install-cni.sh "$(DEST)"

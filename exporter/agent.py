@@ -22,12 +22,11 @@ from prometheus_client import CollectorRegistry
 
 from exporter.enrich import EndpointDirectory, KubeLabels, LabelSource, Pod
 from exporter.flows import DEFAULT_CAPACITY, FlowStore
-from exporter.metrics import AgentHealth, LumenCollector, Retired
+from exporter.metrics import AgentHealth, LumenCollector
 from plugin import endpoint as records
 
 log = logging.getLogger("lumen.agent")
 
-RETIRED_FILE = "agent-retired.json"
 VERSION = "0.1.0"
 
 
@@ -41,6 +40,7 @@ class AgentConfig:
     node: str = field(default_factory=socket.gethostname)
     flow_store_size: int = DEFAULT_CAPACITY
     flow_table_size: int = 65536
+    pod_slots: int = 256  # local pods with exact counters (lumen_pods)
     ringbuf_pages: int = 256
     aggregation: str = "default"  # or "none": one event per packet (debugging, benchmarks)
     report_interval_s: float = 5.0
@@ -79,7 +79,6 @@ class Agent:
         self.store = FlowStore(cfg.flow_store_size)
         self.health = AgentHealth()
         self.health.count_attached = self.count_attached
-        self.retired = Retired.load(self._retired_path())
         self.attached: set[int] = set()
         self.registry = CollectorRegistry(auto_describe=False)
         self.tracer: Any = None
@@ -97,9 +96,6 @@ class Agent:
         self.policy_names: dict[int, str] = {}
         self.network: Any = None
 
-    def _retired_path(self) -> str:
-        return os.path.join(self.cfg.state_dir, RETIRED_FILE)
-
     # -- life cycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -111,6 +107,7 @@ class Agent:
         dcfg = DatapathConfig(
             pin_dir=self.cfg.pin_dir,
             flow_table_size=self.cfg.flow_table_size,
+            pod_slots=self.cfg.pod_slots,
             ringbuf_pages=self.cfg.ringbuf_pages,
             aggregation=abi.Aggregation[self.cfg.aggregation.upper()],
             report_interval_s=self.cfg.report_interval_s,
@@ -147,9 +144,7 @@ class Agent:
         self.decoder = Decoder(self.directory, self.cfg.node, self.policy_names)
         self.source = DatapathSource(self.dp)
         self.registry.register(
-            LumenCollector(
-                self.source, self.directory, self.retired, self.health, self.store, self.policy_names
-            )
+            LumenCollector(self.source, self.directory, self.health, self.store, self.policy_names)
         )
         if self.cfg.otel:
             from exporter.tracing import FlowTracer
@@ -212,7 +207,6 @@ class Agent:
                 self._plugin_server.kill()
         if self.tracer is not None:
             self.tracer.shutdown()
-        self._save_retired()
         if self.dp is not None:
             # Pinned maps and attached programs stay: traffic keeps flowing and counting without us.
             self.dp.close()
@@ -256,7 +250,6 @@ class Agent:
                 self.enforcer.sync()
                 self.directory.set_remote(self.enforcer.remote_pods)
                 self.network.sync()
-                self.retired.forget_endpoints({p.endpoint_id for p in self.directory.pods})
                 self.decoder.sync_clock()
                 if time.monotonic() - last_sweep >= min(self.cfg.idle_timeout_s / 2, 10.0):
                     last_sweep = time.monotonic()
@@ -265,25 +258,24 @@ class Agent:
                 log.exception("housekeeping failed")
 
     def sweep(self) -> int:
-        """Remove idle flows from the kernel table; their totals move to `retired`, their END to the store."""
-        from exporter.events import totals
-
+        """Remove idle flows from the kernel table and put their END in the store (counters are kept
+        apart from flow entries, so nothing is lost with them); free counter slots an ADD killed half
+        way left behind."""
         now = time.monotonic_ns()
         ended = self.dp.sweep_idle(int(self.cfg.idle_timeout_s * 1e9), now)
         for key, st in ended:
-            self.retired.add(totals(key, st), self.policy_names)  # first: the kernel entries are gone already
-        for key, st in ended:
             try:
                 flow = self.decoder.ended(key, st, now)
-            except Exception:  # noqa: BLE001 - the totals are kept; only this record is lost
+            except Exception:  # noqa: BLE001 - only this record is lost
                 self.health.decode_errors += 1
                 continue
             self.store.add(flow)
             if self.tracer is not None:
                 self.tracer.on_flow(flow)
         self.health.swept_flows += len(ended)
-        if ended:
-            self._save_retired()
+        freed = self.dp.release_stale_slots({p.endpoint_id for p in self.directory.pods})
+        if freed:
+            log.info("freed counter slots of pods that are gone", extra={"slots": freed})
         return len(ended)
 
     def _attached_by_plugin(self, pod: Pod) -> bool:
@@ -323,12 +315,6 @@ class Agent:
     def count_attached(self) -> int:
         self.directory.refresh()
         return sum(1 for p in self.directory.pods if p.state == "ready" and self._is_attached(p))
-
-    def _save_retired(self) -> None:
-        try:
-            self.retired.save(self._retired_path())
-        except OSError as exc:
-            log.warning("cannot save retired flow totals", extra={"error": str(exc)})
 
     def _network_status(self) -> dict[str, Any]:
         if self.network is None:
@@ -402,7 +388,7 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         stats = dict(self.source.datapath_stats()) if self.source else {}
-        entries = sum(1 for _ in self.source.flow_totals()) if self.source else 0
+        entries = self.source.flow_table_entries() if self.source else 0
         capacity = self.cfg.flow_table_size
         ok, reason = self.ready()
         return {

@@ -46,6 +46,9 @@ def _agent_parser(sub: Any) -> None:
     p.add_argument("--node", default=None, help="node name (default: hostname, or env NODE_NAME)")
     p.add_argument("--flow-store-size", type=int, default=65536, help="recent flows kept for the API")
     p.add_argument("--flow-table-size", type=int, default=65536, help="kernel flow table entries")
+    p.add_argument(
+        "--pod-slots", type=int, default=256, help="local pods with exact counters (slot 0 is none)"
+    )
     p.add_argument("--ringbuf-pages", type=int, default=256, help="ring buffer pages (power of two)")
     p.add_argument("--aggregation", choices=["default", "none"], default="default")
     p.add_argument(
@@ -117,6 +120,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         node=args.node or os.environ.get("NODE_NAME") or AgentConfig().node,
         flow_store_size=args.flow_store_size,
         flow_table_size=args.flow_table_size,
+        pod_slots=args.pod_slots,
         ringbuf_pages=args.ringbuf_pages,
         aggregation=args.aggregation,
         report_interval_s=args.report_interval,

@@ -1,5 +1,5 @@
-"""Decode the datapath's binary records into Flows and FlowTotals: the only exporter module that knows the
-C layout, and it knows it through bpf.abi (the ctypes mirrors checked against the compiled C).
+"""Decode the datapath's binary records into Flows, and name its counters: the only exporter module that
+knows the C layout, and it knows it through bpf.abi (the ctypes mirrors checked against the compiled C).
 
 Ring-buffer events are unpacked with one struct.Struct whose format is derived from abi.FlowEvent's field
 offsets (one C call per event instead of ~20 ctypes attribute reads); tests/unit/test_exporter_events.py
@@ -12,13 +12,13 @@ import ctypes as ct
 import socket
 import struct
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from bpf import abi
 from exporter.enrich import EndpointDirectory
 from exporter.flows import NO_LABELS, Endpoint, Flow, FlowKey
-from exporter.metrics import FlowTotals
+from exporter.metrics import PodCounts
 
 PROTOCOL_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP"}
 DIRECTIONS = {int(d): d.name.lower() for d in abi.Direction}
@@ -199,19 +199,8 @@ class Decoder:
         return self.flow(ev)
 
 
-def totals(key: abi.FlowKey, st: abi.FlowStats) -> FlowTotals:
-    return FlowTotals(
-        protocol=PROTOCOL_NAMES.get(key.proto) or str(key.proto),
-        direction=DIRECTIONS.get(key.direction, str(key.direction)),
-        verdict=VERDICTS.get(st.verdict, str(st.verdict)),
-        drop_reason=DROP_REASONS.get(st.drop_reason, str(st.drop_reason)),
-        src_ep=st.src_ep,
-        dst_ep=st.dst_ep,
-        packets=st.packets,
-        bytes=st.bytes,
-        egress_policy=st.egress_policy,
-        ingress_policy=st.ingress_policy,
-    )
+def _proto(n: int) -> str:
+    return PROTOCOL_NAMES.get(n) or str(n)
 
 
 class Datapath(Protocol):
@@ -219,7 +208,17 @@ class Datapath(Protocol):
 
     cfg: Any
 
-    def flows(self) -> Iterable[tuple[abi.FlowKey, abi.FlowStats]]: ...
+    def flow_table_entries(self) -> int: ...
+
+    def flow_counts(self) -> dict[tuple[int, int, int], int]: ...
+
+    def drops(self) -> dict[tuple[int, int], int]: ...
+
+    def policy_counts(self) -> dict[tuple[int, int, int], int]: ...
+
+    def pod_counters(self) -> dict[int, tuple[int, int, int, int]]: ...
+
+    def pair_bytes(self) -> dict[tuple[int, int, int], int]: ...
 
     def source_counters(self) -> dict[str, tuple[int, int]]: ...
 
@@ -227,15 +226,44 @@ class Datapath(Protocol):
 
 
 class DatapathSource:
-    """metrics.MapSource over the loaded datapath's pinned maps."""
+    """metrics.MapSource over the loaded datapath's pinned maps: numbers named as in flows."""
 
     def __init__(self, dp: Datapath) -> None:
         self.dp = dp
         self.flow_capacity = int(dp.cfg.flow_table_size)
 
-    def flow_totals(self) -> Iterator[FlowTotals]:
-        for key, st in self.dp.flows():
-            yield totals(key, st)
+    def flow_table_entries(self) -> int:
+        return self.dp.flow_table_entries()
+
+    def flow_counts(self) -> dict[tuple[str, str, str], int]:
+        out: dict[tuple[str, str, str], int] = {}
+        for (proto, verdict, direction), n in self.dp.flow_counts().items():
+            key = (
+                VERDICTS.get(verdict) or str(verdict),
+                _proto(proto),
+                DIRECTIONS.get(direction) or str(direction),
+            )
+            out[key] = out.get(key, 0) + n
+        return out
+
+    def drops(self) -> dict[tuple[str, str], int]:
+        out: dict[tuple[str, str], int] = {}
+        for (reason, proto), n in self.dp.drops().items():
+            key = (DROP_REASONS.get(reason) or str(reason), _proto(proto))
+            out[key] = out.get(key, 0) + n
+        return out
+
+    def policy_counts(self) -> dict[tuple[int, str, str], int]:
+        return {
+            (pid, VERDICTS.get(v) or str(v), DIRECTIONS.get(d) or str(d)): n
+            for (pid, v, d), n in self.dp.policy_counts().items()
+        }
+
+    def pod_counters(self) -> dict[int, PodCounts]:
+        return {ep: PodCounts(*c) for ep, c in self.dp.pod_counters().items()}
+
+    def pair_bytes(self) -> dict[tuple[int, int, str], int]:
+        return {(s, d, VERDICTS.get(v) or str(v)): n for (s, d, v), n in self.dp.pair_bytes().items()}
 
     def source_counters(self) -> Iterator[tuple[str, int, int]]:
         for ip, (packets, nbytes) in self.dp.source_counters().items():

@@ -21,7 +21,6 @@ sockets opened there (`ns_socket`), and `PortForward` exposes one of them on the
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import http.client
 import json
 import os
@@ -37,13 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from plugin.netlink import in_netns
 from tests.cni_harness import REPO, Invocation, install_plugin, invoke, netns_add, netns_del
 
-CLONE_NEWNET = 0x40000000
 AGENT_PORT = 9470
 RELAY_PORT = 9466
 UNDERLAY_MTU = 1500
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -61,29 +59,10 @@ def nsx(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[
 
 
 def ns_socket(ns: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
-    """A socket created inside network namespace `ns` (it stays there; the caller's thread does not
-    move). Created on a short-lived thread that enters the namespace, so nothing else is affected."""
-    out: dict[str, Any] = {}
-
-    def make() -> None:
-        try:
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {ns}")
-            finally:
-                os.close(fd)
-            out["sock"] = socket.socket(family, kind)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
-            out["error"] = e
-
-    t = threading.Thread(target=make)
-    t.start()
-    t.join()
-    if "error" in out:
-        raise out["error"]
-    sock: socket.socket = out["sock"]
-    return sock
+    """A socket created inside network namespace `ns`: it stays there, while this thread enters the
+    namespace only for the socket(2) call (plugin.netlink.in_netns, the repository's one setns user)."""
+    with in_netns(f"/run/netns/{ns}"):
+        return socket.socket(family, kind)
 
 
 class _NsConnection(http.client.HTTPConnection):

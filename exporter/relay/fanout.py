@@ -21,6 +21,7 @@ from exporter.relay import http
 from exporter.relay.discovery import Discovery, Target
 
 DEFAULT_TIMEOUT_S = 5.0
+STREAM_SILENCE_S = 45.0
 FANOUT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -173,7 +174,8 @@ class Fanout:
         """("open", "") once connected, then the (event, data) pairs of one agent's SSE stream until it
         ends; raises httpx.HTTPError or
         StreamError (with the reason) when it cannot be read."""
-        timeout = httpx.Timeout(self.timeout_s, read=None)  # a quiet stream has only keepalives
+        # A quiet agent still sends a keepalive every 15 s: three missed mean the connection is dead.
+        timeout = httpx.Timeout(self.timeout_s, read=STREAM_SILENCE_S)
         async with self.client.stream("GET", target.url + path, params=list(params), timeout=timeout) as resp:
             if resp.status_code != 200:
                 body = (await resp.aread()).decode(errors="replace")

@@ -34,6 +34,14 @@ PAIR_WINDOW_US = 10_000_000
 VERDICT_RANK = {"FORWARDED": 0, "AUDIT": 1, "DROPPED": 2}
 
 
+class MalformedAnswer(ValueError):
+    """An agent's flow the relay cannot read (another version's JSON?): that agent is left out, named."""
+
+    def __init__(self, node: str, reason: str) -> None:
+        super().__init__(f"unreadable flow in the answer: {reason}")
+        self.node = node
+
+
 @dataclass(frozen=True)
 class Answer:
     """One agent's answer to a flows query."""
@@ -166,7 +174,10 @@ def merge_page(
     recs: list[Record] = []
     floor: Position | None = None  # records older than this may be missing from a truncated answer
     for ans in answers:
-        mine = [record(ans.node, f) for f in ans.flows]
+        try:
+            mine = [record(ans.node, f) for f in ans.flows]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise MalformedAnswer(ans.node, f"{type(exc).__name__}: {exc}") from None
         if ans.truncated and mine:
             oldest = min(r.pos for r in mine)
             # Agents order by nanoseconds, positions by microseconds: records in the same microsecond as
