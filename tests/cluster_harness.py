@@ -59,24 +59,10 @@ def nsx(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[
 
 
 def ns_socket(ns: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
-    """A socket created inside network namespace `ns` (it stays there; the caller's thread does not
-    move). Created on a short-lived thread that enters the namespace, so nothing else is affected."""
-    out: dict[str, Any] = {}
-
-    def make() -> None:
-        try:
-            with in_netns(f"/run/netns/{ns}"):  # setns through the one kernel edge that may
-                out["sock"] = socket.socket(family, kind)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
-            out["error"] = e
-
-    t = threading.Thread(target=make)
-    t.start()
-    t.join()
-    if "error" in out:
-        raise out["error"]
-    sock: socket.socket = out["sock"]
-    return sock
+    """A socket created inside network namespace `ns`: it stays there, while this thread enters the
+    namespace only for the socket(2) call (plugin.netlink.in_netns, the repository's one setns user)."""
+    with in_netns(f"/run/netns/{ns}"):
+        return socket.socket(family, kind)
 
 
 class _NsConnection(http.client.HTTPConnection):

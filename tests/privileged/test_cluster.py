@@ -81,6 +81,9 @@ def test_routes_are_the_nodes_and_go_with_a_removed_node(cluster: Cluster) -> No
     n1, n2, n3 = cluster.nodes
     for node in cluster.nodes:
         assert node.routes() == expected_routes(cluster, node, cluster.nodes)
+        if cluster.mode == "vxlan":  # 50 below the uplink's 1500, as the pods' conflist says
+            link = node.exec("ip", "-d", "link", "show", f"{cluster.prefix}vx").stdout
+            assert " mtu 1450 " in link and "vxlan id 1 " in link and "dstport 8472" in link, link
     # a route Lumen did not add stays, whatever happens to the nodes
     n1.exec("ip", "route", "add", "203.0.113.0/24", "via", n2.address4, "proto", "static")
     try:
