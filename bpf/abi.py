@@ -11,6 +11,9 @@ import ipaddress
 from enum import IntEnum
 from pathlib import Path
 
+# The vocabulary enums live in bpf/vocab.py (stdlib only, imported by the CLI); re-exported here
+from bpf.vocab import Direction, DropReason, EventType, Verdict
+
 BPF_DIR = Path(__file__).resolve().parent
 SOURCE = BPF_DIR / "lumen.c"
 INCLUDE_DIR = BPF_DIR / "include"
@@ -44,30 +47,6 @@ PINNED_MAPS = (
     MAP_CONFIG,
 )
 ALL_MAPS = (*PINNED_MAPS, MAP_BATCH, MAP_EVENTS)
-
-
-class Direction(IntEnum):
-    EGRESS = 1
-    INGRESS = 2
-
-
-class EventType(IntEnum):
-    NEW = 1
-    END = 2
-    DROP = 3
-    REPORT = 4
-    PACKET = 5
-
-
-class Verdict(IntEnum):
-    FORWARDED = 1
-    DROPPED = 2
-    AUDIT = 3
-
-
-class DropReason(IntEnum):
-    NONE = 0
-    POLICY_DENIED = 1
 
 
 class Aggregation(IntEnum):

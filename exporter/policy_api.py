@@ -12,8 +12,9 @@ from typing import Any, Protocol
 
 from fastapi import APIRouter, HTTPException, Request
 
+from bpf.vocab import CONNECTION_PROTOCOLS, PORTED_PROTOCOLS
 from exporter.flows import Flow, FlowStore
-from exporter.policy.engine import CONNECTION_PROTOCOLS, PORTED, Engine, Verdict
+from exporter.policy.engine import Engine, Verdict
 from exporter.policy.errors import PolicyError
 from exporter.policy.explain import FlowRecord, explain, whatif
 from exporter.policy.manifests import Manifests, load_text
@@ -44,7 +45,7 @@ def verdict_dict(v: Verdict) -> dict[str, Any]:
 
 
 def flow_record(flow: Flow) -> FlowRecord:
-    port = flow.destination.port if flow.protocol in PORTED else None
+    port = flow.destination.port if flow.protocol in PORTED_PROTOCOLS else None
     return FlowRecord(
         flow.protocol,
         port,
@@ -93,9 +94,8 @@ def router(view: Callable[[], PolicyView | None], store: FlowStore) -> APIRouter
         except PolicyError as e:
             raise HTTPException(400, str(e)) from None
         engine = _view().engine
-        records = [
-            flow_record(f) for f in store.query() if not f.is_reply and f.protocol in CONNECTION_PROTOCOLS
-        ]
+        stored = store.query().flows
+        records = [flow_record(f) for f in stored if not f.is_reply and f.protocol in CONNECTION_PROTOCOLS]
         unique = list(dict.fromkeys(records))
         try:
             changes = whatif(unique, engine.policies, proposed.policies, engine.cluster)

@@ -17,7 +17,8 @@ import uvicorn
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, Counter
 
-from exporter.api import create_app, is_loopback, iter_sse
+from exporter.api import create_app, is_loopback
+from exporter.sse import iter_sse
 from exporter.flows import FlowStore
 from tests.unit.exporter_fixtures import View, make_flow
 
