@@ -63,6 +63,13 @@ class AgentConfig:
     plugin_socket: str | None = None  # serve the plugin's handed-over calls here
     policy_dirs: list[str] = field(default_factory=lambda: ["/etc/lumen/policies"])
     policy_audit: bool = False  # every policy drop becomes an AUDIT verdict (forwarded)
+    # the cluster network (exporter/network.py): routes to other nodes' pods, masquerade
+    routing_mode: str = "direct"  # or "vxlan"
+    vxlan_device: str = "lumen-vxlan"
+    vxlan_vni: int = 1
+    vxlan_port: int = 8472
+    masquerade: bool = True
+    non_masquerade: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         """Every setting checked before anything is compiled, pinned or locked."""
@@ -132,6 +139,7 @@ class Agent:
         self._plugin_server: subprocess.Popen[bytes] | None = None
         self._stall = ""  # why the kernel's events are not reaching us, if they are not
         self._emitted_seen = (-1, 0, 0.0)  # (kernel events, consumed, when) at the last change
+        self.network: Any = None  # exporter.network.NodeNetwork: routes to other nodes' pods
 
     def _retired_path(self) -> str:
         return os.path.join(self.cfg.state_dir, RETIRED_FILE)
@@ -180,6 +188,11 @@ class Agent:
         )
         # the enforcer names policies as it compiles them; flows and metrics read its dict
         self.policy_names = self.enforcer.policy_names
+        if self.kube is None:
+            from exporter.enrich import ManifestLabels
+
+            self.directory.label_source = ManifestLabels(lambda: self.enforcer.manifests)
+        self.network = self._node_network()
         self.enricher = Enricher(self.directory, self.cfg.node, self.policy_names)
         self.decoder = Decoder(self.enricher)
         self.pipeline = Pipeline(EventReader(self.cfg.pin_dir), self.decoder, self.health)
@@ -207,6 +220,8 @@ class Agent:
         self.health.attached_endpoints = self.attachments.sync()
         # identities and policy maps before the plugin server takes its first ADD
         self.enforcer.sync()
+        self.directory.set_remote(self.enforcer.remote_pods)
+        self.network.sync(force=True)
         log.info(
             "datapath loaded",
             extra={
@@ -228,6 +243,27 @@ class Agent:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
+
+    def _node_network(self) -> Any:
+        """Routes, VXLAN and masquerade from the node list: the API server's Nodes in a cluster, else
+        the `Node` manifests of the policy directories."""
+        from exporter.masquerade import Masquerade, table_exists
+        from exporter.network import NodeNetwork
+        from exporter.nodes import KubeNodes
+        from exporter.routing import RoutingConfig
+
+        cfg = self.cfg
+        routing = RoutingConfig(cfg.node, cfg.routing_mode, cfg.vxlan_device, cfg.vxlan_vni, cfg.vxlan_port)
+        nodes: Any = lambda: self.enforcer.manifests.nodes  # noqa: E731
+        if self.kube is not None:
+            kube_nodes = KubeNodes()
+            kube_nodes.start()
+            nodes = kube_nodes.nodes
+        masq = Masquerade(non_masquerade=cfg.non_masquerade) if cfg.masquerade else None
+        if masq is None and table_exists():
+            Masquerade().remove()  # switched off: our table goes, whole
+            log.info("egress masquerade off: Lumen's nftables table removed")
+        return NodeNetwork(routing, nodes, masq)
 
     def stop(self) -> None:
         self._stop.set()
@@ -256,6 +292,8 @@ class Agent:
                 assert self.attachments is not None
                 self.health.attached_endpoints = self.attachments.sync()
                 self.enforcer.sync()
+                self.directory.set_remote(self.enforcer.remote_pods)
+                self.network.sync()
                 self.retired.forget_endpoints({p.endpoint_id for p in self.directory.pods})
                 self.decoder.sync_clock()
                 self._check_consumption()
@@ -290,6 +328,19 @@ class Agent:
             self.retired.save(self._retired_path())
         except OSError as exc:
             log.warning("cannot save retired flow totals", extra={"error": str(exc)})
+
+    def _network_status(self) -> dict[str, Any]:
+        if self.network is None:
+            return {}
+        st = self.network.status
+        return {
+            "mode": self.cfg.routing_mode,
+            "masquerade": self.cfg.masquerade,
+            "nodes": st.nodes,
+            "routes": st.routes,
+            "problems": st.problems,
+            "error": st.error,
+        }
 
     # -- api.AgentView ---------------------------------------------------------------------------
 
@@ -336,5 +387,6 @@ class Agent:
             store=self.store,
             health=self.health,
             tracing=self.tracer is not None,
+            network=self._network_status(),
             endpoint_list=self.endpoints,
         )

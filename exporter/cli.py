@@ -3,6 +3,7 @@
     lumen agent [--host 127.0.0.1 --port 9465 --otel ...]   run the agent
     lumen observe [filters] [-f] [--last N] [-o table|json|jsonl]   flows, like `hubble observe`
     lumen status                                            the agent, each pod's attach state, map fill
+    lumen relay --agent URL ... | --discover nodes          one API and UI over every node's agent
 
 Filter flags are the API's query parameters with dashes (`--from-pod ns/name` is `from_pod=ns/name`);
 `--not-<filter>` puts a criterion on the deny-list; `--filter '<json>'` gives several groups. All go through
@@ -64,6 +65,30 @@ def _agent_parser(sub: Any) -> None:
         action="store_true",
         help="audit mode everywhere: flows policy would drop are forwarded with verdict AUDIT",
     )
+    p.add_argument(
+        "--routing-mode",
+        choices=["direct", "vxlan"],
+        default=os.environ.get("LUMEN_ROUTING_MODE", "direct"),
+        help="how pods reach other nodes' pods: direct routes via the node addresses (one L2 segment) "
+        "or a VXLAN overlay (env LUMEN_ROUTING_MODE)",
+    )
+    p.add_argument("--vxlan-device", default="lumen-vxlan", help="name of the VXLAN device (vxlan mode)")
+    p.add_argument("--vxlan-vni", type=int, default=1, help="VXLAN network identifier (vxlan mode)")
+    p.add_argument("--vxlan-port", type=int, default=8472, help="VXLAN UDP port (vxlan mode)")
+    p.add_argument(
+        "--no-masquerade",
+        action="store_true",
+        default=os.environ.get("LUMEN_MASQUERADE", "true").lower() in ("false", "0", "off", "no"),
+        help="do not masquerade pod traffic leaving the cluster's pod CIDRs (env LUMEN_MASQUERADE=false)",
+    )
+    p.add_argument(
+        "--non-masquerade",
+        action="append",
+        default=None,
+        metavar="CIDR",
+        help="destinations pod traffic reaches with the pod's own address (repeatable; env "
+        "LUMEN_NON_MASQUERADE, comma-separated)",
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--print-bpf", action="store_true", help="print the C and the effective config, then exit")
     p.set_defaults(func=cmd_agent)
@@ -104,11 +129,22 @@ def cmd_agent(args: argparse.Namespace) -> int:
         plugin_socket=args.plugin_socket,
         policy_dirs=args.policy_dir or AgentConfig().policy_dirs,
         policy_audit=args.policy_audit,
+        routing_mode=args.routing_mode,
+        vxlan_device=args.vxlan_device,
+        vxlan_vni=args.vxlan_vni,
+        vxlan_port=args.vxlan_port,
+        masquerade=not args.no_masquerade,
+        non_masquerade=args.non_masquerade
+        or [c.strip() for c in os.environ.get("LUMEN_NON_MASQUERADE", "").split(",") if c.strip()],
     )
     try:
         cfg.validate()  # before anything is compiled, pinned or locked
     except ConfigError as exc:
         print(f"lumen agent: {exc}", file=sys.stderr)
+        return 2
+    problem = _network_problem(cfg)
+    if problem:
+        print(f"lumen agent: {problem}", file=sys.stderr)
         return 2
     if args.print_bpf:
         from bpf.loader import source_text
@@ -156,6 +192,123 @@ def cmd_agent(args: argparse.Namespace) -> int:
     finally:
         agent.stop()
         lock.release()
+    return 0
+
+
+def _network_problem(cfg: Any) -> str:
+    """A bad routing or masquerade setting, said before anything is compiled or pinned."""
+    import ipaddress
+
+    from exporter.routing import RoutingConfig
+
+    try:
+        RoutingConfig(cfg.node, cfg.routing_mode, cfg.vxlan_device, cfg.vxlan_vni, cfg.vxlan_port)
+        for c in cfg.non_masquerade:
+            ipaddress.ip_network(c.strip(), strict=False)
+    except ValueError as e:
+        return str(e)
+    return ""
+
+
+# -- relay -------------------------------------------------------------------------------------
+
+RELAY_PORT = 9466
+
+
+def _relay_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "relay",
+        help="one API and UI over every node's agent",
+        description="Ask every agent, merge their flows by time, pair the two ends of cross-node flows, "
+        "and name the nodes that do not answer. Serves the agent's API and UI.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback needs --token)")
+    p.add_argument("--port", type=int, default=RELAY_PORT)
+    p.add_argument(
+        "--token", default=os.environ.get("LUMEN_TOKEN"), help="clients' bearer token (env LUMEN_TOKEN)"
+    )
+    p.add_argument("--token-file", help="read the clients' bearer token from this file")
+    p.add_argument(
+        "--agent",
+        action="append",
+        default=[],
+        metavar="[NAME=]URL",
+        help="an agent to ask (repeatable); outside a cluster",
+    )
+    p.add_argument(
+        "--discover",
+        choices=["nodes", "endpointslices"],
+        help="in a cluster: find agents from the Node objects or the agents' Service EndpointSlices",
+    )
+    p.add_argument("--agent-port", type=int, default=DEFAULT_PORT, help="agents' port (with --discover)")
+    p.add_argument("--agent-scheme", choices=["http", "https"], default="http")
+    p.add_argument("--namespace", default="lumen-system", help="the agents' namespace (endpointslices)")
+    p.add_argument("--service", default="lumen-agent", help="the agents' Service (endpointslices)")
+    p.add_argument(
+        "--agent-token",
+        default=os.environ.get("LUMEN_AGENT_TOKEN"),
+        help="agents' token (env LUMEN_AGENT_TOKEN)",
+    )
+    p.add_argument("--agent-token-file", help="read the agents' bearer token from this file")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an agent's answer")
+    p.add_argument("--no-pair", action="store_true", help="show both ends of cross-node flows as two rows")
+    p.add_argument(
+        "--pair-wait",
+        type=float,
+        default=0.25,
+        help="seconds a live flow waits for its other end from another node",
+    )
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=cmd_relay)
+
+
+def _secret(value: str | None, path: str | None) -> str | None:
+    if path:
+        with open(path) as f:
+            return f.read().strip() or None
+    return value or None
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    from exporter import logs
+    from exporter.api import is_loopback
+    from exporter.relay import discovery
+
+    def usage(message: str) -> int:
+        print(f"lumen relay: {message}", file=sys.stderr)
+        return 2
+
+    try:
+        token = _secret(args.token, args.token_file)
+        agent_token = _secret(args.agent_token, args.agent_token_file)
+    except OSError as exc:
+        return usage(f"{exc.filename}: {exc.strerror}")
+    if not is_loopback(args.host) and not token:
+        return usage(f"binding {args.host} needs --token (or LUMEN_TOKEN)")
+    if bool(args.agent) == bool(args.discover):
+        return usage("give the agents with --agent URL (repeatable) or --discover nodes|endpointslices")
+    try:
+        if args.agent:
+            found: Any = discovery.Static([discovery.parse_agent(a) for a in args.agent])
+        else:
+            found = discovery.Kube(
+                args.discover, args.agent_scheme, args.agent_port, args.namespace, args.service
+            )
+    except ValueError as exc:
+        return usage(str(exc))
+
+    import uvicorn
+
+    from exporter import ui
+    from exporter.relay.app import create_app
+    from exporter.relay.fanout import Fanout
+    from exporter.relay.service import Relay
+
+    logs.setup(args.log_level)
+    relay = Relay(Fanout(found, agent_token, args.timeout), pair=not args.no_pair, pair_wait_s=args.pair_wait)
+    app = create_app(relay, token=token, ui=ui.hook(token, with_map=False))
+    print(f"lumen relay: API on http://{args.host}:{args.port}/api/flows", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
     return 0
 
 
@@ -251,6 +404,20 @@ def print_flows(flows: Sequence[dict[str, Any]], output: str, out: TextIO) -> No
     out.flush()
 
 
+def note_unreachable(answer: dict[str, Any], err: TextIO, before: Sequence[str] = ()) -> list[str]:
+    """A relay's answer names the nodes it could not reach: say so, so that fewer flows are not taken
+    for all of them (and, live, say when they are back). Returns the nodes missing now."""
+    missing = list(answer.get("unreachable") or [])
+    errors = answer.get("errors") or {}
+    if missing and missing != list(before):
+        detail = "; ".join(f"{n}: {errors.get(n, 'no answer')}" for n in missing)
+        print(f"lumen observe: flows of {len(missing)} node(s) missing, not reachable: {detail}", file=err)
+    elif before and not missing:
+        print(f"lumen observe: reachable again: {', '.join(before)}", file=err)
+    err.flush()
+    return missing
+
+
 def cmd_observe(args: argparse.Namespace) -> int:
     try:
         # the same checks the API makes, before we reach it
@@ -265,14 +432,18 @@ def cmd_observe(args: argparse.Namespace) -> int:
         if not args.follow:
             last = 20 if args.last is None else args.last
             answer = client.get_json(args.server, "/api/flows", [*params, ("limit", str(last))], args.token)
+            note_unreachable(answer, sys.stderr)
             print_flows(answer["flows"], args.output, sys.stdout)
             return 0
         output = "jsonl" if args.output == "json" else args.output  # a stream has no closing bracket
+        missing: list[str] = []
         for event, data in client.stream(
             args.server, "/api/flows/stream", [*params, ("last", str(args.last or 0))], args.token
         ):
             if event == "flow":
                 print_flows([json.loads(data)], output, sys.stdout)
+            elif event == "nodes":
+                missing = note_unreachable(json.loads(data), sys.stderr, missing)
             elif event == "lost":
                 print(
                     f"lumen observe: {json.loads(data)['dropped']} flows missed (reading too slowly)",
@@ -430,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     _observe_parser(sub)
     _status_parser(sub)
     _policy_parser(sub)
+    _relay_parser(sub)
     return parser
 
 

@@ -1,5 +1,6 @@
-"""The enrich stage of the flow pipeline: which local pod owns an address or an endpoint id, its labels,
-the names of policies, the node's name.
+"""The enrich stage of the flow pipeline: which pod owns an address or an endpoint id (local pods from
+the plugin's endpoint records, pods on other nodes from the enforcer's index), its labels and node, the
+names of policies.
 
 The source of truth on a node is the plugin's endpoint records (<stateDir>/endpoints/*.json, written at
 ADD, removed at DEL). In a cluster, pod and namespace labels come from exporter/kube.py's watch of the API
@@ -14,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,8 @@ class EndpointDirectory:
         self.by_id: dict[int, Pod] = {}
         self.pods: list[Pod] = []
         self.generation = 0  # bumped on every reload: decoders drop what they cached
+        #: pods on other nodes by address (the enforcer's index): names the far end of cross-node flows
+        self.remote: Mapping[str, Any] = {}
         self.refresh()
 
     def refresh(self, force: bool = False) -> bool:
@@ -103,6 +106,12 @@ class EndpointDirectory:
                     pod = self.by_id.get(endpoint_id) or self.by_ip.get(ip)
         return pod
 
+    def set_remote(self, remote: Mapping[str, Any]) -> None:
+        """Replace the remote pods (exporter.nodes.RemotePod by address); decoders re-name on a change."""
+        if remote != self.remote:
+            self.remote = remote
+            self.generation += 1
+
     def labels(self, pod: Pod) -> Mapping[str, str]:
         return self.label_source.labels(pod.namespace, pod.pod)
 
@@ -128,9 +137,21 @@ def _pod(rec: dict[str, Any]) -> Pod | None:
         return None
 
 
+class ManifestLabels(LabelSource):
+    """Outside a cluster: pod labels from the `Pod` manifests of the policy directories (the same ones
+    policy selects on), so local pods' flows carry the labels remote ones get."""
+
+    def __init__(self, manifests: Callable[[], Any]) -> None:
+        self._manifests = manifests
+
+    def labels(self, namespace: str, pod: str) -> Mapping[str, str]:
+        m = self._manifests().pods.get(f"{namespace}/{pod}")
+        return m.labels if m is not None and m.labels else NO_LABELS
+
+
 class Enricher:
     """What the decoder asks about the ids and addresses in an event. The decoder memoises the endpoints
-    per flow and forgets them when `generation` changes (the endpoint records were reloaded)."""
+    per flow and forgets them when `generation` changes (records reloaded, remote pods changed)."""
 
     def __init__(
         self, directory: EndpointDirectory, node: str = "", policy_names: Mapping[int, str] | None = None
@@ -145,11 +166,14 @@ class Enricher:
         return self.directory.generation
 
     def endpoint(self, endpoint_id: int, ip: str, port: int) -> Endpoint:
-        """One side of a flow: named if the address or endpoint id is a local pod's."""
+        """One side of a flow: named if the address or endpoint id is a local pod's or a remote pod's."""
         pod = self.directory.lookup(endpoint_id, ip)
         if pod is None:
-            return Endpoint(ip, port)
-        return Endpoint(ip, port, pod.namespace, pod.pod, self.directory.labels(pod))
+            far = self.directory.remote.get(ip)  # a pod on another node
+            if far is None:
+                return Endpoint(ip, port)
+            return Endpoint(ip, port, far.namespace, far.name, far.labels or NO_LABELS, far.node)
+        return Endpoint(ip, port, pod.namespace, pod.pod, self.directory.labels(pod), self.node)
 
     def policy_name(self, policy_id: int) -> str | None:
         """None: no policy isolates that side; "" no rule admitted it; else namespace/name."""

@@ -48,6 +48,7 @@ class Endpoint:
     namespace: str = ""
     pod: str = ""
     labels: Mapping[str, str] = field(default_factory=lambda: NO_LABELS)
+    node: str = ""  # the node the pod runs on ("" when not a pod, or unknown)
 
     def name(self) -> str:
         return f"{self.namespace}/{self.pod}" if self.pod else self.ip
@@ -59,6 +60,7 @@ class Endpoint:
             "namespace": self.namespace,
             "pod": self.pod,
             "labels": dict(self.labels),
+            "node": self.node,
         }
 
 

@@ -31,6 +31,7 @@ class KubeWatch(LabelSource):
         self._audit: dict[str, bool] = {}
         self._policies: dict[str, Any] = {}
         self._remote: dict[tuple[str, str], tuple[dict[str, str], tuple[Any, ...], tuple[str, ...]]] = {}
+        self._remote_node: dict[tuple[str, str], str] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -76,7 +77,7 @@ class KubeWatch(LabelSource):
     def on_pod_event(self, kind: str, meta: Any, node: str | None, ips: list[str], obj: Any = None) -> None:
         key = (meta.namespace, meta.name)
         if kind == "DELETED":
-            for table in (self._pods, self._ports, self._remote):
+            for table in (self._pods, self._ports, self._remote, self._remote_node):
                 table.pop(key, None)
             return
         labels = dict(meta.labels or {})
@@ -87,11 +88,16 @@ class KubeWatch(LabelSource):
             self._remote.pop(key, None)
         else:
             self._remote[key] = (labels, ports, tuple(ips))
+            self._remote_node[key] = node or ""
             self._pods.pop(key, None)
 
     def remote_pods(self) -> list[tuple[str, str, Mapping[str, str], tuple[Any, ...], tuple[str, ...]]]:
         """(namespace, name, labels, container ports, IPs) of pods on other nodes."""
         return [(ns, name, *v) for (ns, name), v in list(self._remote.items())]
+
+    def node_of(self, namespace: str, name: str) -> str:
+        """The node a remote pod runs on ("" if unknown)."""
+        return self._remote_node.get((namespace, name), "")
 
     def _watch_namespaces(self) -> None:
         from kubernetes import client, watch  # type: ignore[import-not-found]

@@ -42,7 +42,7 @@ DATAPATH_STATS = {
 
 
 class FlowTotals(NamedTuple):
-    """One flow table entry as the metrics need it (decoded by exporter.events)."""
+    """One flow table entry as the metrics need it (decoded by exporter.mapsource)."""
 
     protocol: str
     direction: str

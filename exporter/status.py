@@ -46,6 +46,7 @@ def agent_status(
     store: FlowStore,
     health: AgentHealth,
     tracing: bool,
+    network: dict[str, Any],
     endpoint_list: Callable[[], list[dict[str, Any]]],
 ) -> dict[str, Any]:
     stats = dict(source.datapath_stats()) if source else {}
@@ -79,6 +80,7 @@ def agent_status(
             "poll_lag_s": round(health.poll_lag_seconds, 6),
         },
         "otel": tracing,
+        "network": network,
         "endpoints": endpoint_list(),
     }
 

@@ -40,8 +40,11 @@ def _filter_help() -> list[dict[str, str]]:
     return out
 
 
-def hook(token: str | None = None, web_dir: Path = WEB_DIR) -> Callable[[FastAPI], None]:
-    """The `ui` argument of exporter.api.create_app."""
+def hook(
+    token: str | None = None, web_dir: Path = WEB_DIR, with_map: bool = True
+) -> Callable[[FastAPI], None]:
+    """The `ui` argument of exporter.api.create_app (and of the relay's, which serves its own /api/map:
+    with_map=False)."""
 
     require_token = api.token_check(token)
 
@@ -66,6 +69,9 @@ def hook(token: str | None = None, web_dir: Path = WEB_DIR) -> Callable[[FastAPI
         @app.get("/", include_in_schema=False)
         def index() -> RedirectResponse:
             return RedirectResponse("/flows")
+
+        if not with_map:
+            return
 
         @app.get("/api/map", tags=["flows"], dependencies=[Depends(require_token)])
         def service_map(request: Request) -> dict[str, Any]:

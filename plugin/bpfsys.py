@@ -8,7 +8,6 @@ bpf/abi.py); tests/unit/test_abi.py checks these bytes against the ctypes mirror
 from __future__ import annotations
 
 import os
-import platform
 import struct
 
 BPF_MAP_LOOKUP_ELEM = 1
@@ -29,7 +28,7 @@ def _bpf(cmd: int, attr: bytes) -> int:
 
     libc = ctypes.CDLL(None, use_errno=True)
     buf = ctypes.create_string_buffer(attr, len(attr))
-    ret = libc.syscall(_SYSCALL_NR[platform.machine()], cmd, buf, len(attr))
+    ret = libc.syscall(_SYSCALL_NR[os.uname().machine], cmd, buf, len(attr))  # not platform: it imports re
     if ret < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"bpf({cmd}): {os.strerror(err)}")
@@ -86,9 +85,9 @@ def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
 
 
 def endpoint_key(address: str) -> bytes:
-    import ipaddress
+    from plugin.ip import ip_address
 
-    ip = ipaddress.ip_address(address.split("/")[0])
+    ip = ip_address(address.split("/")[0])
     return ENDPOINT_KEY.pack(ip.packed.ljust(16, b"\0"), ip.version)
 
 

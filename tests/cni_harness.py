@@ -49,7 +49,9 @@ def invoke(
     cni_args: str = "",
     extra_env: dict[str, str] | None = None,
     timeout: float = 30,
+    wrap: list[str] | None = None,
 ) -> Invocation:
+    """`wrap` runs the plugin under a command, e.g. `ip netns exec <node>` for a simulated node."""
     env = {
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
         "CNI_COMMAND": command,
@@ -64,7 +66,11 @@ def invoke(
         env["CNI_ARGS"] = cni_args
     env.update(extra_env or {})
     proc = subprocess.run(
-        [str(binary)], input=json.dumps(conf).encode(), env=env, capture_output=True, timeout=timeout
+        [*(wrap or []), str(binary)],
+        input=json.dumps(conf).encode(),
+        env=env,
+        capture_output=True,
+        timeout=timeout,
     )
     out = json.loads(proc.stdout) if proc.stdout.strip() else None
     return Invocation(proc.returncode, out, proc.stderr.decode())

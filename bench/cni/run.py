@@ -6,6 +6,9 @@ drift on this shared machine hits every variant alike. Then 100 concurrent ADDs 
 
   lumen-cold: the launcher runs the call in process (no agent on the node)
   lumen-warm: the launcher hands the call to the warm plugin server (what a node with the agent does)
+
+Goal (issue 11): a cold ADD at most 2.0x the reference's ADD p50, in the same run. Where a cold ADD goes
+(python3 -X importtime, cProfile of one ADD) is in docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+#: (variant, bound on its ADD p50 as a multiple of the reference's)
+GOALS = [("lumen-cold", 2.0)]
 sys.path.insert(0, str(REPO))
 
 from tests.cni_harness import install_plugin, invoke, netns_add, netns_del  # noqa: E402
@@ -157,6 +162,16 @@ def main() -> None:
                 f"ratio {v.name}/reference: "
                 f"ADD p50 {statistics.median(v.add_ms) / statistics.median(ref.add_ms):.2f}x  "
                 f"DEL p50 {statistics.median(v.del_ms) / statistics.median(ref.del_ms):.2f}x"
+            )
+
+        print("goals (issue 11):")
+        for name, bound in GOALS:
+            v = next(v for v in variants if v.name == name)
+            mine, theirs = statistics.median(v.add_ms), statistics.median(ref.add_ms)
+            ratio = mine / theirs
+            print(
+                f"  {name} ADD p50 <= {bound:.1f}x reference: {mine:.1f} ms against {theirs:.1f} ms = "
+                f"{ratio:.2f}x {'PASS' if ratio <= bound else 'MISS'}"
             )
 
         print(f"\n{args.concurrent} concurrent ADDs (then DELs) per variant")

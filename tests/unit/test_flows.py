@@ -158,6 +158,7 @@ def test_flow_json_shape():
         "namespace": "default",
         "pod": "client",
         "labels": {},
+        "node": "",
     }
     assert d["tcp_flags"] == ["SYN", "ACK"]
     assert d["duration_ms"] == 1000.0
