@@ -27,6 +27,7 @@ from exporter.enrich import EndpointDirectory, Enricher, LabelSource
 from exporter.flows import DEFAULT_CAPACITY, FlowStore
 from exporter.metrics import AgentHealth, LumenCollector, Retired
 from exporter.pipeline import Pipeline
+from exporter.store import FlowSource
 
 log = logging.getLogger("lumen.agent")
 
@@ -121,6 +122,7 @@ class Agent:
                 log.warning("no pod labels: kubernetes client unavailable", extra={"error": str(exc)})
         self.directory = EndpointDirectory(cfg.state_dir, labels)
         self.store = FlowStore(cfg.flow_store_size)
+        self.history: FlowSource | None = None  # a FlowSource of older flows (exporter/history/), if kept
         self.health = AgentHealth()
         self.retired = Retired.load(self._retired_path())
         self.registry = CollectorRegistry(auto_describe=False)

@@ -59,8 +59,13 @@ class LiveFlows(FlowSource, Protocol):
 class AgentView(Protocol):
     """What the API reads: the agent, or a relay's view of several agents."""
 
-    store: LiveFlows
-    history: FlowSource | None  # older flows than `store` holds (exporter/history/), if kept
+    @property
+    def store(self) -> LiveFlows: ...
+
+    @property
+    def history(self) -> FlowSource | None:
+        """Flows older than `store` holds (exporter/history/), if kept."""
+        ...
 
     def endpoints(self) -> list[dict[str, Any]]: ...
 

@@ -300,7 +300,7 @@ class FilterGroup:
     """One AND-group: criterion name -> normalised values (any value of a criterion matches). Built from
     raw values, which are checked and normalised (`tcp` -> `TCP`, `10.0.0.1` -> `10.0.0.1/32`)."""
 
-    criteria: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    criteria: Mapping[str, Sequence[str]] = field(default_factory=dict)
     _funcs: tuple[Callable[[Flow], bool], ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:

@@ -13,11 +13,12 @@ from typing import Any, Protocol
 from fastapi import APIRouter, HTTPException, Request
 
 from bpf.vocab import CONNECTION_PROTOCOLS, PORTED_PROTOCOLS
-from exporter.flows import Flow, FlowStore
+from exporter.flows import Flow
 from exporter.policy.engine import Engine, Verdict
 from exporter.policy.errors import PolicyError
 from exporter.policy.explain import FlowRecord, explain, whatif
 from exporter.policy.manifests import Manifests, load_text
+from exporter.store import FlowSource
 
 MAX_BODY = 4 * 1024 * 1024
 
@@ -58,7 +59,7 @@ def flow_record(flow: Flow) -> FlowRecord:
     )
 
 
-def router(view: Callable[[], PolicyView | None], store: FlowStore) -> APIRouter:
+def router(view: Callable[[], PolicyView | None], store: FlowSource) -> APIRouter:
     api = APIRouter(tags=["policy"])
 
     def _view() -> PolicyView:

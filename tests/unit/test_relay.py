@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from exporter.api import iter_sse
+from exporter.sse import iter_sse
 from exporter.relay import discovery
 from exporter.relay.discovery import Target
 from tests.relay_harness import agents, free_port, relay, wait_until
