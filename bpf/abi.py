@@ -1,7 +1,9 @@
-"""Python mirrors of bpf/include/types.h and the map names of bpf/include/maps.h.
+"""Python mirrors of bpf/include/types.h, and the map and program names of bpf/include/maps.h and
+bpf/lumen.c (defined in plugin/pinned.py, which the plugin imports without ctypes or enum).
 
-The single place outside C that knows the binary layout. tests/unit/test_abi.py compiles the C with bcc
-and fails when an offset, a size, an enum value or a map name here drifts from what was compiled.
+The single place outside C that knows the binary layout (plugin/pinned.py packs the endpoint entries).
+tests/unit/test_abi.py compiles the C with bcc and fails when an offset, a size, an enum value or a map
+name here drifts from what was compiled.
 """
 
 from __future__ import annotations
@@ -12,41 +14,53 @@ from enum import IntEnum
 from pathlib import Path
 
 # The vocabulary enums live in bpf/vocab.py (stdlib only, imported by the CLI); re-exported here
-from bpf.vocab import Direction, DropReason, EventType, Verdict
+from bpf.vocab import Direction, DropReason, EventType, Verdict  # noqa: F401
+
+# Program, pin and map names live with the plugin, which opens the pins without importing this module;
+# re-exported here, where the agent looks them up.
+from plugin import pinned
+from plugin.pinned import (  # noqa: F401
+    ALL_MAPS,
+    EP_BY_IFINDEX,
+    MAP_BATCH,
+    MAP_CIDRS,
+    MAP_CONFIG,
+    MAP_DROPS,
+    MAP_ENDPOINT_GEN,
+    MAP_ENDPOINTS,
+    MAP_EVENTS,
+    MAP_FLOW_COUNTS,
+    MAP_FLOWS,
+    MAP_IPCACHE,
+    MAP_PAIRS,
+    MAP_PODS,
+    MAP_POLICY,
+    MAP_POLICY_COUNTS,
+    MAP_SLOTS,
+    MAP_SOURCES,
+    MAP_STATS,
+    PINNED_MAPS,
+    PROG_EGRESS,
+    PROG_INGRESS,
+    PROG_PINS,
+)
 
 BPF_DIR = Path(__file__).resolve().parent
 SOURCE = BPF_DIR / "lumen.c"
 INCLUDE_DIR = BPF_DIR / "include"
 
-# Entry points (bpf/lumen.c) and where each attaches on the host veth.
-PROG_INGRESS = "lumen_ingress"  # tc ingress: packets leaving the pod
-PROG_EGRESS = "lumen_egress"  # tc egress: packets entering the pod
 
-#: program name -> pin file name (bpffs names cannot contain dots); the plugin opens these at ADD
-PROG_PINS = {PROG_INGRESS: "prog_lumen_ingress", PROG_EGRESS: "prog_lumen_egress"}
+DROP_MAX = 2  # lumen_drops holds DROP_MAX x 256 protocols
 
-MAP_FLOWS = "lumen_flows"
-MAP_SOURCES = "lumen_sources"
-MAP_ENDPOINTS = "lumen_endpoints"
-MAP_IPCACHE = "lumen_ipcache"
-MAP_CIDRS = "lumen_cidrs"
-MAP_POLICY = "lumen_policy"
-MAP_STATS = "lumen_stats"
-MAP_CONFIG = "lumen_config"
-MAP_BATCH = "lumen_batch"
-MAP_EVENTS = "lumen_events"
-#: maps pinned under the pin dir (file name = map name); they survive an agent restart
-PINNED_MAPS = (
-    MAP_FLOWS,
-    MAP_SOURCES,
-    MAP_ENDPOINTS,
-    MAP_IPCACHE,
-    MAP_CIDRS,
-    MAP_POLICY,
-    MAP_STATS,
-    MAP_CONFIG,
-)
-ALL_MAPS = (*PINNED_MAPS, MAP_BATCH, MAP_EVENTS)
+
+def flow_count_index(proto: int, verdict: int, direction: int) -> int:
+    """lumen_flow_counts key of (protocol number, Verdict, Direction), as bpf/lumen.c computes it."""
+    return proto << 3 | (verdict & 3) << 1 | ((direction - 1) & 1)
+
+
+def pair_index(src_slot: int, dst_slot: int, slots: int) -> int:
+    """lumen_pairs key of (source slot, destination slot) with `slots` pod slots."""
+    return src_slot * slots + dst_slot
 
 
 class Aggregation(IntEnum):
@@ -63,9 +77,11 @@ class Stat(IntEnum):
     UNPARSED = 5
     POLICY_DROPPED = 6
     POLICY_AUDIT = 7
+    SOURCES_FULL_PACKETS = 8
+    SOURCES_FULL_BYTES = 9
 
 
-STAT_MAX = 8
+STAT_MAX = 10
 
 
 class FlowFlag(IntEnum):
@@ -100,6 +116,8 @@ C_ENUMS: dict[str, int] = {
     **{f"LUMEN_EV_{m.name}": m.value for m in EventType},
     **{f"LUMEN_VERDICT_{m.name}": m.value for m in Verdict},
     **{f"LUMEN_DROP_{m.name}": m.value for m in DropReason},
+    "LUMEN_DROP_MAX": DROP_MAX,
+    "LUMEN_EP_BY_IFINDEX": EP_BY_IFINDEX,
     **{f"LUMEN_AGG_{m.name}": m.value for m in Aggregation},
     **{f"LUMEN_STAT_{m.name}": m.value for m in Stat},
     "LUMEN_STAT_MAX": STAT_MAX,
@@ -143,7 +161,10 @@ class FlowStats(ct.Structure):
         ("tick", ct.c_uint32),
         ("fwd_ifindex", ct.c_uint32),
         ("fwd_mac", ct.c_uint8 * 6),
-        ("pad", ct.c_uint8 * 2),
+        ("src_slot", ct.c_uint16),
+        ("dst_slot", ct.c_uint16),
+        ("pad", ct.c_uint16),
+        ("ep_gen", ct.c_uint32),
     ]
 
 
@@ -179,7 +200,7 @@ class EndpointInfo(ct.Structure):
         ("ifindex", ct.c_uint32),
         ("endpoint_id", ct.c_uint32),
         ("mac", ct.c_uint8 * 6),
-        ("pad", ct.c_uint8 * 2),
+        ("slot", ct.c_uint16),
         ("identity", ct.c_uint32),
     ]
 
@@ -217,6 +238,30 @@ class PolicyValue(ct.Structure):
     ]
 
 
+class PodCounters(ct.Structure):
+    _fields_ = [
+        ("endpoint_id", ct.c_uint32),
+        ("pad", ct.c_uint32),
+        ("tx_packets", ct.c_uint64),
+        ("tx_bytes", ct.c_uint64),
+        ("rx_packets", ct.c_uint64),
+        ("rx_bytes", ct.c_uint64),
+    ]
+
+
+class PairCounters(ct.Structure):
+    _fields_ = [("bytes", ct.c_uint64 * 4)]  # by Verdict (index 0 unused)
+
+
+class PolicyCountKey(ct.Structure):
+    _fields_ = [
+        ("policy_id", ct.c_uint32),
+        ("verdict", ct.c_uint8),
+        ("direction", ct.c_uint8),
+        ("pad", ct.c_uint8 * 2),
+    ]
+
+
 class SourceCounters(ct.Structure):
     _fields_ = [("packets", ct.c_uint64), ("bytes", ct.c_uint64)]
 
@@ -244,6 +289,13 @@ PINNED_LAYOUTS: dict[str, tuple[type, type, bool]] = {
     MAP_POLICY: (PolicyKey, PolicyValue, False),
     MAP_STATS: (ct.c_uint32, ct.c_uint64, True),
     MAP_CONFIG: (ct.c_uint32, Config, False),
+    MAP_SLOTS: (ct.c_uint32, ct.c_uint32, False),
+    MAP_ENDPOINT_GEN: (ct.c_uint32, ct.c_uint32, False),
+    MAP_PODS: (ct.c_uint32, PodCounters, True),
+    MAP_PAIRS: (ct.c_uint32, PairCounters, False),
+    MAP_FLOW_COUNTS: (ct.c_uint32, ct.c_uint64, True),
+    MAP_DROPS: (ct.c_uint32, ct.c_uint64, True),
+    MAP_POLICY_COUNTS: (PolicyCountKey, ct.c_uint64, True),
 }
 
 #: C struct name -> Python mirror, for the drift test
@@ -258,6 +310,9 @@ MIRRORS: dict[str, type[ct.Structure]] = {
     "cidr_key": CidrKey,
     "policy_key": PolicyKey,
     "policy_value": PolicyValue,
+    "pod_counters": PodCounters,
+    "pair_counters": PairCounters,
+    "policy_count_key": PolicyCountKey,
 }
 
 
@@ -273,8 +328,10 @@ def addr_str(raw: bytes | ct.Array, family: int) -> str:  # type: ignore[type-ar
 
 
 def endpoint_key(address: str) -> EndpointKey:
-    packed, family = addr_bytes(address)
-    key = EndpointKey()
-    ct.memmove(key.addr, packed, 16)
-    key.family = family
-    return key
+    """The lumen_endpoints (and lumen_ipcache) key of an address, packed by plugin/pinned.py."""
+    return EndpointKey.from_buffer_copy(pinned.endpoint_key(address))
+
+
+def endpoint_key_ifindex(ifindex: int) -> EndpointKey:
+    """The endpoint entry keyed by the pod's host veth (what tc ingress knows of the sender)."""
+    return EndpointKey.from_buffer_copy(pinned.endpoint_key_ifindex(ifindex))

@@ -25,13 +25,12 @@ from exporter import status
 from exporter.attachments import Attachments
 from exporter.enrich import EndpointDirectory, Enricher, LabelSource
 from exporter.flows import DEFAULT_CAPACITY, FlowStore
-from exporter.metrics import AgentHealth, LumenCollector, Retired
+from exporter.metrics import AgentHealth, LumenCollector
 from exporter.pipeline import Pipeline
 from exporter.store import FlowSource
 
 log = logging.getLogger("lumen.agent")
 
-RETIRED_FILE = "agent-retired.json"
 VERSION = "0.1.0"
 #: /readyz fails when the ring buffer was not polled for this long, or the kernel emitted events for
 #: this long while the agent consumed none
@@ -52,6 +51,7 @@ class AgentConfig:
     node: str = field(default_factory=socket.gethostname)
     flow_store_size: int = DEFAULT_CAPACITY
     flow_table_size: int = 65536
+    pod_slots: int = 256  # local pods with exact counters (lumen_pods)
     ringbuf_pages: int = 256
     aggregation: str = "default"  # or "none": one event per packet (debugging, benchmarks)
     report_interval_s: float = 5.0
@@ -124,7 +124,6 @@ class Agent:
         self.store = FlowStore(cfg.flow_store_size)
         self.history: FlowSource | None = None  # a FlowSource of older flows (exporter/history/), if kept
         self.health = AgentHealth()
-        self.retired = Retired.load(self._retired_path())
         self.registry = CollectorRegistry(auto_describe=False)
         self.policy_names: dict[int, str] = {}
         self.enricher: Enricher | None = None
@@ -143,9 +142,6 @@ class Agent:
         self._emitted_seen = (-1, 0, 0.0)  # (kernel events, consumed, when) at the last change
         self.network: Any = None  # exporter.network.NodeNetwork: routes to other nodes' pods
 
-    def _retired_path(self) -> str:
-        return os.path.join(self.cfg.state_dir, RETIRED_FILE)
-
     # -- life cycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -161,6 +157,7 @@ class Agent:
         dcfg = DatapathConfig(
             pin_dir=self.cfg.pin_dir,
             flow_table_size=self.cfg.flow_table_size,
+            pod_slots=self.cfg.pod_slots,
             ringbuf_pages=self.cfg.ringbuf_pages,
             aggregation=abi.Aggregation[self.cfg.aggregation.upper()],
             report_interval_s=self.cfg.report_interval_s,
@@ -206,18 +203,10 @@ class Agent:
             self.pipeline.register(self.tracer)
         self.source = DatapathSource(self.dp)
         self.registry.register(
-            LumenCollector(
-                self.source, self.directory, self.retired, self.health, self.store, self.policy_names
-            )
+            LumenCollector(self.source, self.directory, self.health, self.store, self.policy_names)
         )
         self.sweeper = Sweeper(
-            self.dp,
-            self.decoder,
-            self.retired,
-            self.policy_names,
-            self.pipeline.publish,
-            self.health,
-            self._save_retired,
+            self.dp, self.decoder, self.pipeline.publish, self.health, self._alive_endpoints
         )
         self.health.attached_endpoints = self.attachments.sync()
         # identities and policy maps before the plugin server takes its first ADD
@@ -279,7 +268,6 @@ class Agent:
                 self._plugin_server.kill()
         if self.pipeline is not None:
             self.pipeline.close()  # the sinks: the tracer flushes its spans
-        self._save_retired()
         if self.dp is not None:
             # Pinned maps and attached programs stay: traffic keeps flowing and counting without us.
             self.dp.close()
@@ -296,7 +284,6 @@ class Agent:
                 self.enforcer.sync()
                 self.directory.set_remote(self.enforcer.remote_pods)
                 self.network.sync()
-                self.retired.forget_endpoints({p.endpoint_id for p in self.directory.pods})
                 self.decoder.sync_clock()
                 self._check_consumption()
                 if time.monotonic() - last_sweep >= min(self.cfg.idle_timeout_s / 2, 10.0):
@@ -306,8 +293,11 @@ class Agent:
                 log.exception("housekeeping failed")
 
     def sweep(self) -> int:
-        """End idle flows: totals to `retired`, their END records to the sinks."""
+        """End idle flows: their END records to the sinks; free counter slots of pods that are gone."""
         return int(self.sweeper.sweep(self.cfg.idle_timeout_s))
+
+    def _alive_endpoints(self) -> set[int]:
+        return {p.endpoint_id for p in self.directory.pods}
 
     def _check_consumption(self) -> None:
         """The kernel emitting events while none reach us (another agent took the ring buffer, a reader
@@ -324,12 +314,6 @@ class Agent:
                 f"the kernel emitted {emitted - last_emitted} events in {now - since:.0f} s and this agent "
                 "received none (is another agent reading this datapath?)"
             )
-
-    def _save_retired(self) -> None:
-        try:
-            self.retired.save(self._retired_path())
-        except OSError as exc:
-            log.warning("cannot save retired flow totals", extra={"error": str(exc)})
 
     def _network_status(self) -> dict[str, Any]:
         if self.network is None:

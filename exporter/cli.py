@@ -44,6 +44,9 @@ def _agent_parser(sub: Any) -> None:
     p.add_argument("--node", default=None, help="node name (default: hostname, or env NODE_NAME)")
     p.add_argument("--flow-store-size", type=int, default=65536, help="recent flows kept for the API")
     p.add_argument("--flow-table-size", type=int, default=65536, help="kernel flow table entries")
+    p.add_argument(
+        "--pod-slots", type=int, default=256, help="local pods with exact counters (slot 0 is none)"
+    )
     p.add_argument("--ringbuf-pages", type=int, default=256, help="ring buffer pages (power of two)")
     p.add_argument("--aggregation", choices=["default", "none"], default="default")
     p.add_argument(
@@ -120,6 +123,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         node=args.node or os.environ.get("NODE_NAME") or AgentConfig().node,
         flow_store_size=args.flow_store_size,
         flow_table_size=args.flow_table_size,
+        pod_slots=args.pod_slots,
         ringbuf_pages=args.ringbuf_pages,
         aggregation=args.aggregation,
         report_interval_s=args.report_interval,
@@ -500,11 +504,32 @@ def _get_json(
         return None
 
 
+def format_relay_status(st: dict[str, Any]) -> str:
+    """`lumen status --server <relay>`: the relay, then each node's agent in brief."""
+    answering = len(st["agents"]) - len(st["unreachable"])
+    lines = [f"Relay:       {answering}/{len(st['agents'])} agents answer, uptime={st['uptime_s']}s"]
+    for agent in st["agents"]:
+        node = st["nodes"].get(agent["node"])
+        if node is None:
+            lines.append(f"  {agent['node']:<24} UNREACHABLE ({agent['error']})  {agent['url']}")
+            continue
+        fs = node.get("flow_store") or {}
+        state = "ready" if node.get("ready") else f"NOT READY ({node.get('reason', '')})"
+        lines.append(
+            f"  {agent['node']:<24} {state}  {fs.get('flows', '?')}/{fs.get('capacity', '?')} flows, "
+            f"{len(node.get('endpoints') or [])} endpoints  {agent['url']}"
+        )
+    return "\n".join(lines)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     st = _get_json(args, "status", "/api/status")
     if st is None:
         return 1
-    print(json.dumps(st, indent=2) if args.output == "json" else format_status(st))
+    if args.output == "json":
+        print(json.dumps(st, indent=2))
+    else:
+        print(format_relay_status(st) if st.get("relay") else format_status(st))
     return 0
 
 

@@ -50,7 +50,7 @@ def agent_status(
     endpoint_list: Callable[[], list[dict[str, Any]]],
 ) -> dict[str, Any]:
     stats = dict(source.datapath_stats()) if source else {}
-    entries = sum(1 for _ in source.flow_totals()) if source else 0
+    entries = source.flow_table_entries() if source else 0
     capacity = cfg.flow_table_size
     ok, reason = ready
     return {

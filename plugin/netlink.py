@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 NLM_F_REQUEST = 0x1
 NLM_F_MULTI = 0x2
 NLM_F_ACK = 0x4
+NLM_F_DUMP_INTR = 0x10  # the table changed during the dump: what came back may be inconsistent
 NLM_F_DUMP = 0x300
 NLM_F_REPLACE = 0x100
 NLM_F_EXCL = 0x200
@@ -67,6 +68,7 @@ TC_H_CLSACT = 0xFFFFFFF1
 TC_PARENT = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
 ETH_P_ALL = 0x0003
 
+DUMP_ATTEMPTS = 5  # netlinksafe's count; one retry is usually enough
 _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
 _IFADDRMSG = struct.Struct("=BBBBI")
@@ -252,6 +254,7 @@ class Netlink:
             with in_netns(netns):
                 self._sock = self._open()
         self._seq = 0
+        self._interrupted = False
 
     @staticmethod
     def _open() -> socket.socket:
@@ -288,8 +291,16 @@ class Netlink:
             pass
 
     def dump(self, msg_type: int, body: bytes) -> list[tuple[int, bytes]]:
-        seq = self._send(msg_type, NLM_F_DUMP, body)
-        return list(self._replies(seq))
+        """Every object of a kind. A dump the kernel marks interrupted (NLM_F_DUMP_INTR: links, addresses
+        or routes changed while it ran, as concurrent ADDs do) is asked again, as containernetworking's
+        netlinksafe does; still interrupted after DUMP_ATTEMPTS, NetlinkError(EINTR)."""
+        for _ in range(DUMP_ATTEMPTS):
+            self._interrupted = False
+            seq = self._send(msg_type, NLM_F_DUMP, body)
+            replies = list(self._replies(seq))
+            if not self._interrupted:
+                return replies
+        raise NetlinkError(errno.EINTR, f"netlink dump interrupted {DUMP_ATTEMPTS} times in a row")
 
     def _replies(self, seq: int) -> Iterator[tuple[int, bytes]]:
         while True:
@@ -301,6 +312,8 @@ class Netlink:
                 offset += _align(length)
                 if msg_seq != seq:
                     continue
+                if flags & NLM_F_DUMP_INTR:
+                    self._interrupted = True
                 if msg_type == NLMSG_DONE:
                     return
                 if msg_type == NLMSG_ERROR:

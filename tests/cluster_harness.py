@@ -21,7 +21,6 @@ sockets opened there (`ns_socket`), and `PortForward` exposes one of them on the
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import http.client
 import json
 import os
@@ -37,13 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from plugin.netlink import in_netns
 from tests.cni_harness import REPO, Invocation, install_plugin, invoke, netns_add, netns_del
 
-CLONE_NEWNET = 0x40000000
 AGENT_PORT = 9470
 RELAY_PORT = 9466
 UNDERLAY_MTU = 1500
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -67,13 +65,8 @@ def ns_socket(ns: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STR
 
     def make() -> None:
         try:
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {ns}")
-            finally:
-                os.close(fd)
-            out["sock"] = socket.socket(family, kind)
+            with in_netns(f"/run/netns/{ns}"):  # setns through the one kernel edge that may
+                out["sock"] = socket.socket(family, kind)
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller
             out["error"] = e
 

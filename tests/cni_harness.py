@@ -19,6 +19,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_CNI_DIR = "/usr/lib/cni"
+#: first letters of every netns, bridge and pin dir a test or bench creates (several sessions can share
+#: a host: each sets its own)
+PREFIX = os.environ.get("LUMEN_TEST_PREFIX", "lt")
 
 
 def install_plugin(dest: str | Path) -> Path:
@@ -131,7 +134,7 @@ class Node:
     def __post_init__(self) -> None:
         if not self.subnet_octet:
             self.subnet_octet = 100 + secrets.randbelow(150)
-        self.bridge = f"ltb{self.tag}"
+        self.bridge = f"{PREFIX}b{self.tag}"
         self.subnet4 = f"10.{self.subnet_octet}.{int(self.tag[:2], 16)}.0/24"
         self.gateway4 = self.subnet4.replace(".0/24", ".1")
         # Canonical text form: results carry addresses the way the kernel prints them. A tag that is not
@@ -183,7 +186,7 @@ class Node:
         return invoke(self.binary, command, conf or self.conf(), **kw)
 
     def add_pod(self, name: str, namespace: str = "default", **kw: Any) -> Pod:
-        ns = f"lt{self.tag}{name}"[:15]
+        ns = f"{PREFIX}{self.tag}{name}"[:15]
         netns = netns_add(ns)
         cid = secrets.token_hex(32)
         uid = secrets.token_hex(8)

@@ -81,7 +81,8 @@ class Agent(View):
         return self.served.url
 
     def status(self) -> dict[str, Any]:
-        return {**super().status(), "node": self.name}
+        store = {"flows": len(self.store), "capacity": self.store.capacity, "evicted": self.store.evicted}
+        return {**super().status(), "node": self.name, "flow_store": store, "endpoints": self.endpoints()}
 
     def endpoints(self) -> list[dict[str, Any]]:
         return [

@@ -79,7 +79,11 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.relay = relay
-    require_token = token_check(token)
+    check_token = token_check(token)
+
+    async def require_token(request: Request) -> None:
+        # the agent's check, awaited in the loop: a sync dependency would cost a thread hop per request
+        check_token(request)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
@@ -95,7 +99,7 @@ def create_app(
     api = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
 
     @api.get("/flows", tags=["flows"], responses={400: {"description": "a bad filter, limit or cursor"}})
-    async def flows(request: Request) -> dict[str, Any]:
+    async def flows(request: Request) -> JSONResponse:
         """Recent flows of every node, oldest first: the newest `limit` across nodes, the two ends of a
         cross-node flow in one row. `cursor` (from an answer) continues with older flows."""
         params = _params(request)
@@ -107,7 +111,8 @@ def create_app(
                 after = merge.decode_cursor(params["cursor"][-1])
             except ValueError as exc:
                 raise HTTPException(400, str(exc)) from None
-        return await relay.flows(forward, limit, after, until)
+        # JSONResponse: the answer is plain JSON already; FastAPI's encoder would walk every flow again
+        return JSONResponse(await relay.flows(forward, limit, after, until))
 
     @api.get("/flows/stream", tags=["flows"], response_class=StreamingResponse)
     async def stream(request: Request) -> StreamingResponse:
@@ -136,12 +141,12 @@ def create_app(
         return await relay.status()
 
     @api.get("/map", tags=["flows"])
-    async def service_map(request: Request) -> dict[str, Any]:
+    async def service_map(request: Request) -> JSONResponse:
         """The service map over every node's flows (same filters as /api/flows)."""
         forward, until = _filter(_params(request))
         if until is not None:
             forward.append(("until", until))
-        return await relay.service_map(forward)
+        return JSONResponse(await relay.service_map(forward))
 
     app.include_router(api)
 

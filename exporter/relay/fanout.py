@@ -17,9 +17,11 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from exporter.relay import http
 from exporter.relay.discovery import Discovery, Target
 
 DEFAULT_TIMEOUT_S = 5.0
+STREAM_SILENCE_S = 45.0
 FANOUT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -29,7 +31,7 @@ class Result:
     data: Any = None
     error: str | None = None  # None: the agent answered 200 with JSON
     status: int = 0
-    headers: httpx.Headers | None = None
+    headers: dict[str, str] | None = None
 
 
 @dataclass
@@ -88,11 +90,13 @@ class Fanout:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._verify = verify
         self._client: httpx.AsyncClient | None = None
+        self.http = http.Client(self._headers, verify)  # one-shot GETs: the fan-out
 
     @property
     def client(self) -> httpx.AsyncClient:
+        """For the live streams."""
         if self._client is None:
-            # No pool cap: a fan-out plus a stream per agent per viewer must not queue behind each other.
+            # No pool cap: a stream per agent per viewer must not queue behind another.
             limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
             self._client = httpx.AsyncClient(
                 headers=self._headers, timeout=self.timeout_s, limits=limits, verify=self._verify
@@ -100,6 +104,7 @@ class Fanout:
         return self._client
 
     async def aclose(self) -> None:
+        await self.http.aclose()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -127,24 +132,21 @@ class Fanout:
         self, target: Target, path: str, params: Sequence[tuple[str, str]] = (), timeout: float | None = None
     ) -> Result:
         try:
-            resp = await self.client.get(
-                target.url + path, params=list(params), timeout=timeout or self.timeout_s
-            )
-        except httpx.HTTPError as exc:
-            label, text = describe(exc)
-            self.mark(target, text, label)
-            return Result(target, error=text)
-        if resp.status_code != 200:
+            resp = await self.http.get(target.url + path, params, timeout or self.timeout_s)
+        except http.HTTPError as exc:
+            self.mark(target, str(exc), exc.label)
+            return Result(target, error=str(exc))
+        if resp.status != 200:
             try:
-                detail = resp.json().get("detail", resp.reason_phrase)
+                detail = json.loads(resp.body).get("detail", resp.reason)
             except (ValueError, AttributeError):
-                detail = resp.reason_phrase
-            text = f"HTTP {resp.status_code}: {detail}"
+                detail = resp.reason
+            text = f"HTTP {resp.status}: {detail}"
             # 4xx: the agent answered, but not this question (token, version skew): still not shown.
-            self.mark(target, text, str(resp.status_code))
-            return Result(target, error=text, status=resp.status_code)
+            self.mark(target, text, str(resp.status))
+            return Result(target, error=text, status=resp.status)
         try:
-            data = resp.json()
+            data = json.loads(resp.body)
         except ValueError:
             self.mark(target, "answer is not JSON", "format")
             return Result(target, error="answer is not JSON", status=200)
@@ -172,7 +174,8 @@ class Fanout:
         """("open", "") once connected, then the (event, data) pairs of one agent's SSE stream until it
         ends; raises httpx.HTTPError or
         StreamError (with the reason) when it cannot be read."""
-        timeout = httpx.Timeout(self.timeout_s, read=None)  # a quiet stream has only keepalives
+        # A quiet agent still sends a keepalive every 15 s: three missed mean the connection is dead.
+        timeout = httpx.Timeout(self.timeout_s, read=STREAM_SILENCE_S)
         async with self.client.stream("GET", target.url + path, params=list(params), timeout=timeout) as resp:
             if resp.status_code != 200:
                 body = (await resp.aread()).decode(errors="replace")

@@ -34,6 +34,14 @@ PAIR_WINDOW_US = 10_000_000
 VERDICT_RANK = {"FORWARDED": 0, "AUDIT": 1, "DROPPED": 2}
 
 
+class MalformedAnswer(ValueError):
+    """An agent's flow the relay cannot read (another version's JSON?): that agent is left out, named."""
+
+    def __init__(self, node: str, reason: str) -> None:
+        super().__init__(f"unreadable flow in the answer: {reason}")
+        self.node = node
+
+
 @dataclass(frozen=True)
 class Answer:
     """One agent's answer to a flows query."""
@@ -49,13 +57,16 @@ class Record:
     flow: dict[str, Any]
     pos: Position
     tuple5: str
-    start_us: int
+
+    @property
+    def start_us(self) -> int:
+        return time_us(self.flow["start"])  # only pairing candidates need it: parsed on demand
 
 
 def record(node: str, flow: dict[str, Any]) -> Record:
-    """An agent's flow, stamped with the node it came from and the node each end is on when the
-    direction says so (egress is counted at the source's node, ingress at the destination's)."""
-    flow = dict(flow)
+    """An agent's flow, stamped (in place: it is the relay's own decoded copy) with the node it came
+    from and the node each end is on when the direction says so (egress is counted at the source's
+    node, ingress at the destination's)."""
     if not flow.get("node"):
         flow["node"] = node
     if flow.get("direction") == "egress":
@@ -63,13 +74,7 @@ def record(node: str, flow: dict[str, Any]) -> Record:
     elif flow.get("direction") == "ingress":
         flow.setdefault("destination_node", flow["node"])
     tuple5 = five_tuple(flow)
-    return Record(
-        node,
-        flow,
-        (time_us(flow["time"]), node, f"{tuple5}|{flow['direction']}"),
-        tuple5,
-        time_us(flow["start"]),
-    )
+    return Record(node, flow, (time_us(flow["time"]), node, f"{tuple5}|{flow['direction']}"), tuple5)
 
 
 def encode_cursor(pos: Position) -> str:
@@ -169,7 +174,10 @@ def merge_page(
     recs: list[Record] = []
     floor: Position | None = None  # records older than this may be missing from a truncated answer
     for ans in answers:
-        mine = [record(ans.node, f) for f in ans.flows]
+        try:
+            mine = [record(ans.node, f) for f in ans.flows]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise MalformedAnswer(ans.node, f"{type(exc).__name__}: {exc}") from None
         if ans.truncated and mine:
             oldest = min(r.pos for r in mine)
             # Agents order by nanoseconds, positions by microseconds: records in the same microsecond as

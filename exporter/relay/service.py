@@ -27,6 +27,7 @@ STREAM_QUEUE = 16384  # events waiting for a slow viewer, beyond which they are 
 STREAM_BATCH = 512
 KEEPALIVE_S = 15.0
 RETRY_S = (0.5, 1.0, 2.0, 5.0)  # reconnect delays of a lost agent stream
+MAP_TTL_S = 2.0
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Relay:
         self.pair = pair
         self.pair_wait_s = pair_wait_s
         self.started_at = time.time()
+        self._maps: dict[tuple[tuple[str, str], ...], tuple[float, dict[str, Any]]] = {}
 
     # -- /api/flows --------------------------------------------------------------------------------
 
@@ -78,7 +80,7 @@ class Relay:
             for r in await asyncio.gather(*(self._flows_of(t, base, ask) for t in todo)):
                 results[r.target.name] = r
             self.fanout.metrics.fanout.labels("/api/flows").observe(time.perf_counter() - started)
-            page = merge.merge_page(self._answers(results, ask), limit, after, self.pair)
+            page = self._merge(results, ask, limit, after)
             if not page.short:
                 break
             todo = [t for t in targets if self._truncated(results[t.name], ask[t.name])]
@@ -93,7 +95,7 @@ class Relay:
                     ask[t.name] = 0
                 for r in await asyncio.gather(*(self._flows_of(t, base, ask) for t in todo)):
                     results[r.target.name] = r
-                page = merge.merge_page(self._answers(results, ask), limit, after, self.pair)
+                page = self._merge(results, ask, limit, after)
         ok = [r.data for r in results.values() if r.error is None]
         return {
             "flows": list(reversed(page.rows)),
@@ -101,6 +103,8 @@ class Relay:
             "stored": sum(d.get("stored", 0) for d in ok),
             "capacity": sum(d.get("capacity", 0) for d in ok),
             "evicted": sum(d.get("evicted", 0) for d in ok),
+            # False when an agent says the time window reaches back past what it holds
+            "complete": all(d.get("complete", True) for d in ok),
             "nodes": sorted(t.name for t in targets),
             **Missing.of(list(results.values())).to_dict(),
         }
@@ -110,9 +114,23 @@ class Relay:
         if r.status == 400 and ask[t.name] and "limit" in (r.error or ""):
             ask[t.name] = 0  # asked for more than the agent holds: then everything it holds is the answer
             r = await self.fanout.get(t, "/api/flows", [*base, ("limit", "0")])
-        if r.error is None and isinstance(r.data, dict) and "capacity" in r.data:
-            self.fanout.capacity[t.name] = int(r.data["capacity"])
+        if r.error is None and not (isinstance(r.data, dict) and isinstance(r.data.get("flows"), list)):
+            self.fanout.mark(t, "not a flows answer", "format")
+            return Result(t, error="not a flows answer", status=r.status)
+        if r.error is None and isinstance(r.data.get("capacity"), int):
+            self.fanout.capacity[t.name] = r.data["capacity"]
         return r
+
+    def _merge(
+        self, results: dict[str, Result], ask: dict[str, int], limit: int, after: merge.Position | None
+    ) -> merge.Page:
+        while True:
+            try:
+                return merge.merge_page(self._answers(results, ask), limit, after, self.pair)
+            except merge.MalformedAnswer as exc:
+                bad = results[exc.node]
+                self.fanout.mark(bad.target, str(exc), "format")
+                results[exc.node] = Result(bad.target, error=str(exc), status=bad.status)
 
     def _answers(self, results: dict[str, Result], ask: dict[str, int]) -> list[merge.Answer]:
         return [
@@ -266,11 +284,19 @@ class Relay:
         }
 
     async def service_map(self, forward: Sequence[tuple[str, str]]) -> dict[str, Any]:
-        """The agent's service map over every node's flows, cross-node flows counted once (paired)."""
+        """The agent's service map over every node's flows, cross-node flows counted once (paired).
+        Built from every stored flow, so one answer serves every viewer asking within MAP_TTL_S (the
+        UI's map and endpoints pages poll it)."""
+        key = tuple(forward)
+        cached = self._maps.get(key)
+        if cached is not None and time.monotonic() - cached[0] < MAP_TTL_S:
+            return cached[1]
         page = await self.flows(forward, 0)
         out = servicemap.build(flow_from_dict(f) for f in page["flows"])
         out["stored"] = page["stored"]
         out["unreachable"], out["errors"] = page["unreachable"], page["errors"]
+        self._maps = {k: v for k, v in self._maps.items() if time.monotonic() - v[0] < MAP_TTL_S}
+        self._maps[key] = (time.monotonic(), out)
         return out
 
     async def ready(self) -> tuple[bool, str]:

@@ -39,6 +39,7 @@ def cluster(request: pytest.FixtureRequest, cni_bin: Any) -> Iterator[Cluster]:
     with Cluster(nodes=3, mode=request.param, binary=cni_bin) as c:
         # a short idle timeout: a finished transfer's END record (its final totals) comes in seconds
         c.start_agents("--idle-timeout", "2")
+        c.start_relay()
         for n in c.nodes:
             n.add_pod(f"web{n.index}", "shop", {"app": "web", "node": str(n.index)})
         assert wait_for(lambda: all(len(n.routes()) == 4 for n in c.nodes)), [n.routes() for n in c.nodes]
@@ -241,6 +242,19 @@ def test_network_policy_across_nodes(cluster: Cluster) -> None:
             n3.name,
         )
         assert (f["destination"]["pod"], f["destination"]["node"]) == (w2.name, n2.name)
+
+        # the relay: one row for the connection, both pods and both nodes named
+        def relayed() -> list[dict[str, Any]]:
+            status, body = cluster.relay_api(f"/api/flows?verdict=DROPPED&from_ip={w3.ip(4)}&to_port=8080")
+            assert status == 200, body
+            return [r for r in body["flows"] if r["destination"]["pod"] == w2.name]
+
+        rows = wait_for(relayed)
+        assert rows, "the relay shows no DROPPED flow"
+        row = rows[0]
+        assert (row["source"]["pod"], row["destination"]["pod"]) == (w3.name, w2.name)
+        nodes = (row.get("source_node") or row["source"]["node"], row.get("destination_node") or row["node"])
+        assert nodes == (n3.name, n2.name), row
         admitted = flows(n2, verdict="FORWARDED", from_ip=w1.ip(4), to_port="8080")
         assert any(f["policy"]["ingress"] == "shop/web2-from-web1" for f in admitted), admitted
     finally:
@@ -255,3 +269,16 @@ def test_agent_status_says_mode_and_nodes(cluster: Cluster) -> None:
     assert net["mode"] == cluster.mode and net["masquerade"] is True
     assert net["nodes"] == sorted(n.name for n in cluster.nodes) and net["routes"] == 4
     assert json.dumps(net["problems"]) == "[]"
+
+
+def test_relay_serves_the_other_nodes_and_names_the_one_whose_agent_stopped(cluster: Cluster) -> None:
+    """The module's last test: it leaves node 3's agent stopped (the cluster is torn down next)."""
+    n1, n2, n3 = cluster.nodes
+    status, body = cluster.relay_api("/api/flows?limit=200")
+    assert status == 200 and body["unreachable"] == [], body.get("errors")
+    n3.stop_agent()
+    status, body = cluster.relay_api("/api/flows?limit=200")
+    assert status == 200
+    assert body["unreachable"] == [n3.name] and n3.name in body["errors"]
+    assert {f.get("node") for f in body["flows"]} <= {n1.name, n2.name, None}
+    assert any(f.get("node") in (n1.name, n2.name) for f in body["flows"])

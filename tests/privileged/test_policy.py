@@ -291,7 +291,7 @@ def test_metrics_carry_policy_verdicts(lab: Lab):
 
     from exporter.flows import FlowStore
     from exporter.mapsource import DatapathSource
-    from exporter.metrics import AgentHealth, LumenCollector, Retired
+    from exporter.metrics import AgentHealth, LumenCollector
 
     lab.apply(
         netpol("deny-all", "y", "  podSelector: {}\n  policyTypes: [Ingress]"),
@@ -303,7 +303,6 @@ def test_metrics_carry_policy_verdicts(lab: Lab):
         LumenCollector(
             DatapathSource(lab.dp),
             lab.enforcer.directory,
-            Retired(),
             AgentHealth(),
             FlowStore(8),
             lab.enforcer.policy_names,

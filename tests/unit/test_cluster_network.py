@@ -274,3 +274,85 @@ def test_manifest_pods_on_other_nodes_get_identities_and_names(tmp_path: Path) -
     d = flow.to_dict()["destination"]
     assert (d["namespace"], d["pod"], d["node"], d["labels"]) == ("shop", "server", "n2", {"app": "db"})
     assert flow.to_dict()["source"]["node"] == ""  # not a pod this node or the manifests know
+
+
+# -- deploy: the mode reaches the agent and the conflist --------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cniconf() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cniconf", REPO / "deploy/cniconf.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_conflist_mtu_follows_the_routing_mode(tmp_path: Path) -> None:
+    cniconf = _cniconf()
+    assert cniconf.pod_mtu("vxlan", None, 1500) == 1450 and cniconf.pod_mtu("vxlan", 9000, 1500) == 9000
+    assert cniconf.pod_mtu("direct", None, 1500) is None
+    with pytest.raises(ValueError):
+        cniconf.pod_mtu("bgp", None, 1500)
+    (tmp_path / "route").write_text(
+        "Iface\tDestination\tGateway\neth9\t0000A8C0\t00000000\neth0\t00000000\t0101A8C0\n"
+    )
+    (tmp_path / "net" / "eth0").mkdir(parents=True)
+    (tmp_path / "net" / "eth0" / "mtu").write_text("9001\n")
+    assert cniconf.uplink_mtu(str(tmp_path / "route"), str(tmp_path / "net")) == 9001
+    assert cniconf.uplink_mtu(str(tmp_path / "none"), str(tmp_path / "net")) == 1500
+
+
+def test_daemonset_takes_the_network_keys_from_the_config_map() -> None:
+    import yaml
+
+    config = yaml.safe_load((REPO / "deploy/kubernetes/config.yaml").read_text())
+    ds = yaml.safe_load((REPO / "deploy/kubernetes/daemonset.yaml").read_text())
+    pod = ds["spec"]["template"]["spec"]
+    wanted = {"LUMEN_ROUTING_MODE", "LUMEN_MASQUERADE", "LUMEN_NON_MASQUERADE"}
+    for container, names in (
+        (pod["initContainers"][0], {"LUMEN_ROUTING_MODE"}),
+        (pod["containers"][0], wanted),
+    ):
+        refs = {
+            e["name"]: e["valueFrom"]["configMapKeyRef"]
+            for e in container["env"]
+            if "configMapKeyRef" in e.get("valueFrom", {})
+        }
+        assert set(refs) == names
+        for ref in refs.values():
+            assert ref["name"] == config["metadata"]["name"] and ref["key"] in config["data"]
+    assert config["data"]["routing-mode"] in ("direct", "vxlan")
+    assert "config.yaml" in (REPO / "deploy/kubernetes/kustomization.yaml").read_text()
+
+
+def test_agent_reads_the_network_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from exporter.cli import build_parser
+
+    monkeypatch.setenv("LUMEN_ROUTING_MODE", "vxlan")
+    monkeypatch.setenv("LUMEN_MASQUERADE", "false")
+    args = build_parser().parse_args(["agent"])
+    assert args.routing_mode == "vxlan" and args.no_masquerade is True
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "said"),
+    [
+        (["--non-masquerade", "10.0.0.0/33"], {}, "10.0.0.0/33"),
+        ([], {"LUMEN_ROUTING_MODE": "bgp"}, "routing mode"),
+        (["--routing-mode", "vxlan", "--vxlan-vni", "0"], {}, "VXLAN id"),
+    ],
+)
+def test_agent_refuses_bad_network_settings_before_loading_anything(
+    argv: list[str], env: dict[str, str], said: str, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from exporter import cli
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert cli.main(["agent", "--pin-dir", "/nonexistent/never-made", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lumen agent: ") and said in err and "Traceback" not in err

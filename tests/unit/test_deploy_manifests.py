@@ -211,6 +211,7 @@ def test_kind_config_disables_the_default_cni_and_mounts_headers() -> None:
     cfg = yaml.safe_load((REPO / "deploy/kind/kind-config.yaml").read_text())
     assert cfg["kind"] == "Cluster" and cfg["apiVersion"] == "kind.x-k8s.io/v1alpha4"
     assert cfg["networking"]["disableDefaultCNI"] is True
+    assert len(cfg["nodes"]) == 3, "a cluster: pods cross nodes (docs/install.md)"
     for node in cfg["nodes"]:
         mounts = {m["containerPath"] for m in node["extraMounts"]}
         assert {"/lib/modules", "/usr/src"} <= mounts

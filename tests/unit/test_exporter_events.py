@@ -89,13 +89,11 @@ def test_a_pod_added_after_start_is_named_on_its_first_event(tmp_path):
     assert d.flow(golden("flow_event_udp6_new.hex")).destination.pod == "server"
 
 
-def test_totals_and_swept_flow_from_table_entries(decoder):
+def test_swept_flow_from_a_table_entry(decoder):
     key = abi.FlowKey(sport=40000, dport=80, proto=6, family=4, direction=int(abi.Direction.EGRESS))
     ct.memmove(key.saddr, bytes([10, 22, 0, 5]), 4)
     ct.memmove(key.daddr, bytes([10, 22, 0, 6]), 4)
     st = abi.FlowStats(packets=5, bytes=500, first_seen_ns=10, last_seen_ns=20, src_ep=7, dst_ep=8, verdict=1)
-    t = mapsource.totals(key, st)
-    assert t == ("TCP", "egress", "FORWARDED", "none", 7, 8, 5, 500, 0, 0)
     flow = decoder.ended(key, st, now_mono_ns=30)
     assert flow.type == "END" and flow.source.pod == "client" and flow.packets == 5
 
@@ -108,3 +106,32 @@ def test_swept_entries_may_come_as_bcc_generated_classes(decoder):
     ct.memmove(key.saddr, bytes([10, 22, 0, 5]), 4)
     flow = decoder.ended(key, abi.FlowStats(packets=3, src_ep=7), now_mono_ns=30)
     assert flow.key == (4, 17, "10.22.0.5", "0.0.0.0", 1, 2, "egress") and flow.source.pod == "client"
+
+
+def test_the_map_source_names_the_kernels_numbers():
+    from types import SimpleNamespace
+
+    class Maps:
+        cfg = SimpleNamespace(flow_table_size=64)
+
+        def flow_counts(self) -> dict:
+            return {(17, int(abi.Verdict.FORWARDED), int(abi.Direction.EGRESS)): 9, (200, 2, 2): 1}
+
+        def drops(self) -> dict:
+            return {(int(abi.DropReason.POLICY_DENIED), 6): 3}
+
+        def policy_counts(self) -> dict:
+            return {(5, int(abi.Verdict.DROPPED), int(abi.Direction.INGRESS)): 2}
+
+        def pod_counters(self) -> dict:
+            return {7: (1, 2, 3, 4)}
+
+        def pair_bytes(self) -> dict:
+            return {(7, 8, int(abi.Verdict.AUDIT)): 100}
+
+    source = mapsource.DatapathSource(Maps())  # type: ignore[arg-type]
+    assert source.flow_counts() == {("FORWARDED", "UDP", "egress"): 9, ("DROPPED", "200", "ingress"): 1}
+    assert source.drops() == {("policy_denied", "TCP"): 3}
+    assert source.policy_counts() == {(5, "DROPPED", "ingress"): 2}
+    assert source.pod_counters()[7].rx_bytes == 4
+    assert source.pair_bytes() == {(7, 8, "AUDIT"): 100}

@@ -9,15 +9,16 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
 import httpx
 import pytest
 
-from exporter.sse import iter_sse
 from exporter.relay import discovery
 from exporter.relay.discovery import Target
+from exporter.sse import iter_sse
 from tests.relay_harness import agents, free_port, relay, wait_until
 from tests.unit.exporter_fixtures import NOW_NS, make_flow
 
@@ -208,6 +209,17 @@ def test_lumen_observe_through_the_relay_says_which_nodes_are_missing(three):
     assert "flows of 1 node(s) missing, not reachable: n9: cannot connect" in out.stderr
 
 
+def test_lumen_status_through_the_relay_lists_every_node(three):
+    dead = Target("n9", f"http://127.0.0.1:{free_port()}")
+    with relay([*targets(three), dead]) as r:
+        out = run_cli("status", "--server", r.url)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("Relay:       3/4 agents answer")
+    assert "n1" in lines[1] and "ready  5/10000 flows, 1 endpoints" in lines[1]
+    assert lines[4].split()[:2] == ["n9", "UNREACHABLE"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -291,3 +303,77 @@ def test_discovery_from_nodes_and_endpointslices():
 def test_kube_discovery_refuses_an_unknown_kind():
     with pytest.raises(ValueError, match="expected one of nodes, endpointslices"):
         discovery.Kube("pods")
+
+
+def test_kube_discovery_lists_nodes_and_endpointslices_through_the_client(monkeypatch):
+    """The in-cluster path with a stand-in `kubernetes` module (the real client is only in the image)."""
+    import asyncio
+    import types
+
+    calls = []
+    node = SimpleNamespace(
+        metadata=SimpleNamespace(name="worker-1"),
+        status=SimpleNamespace(addresses=[SimpleNamespace(type="InternalIP", address="10.0.0.7")]),
+    )
+    piece = SimpleNamespace(
+        ports=[SimpleNamespace(name="metrics", port=9465)],
+        endpoints=[SimpleNamespace(addresses=["10.0.0.8"], node_name="worker-2")],
+    )
+
+    class CoreV1Api:
+        def list_node(self, **kw):
+            calls.append(("list_node", kw))
+            return SimpleNamespace(items=[node])
+
+    class DiscoveryV1Api:
+        def list_namespaced_endpoint_slice(self, namespace, **kw):
+            calls.append(("slices", namespace, kw["label_selector"]))
+            return SimpleNamespace(items=[piece])
+
+    kube = types.ModuleType("kubernetes")
+    kube.config = SimpleNamespace(load_incluster_config=lambda: calls.append(("config",)))
+    kube.client = SimpleNamespace(CoreV1Api=CoreV1Api, DiscoveryV1Api=DiscoveryV1Api)
+    monkeypatch.setitem(sys.modules, "kubernetes", kube)
+
+    by_nodes = discovery.Kube("nodes", port=9465)
+    asyncio.run(by_nodes.refresh())
+    asyncio.run(by_nodes.refresh())  # within REFRESH_S: not listed again
+    assert by_nodes.targets() == [Target("worker-1", "http://10.0.0.7:9465")]
+    by_slices = discovery.Kube("endpointslices", scheme="https", namespace="lumen-system")
+    asyncio.run(by_slices.refresh())
+    assert by_slices.targets() == [Target("worker-2", "https://10.0.0.8:9465")]
+    assert [c[0] for c in calls] == ["config", "list_node", "config", "slices"]
+    assert calls[-1][1:] == ("lumen-system", "kubernetes.io/service-name=lumen-agent")
+
+    class Broken(CoreV1Api):
+        def list_node(self, **kw):
+            raise RuntimeError("API server away")
+
+    kube.client.CoreV1Api = Broken
+    by_nodes._listed = 0.0
+    asyncio.run(by_nodes.refresh())
+    assert by_nodes.targets() == [Target("worker-1", "http://10.0.0.7:9465")], "the last list is kept"
+
+
+def test_lumen_observe_follow_through_the_relay_notes_the_missing_node(three):
+    dead = Target("n9", f"http://127.0.0.1:{free_port()}")
+    with relay([*targets(three), dead]) as r:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter.cli", "observe", "-f", "--server", r.url, "--last", "2"],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": REPO},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        watchdog = threading.Timer(30, proc.kill)  # a hung stream fails the test instead of the run
+        watchdog.start()
+        try:
+            note = proc.stderr.readline()
+            flows = [proc.stdout.readline(), proc.stdout.readline()]
+        finally:
+            watchdog.cancel()
+            proc.terminate()
+            proc.wait(timeout=10)
+    assert note.startswith("lumen observe: flows of 1 node(s) missing, not reachable: n9: cannot connect")
+    assert all(":" in line and "->" in line for line in flows)

@@ -241,3 +241,36 @@ def test_cursor_round_trip_and_wire_round_trip():
     assert merge.decode_cursor(merge.encode_cursor(p)) == p
     f = cross("ingress", "dst", verdict="DROPPED")
     assert flow_from_dict(f.to_dict()).to_dict() == f.to_dict()
+
+
+class SkewedFanout(StoreFanout):
+    """Node b runs something else: its answer is JSON, but not the agent's flows."""
+
+    def __init__(self, stores, answer) -> None:
+        super().__init__(stores)
+        self.answer = answer
+
+    async def get(self, target, path, params=(), timeout=None) -> Result:
+        if target.name == "b":
+            self.mark(target, None)
+            return Result(target, data=self.answer, status=200)
+        return await super().get(target, path, params, timeout)
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        ({"flows": [{"time": "yesterday"}]}, "unreadable flow in the answer: KeyError"),
+        (
+            {"flows": [{**make_flow().to_dict(), "time": "yesterday"}]},
+            "unreadable flow in the answer: ValueError",
+        ),
+        ({"items": []}, "not a flows answer"),
+        ([1, 2], "not a flows answer"),
+    ],
+)
+def test_an_agent_with_an_unreadable_answer_is_named_and_left_out(answer, error):
+    stores, _ = fill({"a": [NOW_NS], "b": [NOW_NS]})
+    body = asyncio.run(Relay(SkewedFanout(stores, answer)).flows([], 10))
+    assert [f["node"] for f in body["flows"]] == ["a"]
+    assert body["unreachable"] == ["b"] and body["errors"]["b"].startswith(error)
