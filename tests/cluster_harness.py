@@ -14,6 +14,12 @@ Every name starts with the cluster's prefix (caller's, plus random hex). `ip net
 dir instead. The agents learn the nodes (and the pods on other nodes) from `Node` and `Pod` manifests in
 one directory they all watch, as agents outside Kubernetes do (docs/scale-out.md).
 
+One way the simulation differs from separate hosts: an skb keeps its `tc_index` across namespaces, so
+the mark a source node's program leaves (bpf/lumen.c, naming the source veth's ifindex) still rides the
+packet when it reaches the destination node, where it is trusted only if it names the device the
+packet came in on there (the uplink, ifindex 2, or the VXLAN device, made before any pod's veth). Agents
+therefore start before pods here, as they do on a node; a real NIC never delivers a tc_index.
+
 The test process stays in the root namespace; it talks to agents (and the relay) inside namespaces with
 sockets opened there (`ns_socket`), and `PortForward` exposes one of them on the root's loopback.
 """

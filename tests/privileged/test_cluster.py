@@ -229,6 +229,9 @@ def test_network_policy_across_nodes(cluster: Cluster) -> None:
             assert admitted_ok, "web1 (node 1) was not admitted to web2 (node 2)"
             blocked = probe.matrix({w3.key: w3, w2.key: w2}, [("TCP", 8080)], timeout=2)
             assert blocked[(w3.key, w2.key, "TCP", 8080)] is False
+            # the same over IPv6: identities hold for both addresses of a remote pod
+            v6 = probe.matrix({w1.key: w1, w3.key: w3, w2.key: w2}, [("TCP", 8080)], version=6, timeout=2)
+            assert v6[(w1.key, w2.key, "TCP", 8080)] and not v6[(w3.key, w2.key, "TCP", 8080)]
         dropped = wait_for(
             lambda: [
                 f
