@@ -12,7 +12,7 @@ help: ## Show this help
 setup: ## Install apt packages, kernel-header links for bcc, and the venv (idempotent)
 	@bash scripts/setup.sh
 
-demo: setup ## Run a local node: pods wired by the plugin, live traffic, agent and UI (Ctrl-C stops and cleans up)
+demo: setup ## Run a three-node Lumen cluster on this machine (namespaces): pods, traffic, agents, relay UI (Ctrl-C cleans up)
 	@$(PY) scripts/demo.py
 
 test: setup ## Run every test: unit, privileged (netns, bpf), real runtimes, browser

@@ -84,6 +84,29 @@ class Stat(IntEnum):
 STAT_MAX = 10
 
 
+class IcmpType(IntEnum):
+    """The ICMP/ICMPv6 types the datapath tells apart (enum lumen_icmp_type); names for every type are in
+    the vocabulary."""
+
+    ECHO_REPLY = 0
+    ECHO_REQUEST = 8
+    ICMP6_ECHO_REQUEST = 128
+    ICMP6_ECHO_REPLY = 129
+    ICMP6_MLD_QUERY = 130
+    ICMP6_REDIRECT = 137
+    ICMP6_MLD2_REPORT = 143
+
+
+def icmp_key_ports(icmp_type: int, code: int, echo_id: int = 0) -> tuple[int, int]:
+    """flow_key (sport, dport) of an ICMP/ICMPv6 message: the echo identifier, then type << 8 | code."""
+    return echo_id, icmp_type << 8 | code
+
+
+def icmp_from_key(sport: int, dport: int) -> tuple[int, int, int]:
+    """(type, code, echo identifier) of an ICMP/ICMPv6 flow key's ports."""
+    return dport >> 8, dport & 0xFF, sport
+
+
 class FlowFlag(IntEnum):
     REPLY = 1
 
@@ -122,6 +145,7 @@ C_ENUMS: dict[str, int] = {
     **{f"LUMEN_STAT_{m.name}": m.value for m in Stat},
     "LUMEN_STAT_MAX": STAT_MAX,
     **{f"LUMEN_FLOW_{m.name}": m.value for m in FlowFlag},
+    **{f"LUMEN_{'' if m.name.startswith('ICMP6') else 'ICMP_'}{m.name}": m.value for m in IcmpType},
     **{f"LUMEN_ID_{m.name}": m.value for m in Identity},
     **{f"LUMEN_POLICY_{m.name}": m.value for m in PolicyKind},
     "LUMEN_POLICY_DENIED_ID": POLICY_DENIED_ID,

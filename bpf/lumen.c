@@ -197,14 +197,15 @@ static __always_inline struct flow_stats *lumen_reverse(struct flow_key *key, in
     rk.family = key->family;
     rk.direction = dst_local ? LUMEN_DIR_EGRESS : LUMEN_DIR_INGRESS;
     if (key->proto == IPPROTO_ICMP || key->proto == IPPROTO_ICMPV6) {
-        /* echo reply answers echo request; other ICMP has no connection */
-        if (key->proto == IPPROTO_ICMP && key->sport == 0)
-            rk.sport = 8;
-        else if (key->proto == IPPROTO_ICMPV6 && key->sport == 129)
-            rk.sport = 128;
+        /* an echo reply answers the echo request with its identifier; other ICMP has no connection */
+        __u8 type = key->dport >> 8;
+        if (key->proto == IPPROTO_ICMP && type == LUMEN_ICMP_ECHO_REPLY)
+            rk.dport = LUMEN_ICMP_ECHO_REQUEST << 8;
+        else if (key->proto == IPPROTO_ICMPV6 && type == LUMEN_ICMP6_ECHO_REPLY)
+            rk.dport = LUMEN_ICMP6_ECHO_REQUEST << 8;
         else
             return 0;
-        rk.dport = 0;
+        rk.sport = key->sport;
     }
     return lumen_flows.lookup(&rk);
 }
@@ -219,7 +220,9 @@ static __always_inline void lumen_decide(struct lumen_config *cfg, struct flow_k
     d->drop_reason = LUMEN_DROP_NONE;
     /* IPv6's ARP: neighbour and router discovery, MLD. Policy governs IP traffic between endpoints;
      * without these an isolated pod would lose its IPv6 neighbours (ARP, non-IP, is never decided). */
-    if (key->proto == IPPROTO_ICMPV6 && ((key->sport >= 130 && key->sport <= 137) || key->sport == 143))
+    __u8 t6 = key->dport >> 8;
+    if (key->proto == IPPROTO_ICMPV6 &&
+        ((t6 >= LUMEN_ICMP6_MLD_QUERY && t6 <= LUMEN_ICMP6_REDIRECT) || t6 == LUMEN_ICMP6_MLD2_REPORT))
         return;
     __u8 slot = cfg->policy_slot & 1;
     struct lumen_peer src = {}, dstp = {};

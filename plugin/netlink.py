@@ -67,6 +67,7 @@ TCA_BPF_FLAG_ACT_DIRECT = 1
 TC_H_CLSACT = 0xFFFFFFF1
 TC_PARENT = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
 ETH_P_ALL = 0x0003
+CLONE_NEWNET = 0x40000000
 
 DUMP_ATTEMPTS = 5  # netlinksafe's count; one retry is usually enough
 _NLMSGHDR = struct.Struct("=IHHII")
@@ -195,12 +196,12 @@ def _libc_setns(fd: int) -> None:
 
     if not _setns_addr:
         _setns_addr.append(_ctypes.dlsym(_ctypes.dlopen(None, 2), "setns"))  # type: ignore[arg-type]  # RTLD_NOW
-    if _ctypes.call_function(_setns_addr[0], (fd, 0x40000000)) == 0:  # CLONE_NEWNET
+    if _ctypes.call_function(_setns_addr[0], (fd, CLONE_NEWNET)) == 0:
         return
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, 0x40000000) != 0:
+    if libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
 
@@ -208,7 +209,7 @@ def _libc_setns(fd: int) -> None:
 def _enter_netns(fd: int) -> None:
     setns = getattr(os, "setns", None)
     if setns is not None:
-        setns(fd, 0x40000000)  # CLONE_NEWNET
+        setns(fd, CLONE_NEWNET)
     else:
         _libc_setns(fd)
 
@@ -559,6 +560,25 @@ class Netlink:
         except NetlinkError as e:
             if e.errno not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
                 raise
+
+
+NS_GET_NSTYPE = 0xB703  # ioctl_ns(2): _IO(0xb7, 0x3)
+
+
+def is_netns(path: str) -> bool:
+    """Whether `path` opens a network namespace (a runtime may hand over any file as CNI_NETNS)."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return False
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def write_sysctl(path: str, value: str) -> None:
