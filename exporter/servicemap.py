@@ -1,6 +1,6 @@
 """The service map: flows from the store aggregated into nodes (pods, or bare IPs outside the node's pods;
-multicast, link-local and unspecified addresses as one node each)
-and edges (source -> destination per verdict), so the browser draws a summary instead of every event.
+multicast, link-local and unspecified addresses as one node each) and edges (client -> server per verdict,
+connections folded: exporter/connections.py), so the browser draws a summary instead of every event.
 
 Each stored flow is one 5-tuple as of its latest event, with cumulative packets and bytes. An edge's rate
 is its bytes over the time its flows were seen (first start to last event, at least one second), so a
@@ -10,12 +10,12 @@ received, flows and drops) feed the Endpoints page.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter.flows import Endpoint, Flow
+from exporter import connections
+from exporter.flows import Endpoint, Flow, address_kind
 
 EXTERNAL = ""  # namespace of nodes that are not pods on this node
 
@@ -60,7 +60,8 @@ class Edge:
     first_ns: int = 0
     last_ns: int = 0
     protocols: set[str] = field(default_factory=set)
-    ports: set[int] = field(default_factory=set)
+    ports: set[int] = field(default_factory=set)  # the server's (destination) ports
+    messages: set[str] = field(default_factory=set)  # ICMP/ICMPv6/IGMP message names
     drop_reasons: set[str] = field(default_factory=set)
 
     @property
@@ -72,33 +73,21 @@ class Edge:
             "source": self.source,
             "destination": self.destination,
             "verdict": self.verdict,
-            "flows": self.flows,
+            "flows": self.flows,  # connections (a request and its reply count once)
+            "connections": self.flows,
             "packets": self.packets,
             "bytes": self.bytes,
             "bytes_per_s": round(self.bytes_per_s, 1),
             "protocols": sorted(self.protocols),
             "ports": sorted(self.ports)[:20],
+            "messages": sorted(self.messages),
             "drop_reasons": sorted(self.drop_reasons - {"none"}),
         }
 
 
-def _group(ip: str) -> str | None:
-    """Addresses that are no one's endpoint get one node each kind, not one per group or host."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return None
-    if addr.is_multicast or ip == "255.255.255.255":
-        return "multicast"
-    if addr.is_unspecified:
-        return "unspecified"
-    if addr.is_link_local:
-        return "link-local"
-    return None
-
-
 def _node(nodes: dict[str, Node], ep: Endpoint) -> Node:
-    key = ep.name() if ep.pod else _group(ep.ip) or ep.ip
+    # Addresses that are no one's endpoint get one node each kind, not one per group or host.
+    key = ep.name() if ep.pod else address_kind(ep.ip) or ep.ip
     node = nodes.get(key)
     if node is None:
         node = nodes[key] = Node(key, ep.namespace if ep.pod else EXTERNAL, ep.pod or key)
@@ -107,32 +96,44 @@ def _node(nodes: dict[str, Node], ep: Endpoint) -> Node:
 
 
 def build(flows: Iterable[Flow]) -> dict[str, Any]:
-    """Nodes sorted by namespace then name (external last), edges sorted by source and destination."""
+    """Nodes sorted by namespace then name (external last), edges sorted by source and destination.
+
+    Flows are folded into connections first (exporter/connections.py): an edge goes from client to
+    server and lists the server's ports only, so replies do not draw a second edge full of ephemeral
+    ports; a connection's verdict is the worse of its halves."""
     nodes: dict[str, Node] = {}
     edges: dict[tuple[str, str, str], Edge] = {}
-    for f in flows:
-        src, dst = _node(nodes, f.source), _node(nodes, f.destination)
+    for conn in connections.fold(flows):
+        client, server = _node(nodes, conn.client), _node(nodes, conn.server)
         # The datapath accounts each flow once (where it enters the pod network): no record repeats another.
-        src.tx_packets += f.packets
-        src.tx_bytes += f.bytes
-        dst.rx_packets += f.packets
-        dst.rx_bytes += f.bytes
-        dropped = f.verdict == "DROPPED"
-        for node in (src, dst):
+        for half, (sender, receiver) in ((conn.request, (client, server)), (conn.reply, (server, client))):
+            if half is None:
+                continue
+            sender.tx_packets += half.packets
+            sender.tx_bytes += half.bytes
+            receiver.rx_packets += half.packets
+            receiver.rx_bytes += half.bytes
+        verdict = conn.verdict
+        dropped = verdict == "DROPPED"
+        for node in {client.id: client, server.id: server}.values():
             node.flows += 1
             node.dropped += dropped
-        edge = edges.get((src.id, dst.id, f.verdict))
+        edge = edges.get((client.id, server.id, verdict))
         if edge is None:
-            edge = edges[(src.id, dst.id, f.verdict)] = Edge(src.id, dst.id, f.verdict, first_ns=f.start_ns)
+            edge = edges[(client.id, server.id, verdict)] = Edge(
+                client.id, server.id, verdict, first_ns=conn.start_ns
+            )
         edge.flows += 1
-        edge.packets += f.packets
-        edge.bytes += f.bytes
-        edge.first_ns = min(edge.first_ns, f.start_ns)
-        edge.last_ns = max(edge.last_ns, f.time_ns)
-        edge.protocols.add(f.protocol)
-        if f.destination.port:
-            edge.ports.add(f.destination.port)
-        edge.drop_reasons.add(f.drop_reason)
+        edge.packets += conn.packets
+        edge.bytes += conn.bytes
+        edge.first_ns = min(edge.first_ns, conn.start_ns)
+        edge.last_ns = max(edge.last_ns, conn.time_ns)
+        edge.protocols.add(conn.protocol)
+        if conn.server_port is not None:
+            edge.ports.add(conn.server_port)
+        if conn.first.message is not None:
+            edge.messages.add(conn.first.message_name())
+        edge.drop_reasons.add(conn.drop_reason)
     ordered = sorted(nodes.values(), key=lambda n: (n.namespace == EXTERNAL, n.namespace, n.name))
     return {
         "nodes": [n.to_dict() for n in ordered],
