@@ -13,6 +13,9 @@ import ipaddress
 from enum import IntEnum
 from pathlib import Path
 
+# The vocabulary enums live in bpf/vocab.py (stdlib only, imported by the CLI); re-exported here
+from bpf.vocab import Direction, DropReason, EventType, Verdict  # noqa: F401
+
 # Program, pin and map names live with the plugin, which opens the pins without importing this module;
 # re-exported here, where the agent looks them up.
 from plugin import pinned
@@ -45,30 +48,6 @@ from plugin.pinned import (  # noqa: F401
 BPF_DIR = Path(__file__).resolve().parent
 SOURCE = BPF_DIR / "lumen.c"
 INCLUDE_DIR = BPF_DIR / "include"
-
-
-class Direction(IntEnum):
-    EGRESS = 1
-    INGRESS = 2
-
-
-class EventType(IntEnum):
-    NEW = 1
-    END = 2
-    DROP = 3
-    REPORT = 4
-    PACKET = 5
-
-
-class Verdict(IntEnum):
-    FORWARDED = 1
-    DROPPED = 2
-    AUDIT = 3
-
-
-class DropReason(IntEnum):
-    NONE = 0
-    POLICY_DENIED = 1
 
 
 DROP_MAX = 2  # lumen_drops holds DROP_MAX x 256 protocols

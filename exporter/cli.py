@@ -6,8 +6,9 @@
     lumen relay --agent URL ... | --discover nodes          one API and UI over every node's agent
 
 Filter flags are the API's query parameters with dashes (`--from-pod ns/name` is `from_pod=ns/name`);
-`--not-<filter>` puts a criterion on the deny-list. Both go through exporter.filters, so a bad value is
-reported the same way here and by the API.
+`--not-<filter>` puts a criterion on the deny-list; `--filter '<json>'` gives several groups. All go through
+exporter.filters, so a bad value is reported the same way here and by the API. The clients talk to the
+agent through exporter/client.py (urllib): `lumen observe` never imports the server's FastAPI.
 """
 
 from __future__ import annotations
@@ -17,14 +18,11 @@ import json
 import os
 import signal
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
-from exporter import filters
+from exporter import client, filters
 
 DEFAULT_PORT = 9465
 DEFAULT_SERVER = f"http://127.0.0.1:{DEFAULT_PORT}"
@@ -101,13 +99,18 @@ def _agent_parser(sub: Any) -> None:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     from exporter import logs
-    from exporter.agent import Agent, AgentConfig
+    from exporter.agent import Agent, AgentConfig, ConfigError
     from exporter.api import is_loopback
+    from exporter.lock import DatapathLock, LockHeld
 
     token = args.token
     if args.token_file:
-        with open(args.token_file) as f:
-            token = f.read().strip()
+        try:
+            with open(args.token_file) as f:
+                token = f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"lumen agent: --token-file {args.token_file}: {exc}", file=sys.stderr)
+            return 2
     if not is_loopback(args.host) and not token:
         print(f"lumen agent: binding {args.host} needs --token (or LUMEN_TOKEN)", file=sys.stderr)
         return 2
@@ -138,6 +141,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
         non_masquerade=args.non_masquerade
         or [c.strip() for c in os.environ.get("LUMEN_NON_MASQUERADE", "").split(",") if c.strip()],
     )
+    try:
+        cfg.validate()  # before anything is compiled, pinned or locked
+    except ConfigError as exc:
+        print(f"lumen agent: {exc}", file=sys.stderr)
+        return 2
     problem = _network_problem(cfg)
     if problem:
         print(f"lumen agent: {problem}", file=sys.stderr)
@@ -165,8 +173,19 @@ def cmd_agent(args: argparse.Namespace) -> int:
             self.should_exit = True
 
     logs.setup(args.log_level)
+    # One agent per datapath: a second one with the same pin or state dir must not touch it.
+    lock = DatapathLock(cfg.pin_dir, cfg.state_dir)
+    try:
+        lock.acquire()
+    except LockHeld as exc:
+        print(f"lumen agent: {exc}", file=sys.stderr)
+        return 1
     agent = Agent(cfg)
-    agent.start()
+    try:
+        agent.start()
+    except Exception:
+        lock.release()
+        raise
     try:
         app = create_app(
             agent, token=cfg.token, registry=agent.registry, ui=ui.hook(cfg.token), policy=agent.policy_view
@@ -176,6 +195,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         server.run()
     finally:
         agent.stop()
+        lock.release()
     return 0
 
 
@@ -316,8 +336,15 @@ def _observe_parser(sub: Any) -> None:
     )
     _client_args(p)
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new flows")
-    p.add_argument("--last", type=int, default=None, help="the newest N flows (default 20; with -f: 0)")
+    p.add_argument("--last", type=_count, default=None, help="the newest N flows (default 20; with -f: 0)")
     p.add_argument("-o", "--output", choices=["table", "json", "jsonl"], default="table")
+    p.add_argument("--since", metavar="TIME", help="flows seen at or after: RFC 3339, unix seconds, 5m (ago)")
+    p.add_argument("--until", metavar="TIME", help="flows seen at or before: same forms as --since")
+    p.add_argument(
+        "--filter",
+        metavar="JSON",
+        help='several groups: {"allow": [{"from_pod": ["a/b"]}, ...], "deny": [...]} (instead of flags)',
+    )
     group = p.add_argument_group("filters (each also as --not-<filter> for the deny-list)")
     for name, crit in filters.CRITERIA.items():
         flag = name.replace("_", "-")
@@ -328,45 +355,24 @@ def _observe_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_observe)
 
 
+def _count(value: str) -> int:
+    """argparse type of counts: a usage error, not a request the agent refuses."""
+    if not (value.isascii() and value.isdigit()):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a number from 0 up")
+    return int(value)
+
+
 def filter_params(args: argparse.Namespace) -> dict[str, list[str]]:
-    """The filter flags as API query parameters (allow and `not_` deny)."""
+    """The filter flags as API query parameters (allow and `not_` deny, `filter` JSON)."""
     out: dict[str, list[str]] = {}
     for name in filters.CRITERIA:
         if getattr(args, f"f_{name}", None):
             out[name] = list(getattr(args, f"f_{name}"))
         if getattr(args, f"n_{name}", None):
             out[filters.DENY_PREFIX + name] = list(getattr(args, f"n_{name}"))
+    if getattr(args, "filter", None):
+        out[filters.FILTER_PARAM] = [args.filter]
     return out
-
-
-class ApiError(Exception):
-    pass
-
-
-def _open(
-    server: str,
-    path: str,
-    params: Sequence[tuple[str, str]],
-    token: str | None,
-    timeout: float | None,
-    data: bytes | None = None,
-) -> Any:
-    url = server.rstrip("/") + path + ("?" + urllib.parse.urlencode(params) if params else "")
-    req = urllib.request.Request(url, data=data, headers={"Accept": "application/json, text/event-stream"})
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        return urllib.request.urlopen(req, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        try:
-            detail = json.loads(exc.read()).get("detail", exc.reason)
-        except ValueError:
-            detail = exc.reason
-        raise ApiError(f"{url}: {exc.code} {detail}") from None
-    except urllib.error.URLError as exc:
-        raise ApiError(
-            f"{server}: cannot reach the agent ({exc.reason}); is `lumen agent` running?"
-        ) from None
 
 
 def _endpoint_text(ep: dict[str, Any]) -> str:
@@ -416,45 +422,38 @@ def note_unreachable(answer: dict[str, Any], err: TextIO, before: Sequence[str] 
     return missing
 
 
-def _lines(resp: Any) -> Iterator[str]:
-    for raw in resp:
-        yield raw.decode().rstrip("\r\n")
-
-
 def cmd_observe(args: argparse.Namespace) -> int:
-    from exporter.api import iter_sse
-
-    params = filter_params(args)
     try:
-        filters.parse(params)  # the same check the API makes, before we reach it
+        # the same checks the API makes, before we reach it
+        query = filters.parse(filter_params(args))
+        window = {k: [v] for k, v in (("since", args.since), ("until", args.until)) if v is not None}
+        filters.parse_range(window)
     except filters.FilterError as exc:
         print(f"lumen observe: {exc}", file=sys.stderr)
         return 2
-    query = filters.to_params(params)
+    params = [*query.to_params(), *((k, v[0]) for k, v in window.items())]
     try:
         if not args.follow:
             last = 20 if args.last is None else args.last
-            with _open(args.server, "/api/flows", [*query, ("limit", str(last))], args.token, 30) as resp:
-                answer = json.load(resp)
+            answer = client.get_json(args.server, "/api/flows", [*params, ("limit", str(last))], args.token)
             note_unreachable(answer, sys.stderr)
             print_flows(answer["flows"], args.output, sys.stdout)
             return 0
         output = "jsonl" if args.output == "json" else args.output  # a stream has no closing bracket
         missing: list[str] = []
-        with _open(
-            args.server, "/api/flows/stream", [*query, ("last", str(args.last or 0))], args.token, None
-        ) as resp:
-            for event, data in iter_sse(_lines(resp)):
-                if event == "flow":
-                    print_flows([json.loads(data)], output, sys.stdout)
-                elif event == "nodes":
-                    missing = note_unreachable(json.loads(data), sys.stderr, missing)
-                elif event == "lost":
-                    print(
-                        f"lumen observe: {json.loads(data)['dropped']} flows missed (reading too slowly)",
-                        file=sys.stderr,
-                    )
-    except ApiError as exc:
+        for event, data in client.stream(
+            args.server, "/api/flows/stream", [*params, ("last", str(args.last or 0))], args.token
+        ):
+            if event == "flow":
+                print_flows([json.loads(data)], output, sys.stdout)
+            elif event == "nodes":
+                missing = note_unreachable(json.loads(data), sys.stderr, missing)
+            elif event == "lost":
+                print(
+                    f"lumen observe: {json.loads(data)['dropped']} flows missed (reading too slowly)",
+                    file=sys.stderr,
+                )
+    except client.ApiError as exc:
         print(f"lumen observe: {exc}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, BrokenPipeError):
@@ -499,9 +498,8 @@ def _get_json(
 ) -> Any:
     """One JSON answer of the agent, or None after saying on stderr why there is none."""
     try:
-        with _open(args.server, path, params, args.token, timeout, data=data) as resp:
-            return json.load(resp)
-    except ApiError as exc:
+        return client.get_json(args.server, path, params, args.token, timeout, data=data)
+    except client.ApiError as exc:
         print(f"lumen {command}: {exc}", file=sys.stderr)
         return None
 

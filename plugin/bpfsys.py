@@ -240,6 +240,8 @@ class TestRun:
 
 # -- libbpf's ring buffer consumer ---------------------------------------------------------------
 
+_STOP = -errno.E2BIG  # a callback's "stop here"
+
 
 def _libbpf() -> Any:
     if "libbpf" not in _cache:
@@ -257,14 +259,16 @@ def _libbpf() -> Any:
 
 class RingBuffer:
     """libbpf's consumer over one BPF_MAP_TYPE_RINGBUF fd: `callback(address, size)` per record, called
-    from poll/consume (the record is only valid during the call)."""
+    from poll/consume (the record is only valid during the call). A callback that returns True stops the
+    round after that record (the rest stays in the ring for the next call) and sets `stopped`."""
 
-    def __init__(self, fd: int, callback: Callable[[int, int], None]) -> None:
+    def __init__(self, fd: int, callback: Callable[[int, int], bool | None]) -> None:
         so = _libbpf()
+        self.stopped = False
 
         def _cb(_ctx: int | None, data: int | None, size: int) -> int:
-            callback(data or 0, size)
-            return 0
+            # libbpf keeps a record consumed when its callback fails, and stops the round there
+            return _STOP if callback(data or 0, size) else 0
 
         self._cb = _cache["ring_cb"](_cb)  # kept referenced: libbpf calls it
         self.rb = so.ring_buffer__new(fd, self._cb, None, None)
@@ -272,14 +276,17 @@ class RingBuffer:
             err = _ctypes().get_errno() or errno.EINVAL
             raise OSError(err, f"ring_buffer__new: {os.strerror(err)}")
 
-    def poll(self, timeout_ms: int) -> int:
-        ret = int(_libbpf().ring_buffer__poll(self.rb, timeout_ms))
-        if ret < 0 and -ret != errno.EINTR:
-            raise OSError(-ret, f"ring_buffer__poll: {os.strerror(-ret)}")
+    def _result(self, ret: int, what: str) -> int:
+        self.stopped = ret == _STOP
+        if ret < 0 and not self.stopped and -ret != errno.EINTR:
+            raise OSError(-ret, f"{what}: {os.strerror(-ret)}")
         return max(ret, 0)
 
+    def poll(self, timeout_ms: int) -> int:
+        return self._result(int(_libbpf().ring_buffer__poll(self.rb, timeout_ms)), "ring_buffer__poll")
+
     def consume(self) -> int:
-        return max(int(_libbpf().ring_buffer__consume(self.rb)), 0)
+        return self._result(int(_libbpf().ring_buffer__consume(self.rb)), "ring_buffer__consume")
 
     def close(self) -> None:
         if self.rb:

@@ -426,7 +426,7 @@ def scrape(dp: Datapath, node: Node) -> dict[tuple[str, tuple[tuple[str, str], .
     from prometheus_client import CollectorRegistry
 
     from exporter.enrich import EndpointDirectory
-    from exporter.events import DatapathSource
+    from exporter.mapsource import DatapathSource
     from exporter.metrics import AgentHealth, LumenCollector
 
     reg = CollectorRegistry(auto_describe=False)

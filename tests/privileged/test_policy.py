@@ -289,8 +289,8 @@ for line in sys.stdin:
 def test_metrics_carry_policy_verdicts(lab: Lab):
     from prometheus_client import CollectorRegistry
 
-    from exporter.events import DatapathSource
     from exporter.flows import FlowStore
+    from exporter.mapsource import DatapathSource
     from exporter.metrics import AgentHealth, LumenCollector
 
     lab.apply(

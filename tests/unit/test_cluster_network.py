@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter import events
+from exporter.decode import Decoder
 from exporter.enforcer import Enforcer
-from exporter.enrich import EndpointDirectory
+from exporter.enrich import EndpointDirectory, Enricher
 from exporter.masquerade import ruleset
 from exporter.network import NodeNetwork
 from exporter.nodes import KubeNodes, NodeInfo, RemotePod, parse_node
@@ -270,7 +270,7 @@ def test_manifest_pods_on_other_nodes_get_identities_and_names(tmp_path: Path) -
     assert dp.ipcache["10.22.0.6"] == enforcer.pod_identities["shop/server"]
 
     directory.set_remote(enforcer.remote_pods)
-    decoder = events.Decoder(directory, node="n1")
+    decoder = Decoder(Enricher(directory, node="n1"))
     flow = decoder.flow(golden("flow_event_tcp4_end.hex"))  # 10.22.0.5 -> 10.22.0.6
     d = flow.to_dict()["destination"]
     assert (d["namespace"], d["pod"], d["node"], d["labels"]) == ("shop", "server", "n2", {"app": "db"})

@@ -16,9 +16,9 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from exporter.api import iter_sse
 from exporter.relay import discovery
 from exporter.relay.discovery import Target
+from exporter.sse import iter_sse
 from tests.relay_harness import agents, free_port, relay, wait_until
 from tests.unit.exporter_fixtures import NOW_NS, make_flow
 
