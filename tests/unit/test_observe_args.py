@@ -224,3 +224,29 @@ def test_any_server_text_is_a_url_or_a_value_error(text: str) -> None:
     except ValueError:
         return
     assert url.startswith(("http://", "https://"))
+
+
+@settings(deadline=None)
+@given(st.lists(entry, max_size=10))
+def test_the_flags_become_one_allow_group_and_one_deny_group_the_api_accepts(picks) -> None:
+    """Hubble's semantics on the wire: plain flags form the allow group, negated ones the deny group (a
+    flow is left out when it matches every negated criterion), checked by the API's own parser."""
+    from exporter import filters
+
+    p = argparse.ArgumentParser(prog="lumen observe")
+    observe_args.add_arguments(p, [(n, c.help) for n, c in filters.CRITERIA.items()])
+    argv = []
+    for negated, _, name, n in picks:
+        argv += (["--not"] if negated else []) + [
+            observe_args._flag(name),
+            VALUES[name][n % len(VALUES[name])],
+        ]
+    args = p.parse_args(argv)
+    observe_args.check(p, args)
+    query = filters.parse(observe_args.filter_params(observe_args.entries(args)))
+    allowed = {name for negated, _, name, _ in picks if not negated}
+    denied = {name for negated, _, name, _ in picks if negated}
+    assert [set(g.criteria) for g in query.allow] == ([allowed] if allowed else [])
+    assert [set(g.criteria) for g in query.deny] == ([denied] if denied else [])
+    # and the query survives the trip to a relay
+    assert filters.FlowQuery.from_json(query.to_json()) == query
