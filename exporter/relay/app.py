@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bpf import vocab
-from exporter import filters
+from exporter import docs, filters
 from exporter.api import DEFAULT_LIMIT, PAGING_PARAMS, parse_query, token_check
 from exporter.relay import merge
 from exporter.relay.service import Relay
@@ -94,7 +94,10 @@ def create_app(
         description="Flows, endpoints and status of every Lumen node, through one API.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # exporter.docs serves /docs with local assets; ReDoc needs a CDN: off
+        redoc_url=None,
     )
+    docs.mount(app)
     app.state.relay = relay
     check_token = token_check(token)
 
