@@ -1,7 +1,9 @@
-"""Python mirrors of bpf/include/types.h and the map names of bpf/include/maps.h.
+"""Python mirrors of bpf/include/types.h, and the map and program names of bpf/include/maps.h and
+bpf/lumen.c (defined in plugin/pinned.py, which the plugin imports without ctypes or enum).
 
-The single place outside C that knows the binary layout. tests/unit/test_abi.py compiles the C with bcc
-and fails when an offset, a size, an enum value or a map name here drifts from what was compiled.
+The single place outside C that knows the binary layout (plugin/pinned.py packs the endpoint entries).
+tests/unit/test_abi.py compiles the C with bcc and fails when an offset, a size, an enum value or a map
+name here drifts from what was compiled.
 """
 
 from __future__ import annotations
@@ -11,82 +13,45 @@ import ipaddress
 from enum import IntEnum
 from pathlib import Path
 
+# The vocabulary enums live in bpf/vocab.py (stdlib only, imported by the CLI); re-exported here
+from bpf.vocab import Direction, DropReason, EventType, Verdict  # noqa: F401
+
+# Program, pin and map names live with the plugin, which opens the pins without importing this module;
+# re-exported here, where the agent looks them up.
+from plugin import pinned
+from plugin.pinned import (  # noqa: F401
+    ALL_MAPS,
+    EP_BY_IFINDEX,
+    MAP_BATCH,
+    MAP_CIDRS,
+    MAP_CONFIG,
+    MAP_DROPS,
+    MAP_ENDPOINT_GEN,
+    MAP_ENDPOINTS,
+    MAP_EVENTS,
+    MAP_FLOW_COUNTS,
+    MAP_FLOWS,
+    MAP_IPCACHE,
+    MAP_PAIRS,
+    MAP_PODS,
+    MAP_POLICY,
+    MAP_POLICY_COUNTS,
+    MAP_SLOTS,
+    MAP_SOURCES,
+    MAP_STATS,
+    MAP_TCP_FLAGS,
+    PINNED_MAPS,
+    PROG_EGRESS,
+    PROG_INGRESS,
+    PROG_PINS,
+)
+
 BPF_DIR = Path(__file__).resolve().parent
 SOURCE = BPF_DIR / "lumen.c"
 INCLUDE_DIR = BPF_DIR / "include"
 
-# Entry points (bpf/lumen.c) and where each attaches on the host veth.
-PROG_INGRESS = "lumen_ingress"  # tc ingress: packets leaving the pod
-PROG_EGRESS = "lumen_egress"  # tc egress: packets entering the pod
-
-#: program name -> pin file name (bpffs names cannot contain dots); the plugin opens these at ADD
-PROG_PINS = {PROG_INGRESS: "prog_lumen_ingress", PROG_EGRESS: "prog_lumen_egress"}
-
-MAP_FLOWS = "lumen_flows"
-MAP_SOURCES = "lumen_sources"
-MAP_ENDPOINTS = "lumen_endpoints"
-MAP_IPCACHE = "lumen_ipcache"
-MAP_CIDRS = "lumen_cidrs"
-MAP_POLICY = "lumen_policy"
-MAP_STATS = "lumen_stats"
-MAP_CONFIG = "lumen_config"
-MAP_SLOTS = "lumen_slots"
-MAP_ENDPOINT_GEN = "lumen_endpoint_gen"
-MAP_PODS = "lumen_pods"
-MAP_PAIRS = "lumen_pairs"
-MAP_FLOW_COUNTS = "lumen_flow_counts"
-MAP_DROPS = "lumen_drops"
-MAP_POLICY_COUNTS = "lumen_policy_counts"
-MAP_BATCH = "lumen_batch"
-MAP_EVENTS = "lumen_events"
-#: maps pinned under the pin dir (file name = map name); they survive an agent restart
-PINNED_MAPS = (
-    MAP_FLOWS,
-    MAP_SOURCES,
-    MAP_ENDPOINTS,
-    MAP_IPCACHE,
-    MAP_CIDRS,
-    MAP_POLICY,
-    MAP_STATS,
-    MAP_CONFIG,
-    MAP_SLOTS,
-    MAP_ENDPOINT_GEN,
-    MAP_PODS,
-    MAP_PAIRS,
-    MAP_FLOW_COUNTS,
-    MAP_DROPS,
-    MAP_POLICY_COUNTS,
-)
-ALL_MAPS = (*PINNED_MAPS, MAP_BATCH, MAP_EVENTS)
-
-
-class Direction(IntEnum):
-    EGRESS = 1
-    INGRESS = 2
-
-
-class EventType(IntEnum):
-    NEW = 1
-    END = 2
-    DROP = 3
-    REPORT = 4
-    PACKET = 5
-
-
-class Verdict(IntEnum):
-    FORWARDED = 1
-    DROPPED = 2
-    AUDIT = 3
-
-
-class DropReason(IntEnum):
-    NONE = 0
-    POLICY_DENIED = 1
-
 
 DROP_MAX = 2  # lumen_drops holds DROP_MAX x 256 protocols
-#: endpoint_key.family of the entry keyed by the pod's host veth ifindex
-EP_BY_IFINDEX = 0
 
 
 def flow_count_index(proto: int, verdict: int, direction: int) -> int:
@@ -118,6 +83,29 @@ class Stat(IntEnum):
 
 
 STAT_MAX = 10
+
+
+class IcmpType(IntEnum):
+    """The ICMP/ICMPv6 types the datapath tells apart (enum lumen_icmp_type); names for every type are in
+    the vocabulary."""
+
+    ECHO_REPLY = 0
+    ECHO_REQUEST = 8
+    ICMP6_ECHO_REQUEST = 128
+    ICMP6_ECHO_REPLY = 129
+    ICMP6_MLD_QUERY = 130
+    ICMP6_REDIRECT = 137
+    ICMP6_MLD2_REPORT = 143
+
+
+def icmp_key_ports(icmp_type: int, code: int, echo_id: int = 0) -> tuple[int, int]:
+    """flow_key (sport, dport) of an ICMP/ICMPv6 message: the echo identifier, then type << 8 | code."""
+    return echo_id, icmp_type << 8 | code
+
+
+def icmp_from_key(sport: int, dport: int) -> tuple[int, int, int]:
+    """(type, code, echo identifier) of an ICMP/ICMPv6 flow key's ports."""
+    return dport >> 8, dport & 0xFF, sport
 
 
 class FlowFlag(IntEnum):
@@ -158,6 +146,7 @@ C_ENUMS: dict[str, int] = {
     **{f"LUMEN_STAT_{m.name}": m.value for m in Stat},
     "LUMEN_STAT_MAX": STAT_MAX,
     **{f"LUMEN_FLOW_{m.name}": m.value for m in FlowFlag},
+    **{f"LUMEN_{'' if m.name.startswith('ICMP6') else 'ICMP_'}{m.name}": m.value for m in IcmpType},
     **{f"LUMEN_ID_{m.name}": m.value for m in Identity},
     **{f"LUMEN_POLICY_{m.name}": m.value for m in PolicyKind},
     "LUMEN_POLICY_DENIED_ID": POLICY_DENIED_ID,
@@ -294,7 +283,8 @@ class PolicyCountKey(ct.Structure):
         ("policy_id", ct.c_uint32),
         ("verdict", ct.c_uint8),
         ("direction", ct.c_uint8),
-        ("pad", ct.c_uint8 * 2),
+        ("denied", ct.c_uint8),
+        ("pad", ct.c_uint8),
     ]
 
 
@@ -332,6 +322,7 @@ PINNED_LAYOUTS: dict[str, tuple[type, type, bool]] = {
     MAP_FLOW_COUNTS: (ct.c_uint32, ct.c_uint64, True),
     MAP_DROPS: (ct.c_uint32, ct.c_uint64, True),
     MAP_POLICY_COUNTS: (PolicyCountKey, ct.c_uint64, True),
+    MAP_TCP_FLAGS: (ct.c_uint32, ct.c_uint64, True),
 }
 
 #: C struct name -> Python mirror, for the drift test
@@ -364,15 +355,10 @@ def addr_str(raw: bytes | ct.Array, family: int) -> str:  # type: ignore[type-ar
 
 
 def endpoint_key(address: str) -> EndpointKey:
-    packed, family = addr_bytes(address)
-    key = EndpointKey()
-    ct.memmove(key.addr, packed, 16)
-    key.family = family
-    return key
+    """The lumen_endpoints (and lumen_ipcache) key of an address, packed by plugin/pinned.py."""
+    return EndpointKey.from_buffer_copy(pinned.endpoint_key(address))
 
 
 def endpoint_key_ifindex(ifindex: int) -> EndpointKey:
     """The endpoint entry keyed by the pod's host veth (what tc ingress knows of the sender)."""
-    key = EndpointKey(family=EP_BY_IFINDEX)
-    ct.memmove(key.addr, ifindex.to_bytes(4, "little"), 4)
-    return key
+    return EndpointKey.from_buffer_copy(pinned.endpoint_key_ifindex(ifindex))

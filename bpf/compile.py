@@ -3,7 +3,8 @@
     python -m bpf.compile '<DatapathConfig as JSON>'
 
 Pins both programs and the ring buffer next to the maps (maps.h pins those as bcc creates them), prints
-one JSON line and exits: LLVM's memory goes with this process, the agent opens the pins (bpf/maps.py).
+one JSON line and exits: LLVM's memory goes with this process, the agent opens the pins (bpf/maps.py
+over plugin/bpfsys.py).
 Programs and the ring buffer are pinned under a temporary name first and renamed over the old pins, so
 the CNI plugin always opens a complete program.
 """
@@ -15,11 +16,11 @@ import os
 import sys
 import time
 
-from bcc import BPF  # noqa: TID251 - the one place bcc is imported at run time
+from bcc import BPF  # type: ignore[import-untyped]  # noqa: TID251 - the one place bcc is imported at run time
 
 from bpf import abi
 from bpf.abi import PROG_PINS
-from bpf.maps import obj_pin
+from plugin.bpfsys import obj_pin
 
 
 def _pin_replace(fd: int, path: str) -> None:
@@ -48,6 +49,7 @@ MAP_SIZES: dict[str, str | int | tuple[str, int]] = {
     abi.MAP_FLOW_COUNTS: 256 << 3,
     abi.MAP_DROPS: abi.DROP_MAX << 8,
     abi.MAP_POLICY_COUNTS: "LUMEN_POLICY_COUNT_SIZE",
+    abi.MAP_TCP_FLAGS: 2 << 8,
 }
 
 
@@ -72,7 +74,7 @@ def retire_incompatible_pins(pin_dir: str, cflags: list[str]) -> list[str]:
     """Unpin maps an older build (or other sizes) left: bcc would reuse them and the verifier refuse the
     programs. Pods still running the old programs keep the old maps until they are re-attached; the new
     maps start empty (counters restart, the agent refills endpoints and policy)."""
-    from bpf.maps import map_info, obj_get
+    from plugin.bpfsys import map_info, obj_get
 
     retired = []
     for name, want in expected_layouts(cflags).items():

@@ -23,7 +23,7 @@ from bpf import abi
 from bpf.abi import PROG_PINS
 from bpf.maps import Map, RingBuffer, map_info, obj_get
 from exporter.policy.compiler import Compiled, network_key
-from plugin import endpoint, slots
+from plugin import endpoint, pinned, slots
 from plugin.netlink import Netlink
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,9 +144,9 @@ class Datapath:
         self._clear_slot(slot)
         for net, ident in compiled.cidrs.items():
             addr, family, plen = network_key(net)
-            key = abi.CidrKey(prefixlen=abi.CIDR_PREFIX_BASE + plen, slot=slot, family=family)
-            ct.memmove(key.addr, addr, 16)
-            cidrs[key] = ct.c_uint32(ident)
+            ckey = abi.CidrKey(prefixlen=abi.CIDR_PREFIX_BASE + plen, slot=slot, family=family)
+            ct.memmove(ckey.addr, addr, 16)
+            cidrs[ckey] = ct.c_uint32(ident)
         for (direction, subject), (pid, audit_ns) in compiled.markers.items():
             key = abi.PolicyKey(
                 prefixlen=abi.POLICY_PREFIX_SUBJECT, slot=slot, direction=_DIRS[direction], subject=subject
@@ -194,14 +194,13 @@ class Datapath:
         """Change the identity of a local pod's endpoint entries (its labels changed or became known)."""
         table = self._map(abi.MAP_ENDPOINTS)
         for ip in ips:
-            key = abi.endpoint_key(ip)
+            key = pinned.endpoint_key(ip)
             try:
-                info = abi.EndpointInfo.from_buffer_copy(bytes(table[key]))
+                value = bytes(table[key])
             except KeyError:
                 continue
-            if info.identity != identity:
-                info.identity = identity
-                table[key] = info
+            if pinned.endpoint_identity(value) != identity:
+                table[key] = pinned.with_identity(value, identity)
 
     def endpoint_identities(self) -> dict[str, int]:
         return {
@@ -249,11 +248,10 @@ class Datapath:
                 self._map(abi.MAP_PAIRS).fd,
                 endpoint_id,
             )
-        info = abi.EndpointInfo(ifindex=ifindex, endpoint_id=endpoint_id, identity=identity, slot=slot)
-        ct.memmove(info.mac, bytes(int(b, 16) for b in mac.split(":")), 6)
+        value = pinned.endpoint_info(ifindex, endpoint_id, mac, identity, slot)
         for ip in ips:
-            table[abi.endpoint_key(ip)] = info
-        table[abi.endpoint_key_ifindex(ifindex)] = info
+            table[pinned.endpoint_key(ip)] = value
+        table[pinned.endpoint_key_ifindex(ifindex)] = value
         slots.bump_generation(self._map(abi.MAP_ENDPOINT_GEN).fd)
         return slot
 
@@ -416,13 +414,30 @@ class Datapath:
         """(drop reason, protocol number) -> packets dropped."""
         return {(i >> 8, i & 0xFF): n for i, n in enumerate(self._percpu_u64_array(abi.MAP_DROPS)) if n}
 
-    def policy_counts(self) -> dict[tuple[int, int, int], int]:
-        """(policy id, verdict, direction of the side) -> flow decisions."""
-        out: dict[tuple[int, int, int], int] = {}
+    def policy_decisions(self) -> dict[tuple[int, int, int, bool], int]:
+        """(policy id, verdict, direction of the side, denied) -> flow decisions. A denied side is named
+        by the policy isolating it (0: not known)."""
+        out: dict[tuple[int, int, int, bool], int] = {}
         for k, per_cpu in self._map(abi.MAP_POLICY_COUNTS).items():
-            key = (int(k.policy_id), int(k.verdict), int(k.direction))
+            denied = bool(k.denied) or k.policy_id == abi.POLICY_DENIED_ID  # the latter: an older build's
+            pid = 0 if k.policy_id == abi.POLICY_DENIED_ID else int(k.policy_id)
+            key = (pid, int(k.verdict), int(k.direction), denied)
             out[key] = out.get(key, 0) + sum(per_cpu)
         return out
+
+    def policy_counts(self) -> dict[tuple[int, int, int], int]:
+        """(policy id, verdict, direction of the side) -> flow decisions; POLICY_DENIED_ID for a side no
+        rule admitted."""
+        out: dict[tuple[int, int, int], int] = {}
+        for (pid, verdict, direction, denied), n in self.policy_decisions().items():
+            key = (abi.POLICY_DENIED_ID if denied else pid, verdict, direction)
+            out[key] = out.get(key, 0) + n
+        return out
+
+    def tcp_flags(self) -> dict[tuple[int, int], int]:
+        """(IP version, TCP flag byte) -> packets, for packets with SYN, FIN or RST."""
+        counts = self._percpu_u64_array(abi.MAP_TCP_FLAGS)
+        return {(6 if i >> 8 else 4, i & 0xFF): n for i, n in enumerate(counts) if n}
 
     def stat(self, which: abi.Stat) -> int:
         return int(sum(self._map(abi.MAP_STATS)[ct.c_uint32(int(which))]))

@@ -1,14 +1,15 @@
-"""The node agent: wiring only. Loads the datapath, consumes the ring buffer on one thread, sweeps idle
-flows and follows the endpoint records on another, and serves the API (uvicorn) on the main thread.
+"""The node agent: wiring only. Loads the datapath, runs the flow pipeline on one thread and housekeeping
+(endpoint records, policy, the idle sweep, clock) on another, and serves the API (uvicorn) on the main one.
 
-    kernel -> ring buffer -> events.Decoder -> FlowStore -> API / SSE
-                                            -> FlowTracer (OTLP)
-    kernel maps (pinned) --------------------> metrics.LumenCollector at scrape time
+    kernel -> ring buffer -> bpf/ringbuf EventReader -> decode (enrich) -> sinks: memory FlowStore, tracer
+    kernel flow table -> sweep (idle flows) ----------------------------> the same sinks
+    kernel maps (pinned) -----------------------------------------------> metrics.LumenCollector at scrape
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import subprocess
@@ -20,14 +21,24 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from exporter.enrich import EndpointDirectory, KubeLabels, LabelSource, Pod
+from exporter import status
+from exporter.attachments import Attachments
+from exporter.enrich import EndpointDirectory, Enricher, LabelSource
 from exporter.flows import DEFAULT_CAPACITY, FlowStore
 from exporter.metrics import AgentHealth, LumenCollector
-from plugin import endpoint as records
+from exporter.pipeline import Pipeline
+from exporter.store import FlowSource
 
 log = logging.getLogger("lumen.agent")
 
 VERSION = "0.1.0"
+#: /readyz fails when the ring buffer was not polled for this long, or the kernel emitted events for
+#: this long while the agent consumed none
+STALL_S = 5.0
+
+
+class ConfigError(ValueError):
+    """A flag or setting the agent cannot run with; the message names it (CLI usage error)."""
 
 
 @dataclass
@@ -61,15 +72,49 @@ class AgentConfig:
     masquerade: bool = True
     non_masquerade: list[str] = field(default_factory=list)
 
+    def validate(self) -> None:
+        """Every setting checked before anything is compiled, pinned or locked."""
+
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise ConfigError(what)
+
+        def count(name: str, value: int, low: int, high: int) -> None:
+            need(low <= value <= high, f"{name} {value}: expected {low} to {high}")
+
+        def seconds(name: str, value: float, low: float, high: float) -> None:
+            need(math.isfinite(value) and low <= value <= high, f"{name} {value}: expected {low} to {high} s")
+
+        pages = self.ringbuf_pages
+        need(
+            1 <= pages <= 1 << 18 and pages & (pages - 1) == 0,
+            f"--ringbuf-pages {pages}: expected a power of two from 1 to 262144 (the kernel's rule)",
+        )
+        count("--flow-table-size", self.flow_table_size, 1, 1 << 24)
+        count("--flow-store-size", self.flow_store_size, 1, 1 << 24)
+        count("--port", self.port, 0, 65535)
+        count("wakeup batch", self.wakeup_batch, 1, 1 << 20)
+        count("poll timeout", self.poll_timeout_ms, 1, 60000)
+        seconds("--report-interval", self.report_interval_s, 0.001, 86400 * 365)
+        seconds("--idle-timeout", self.idle_timeout_s, 0.001, 86400 * 365)
+        seconds("housekeeping", self.housekeeping_s, 0.001, 3600)
+        need(self.aggregation in ("default", "none"), f"--aggregation {self.aggregation!r}: default or none")
+        need(bool(self.node.strip()), "--node: empty")
+        for name, path in (("--pin-dir", self.pin_dir), ("--state-dir", self.state_dir)):
+            need(os.path.isabs(path), f"{name} {path!r}: expected an absolute path")
+            need("\0" not in path and '"' not in path, f"{name} {path!r}: not a usable path")
+
 
 class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
         self.started_at = time.time()
         labels: LabelSource | None = None
-        self.kube: KubeLabels | None = None
+        self.kube: Any = None  # exporter.kube.KubeWatch in a cluster
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            kube = KubeLabels(cfg.node)
+            from exporter.kube import KubeWatch
+
+            kube = KubeWatch(cfg.node)
             try:
                 kube.start()
                 labels = self.kube = kube
@@ -77,31 +122,36 @@ class Agent:
                 log.warning("no pod labels: kubernetes client unavailable", extra={"error": str(exc)})
         self.directory = EndpointDirectory(cfg.state_dir, labels)
         self.store = FlowStore(cfg.flow_store_size)
+        self.history: FlowSource | None = None  # a FlowSource of older flows (exporter/history/), if kept
         self.health = AgentHealth()
-        self.health.count_attached = self.count_attached
-        self.attached: set[int] = set()
         self.registry = CollectorRegistry(auto_describe=False)
+        self.policy_names: dict[int, str] = {}
+        self.enricher: Enricher | None = None
+        self.attachments: Attachments | None = None
+        self.pipeline: Pipeline | None = None
         self.tracer: Any = None
         self.dp: Any = None
         self.decoder: Any = None
         self.source: Any = None
+        self.sweeper: Any = None
+        self.enforcer: Any = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._plugin_server: subprocess.Popen[bytes] | None = None
-        self._last_flow: Any = None
-        self.error = ""
-        self.loaded_at = float("inf")
-        self._plugin_attached: set[int] = set()
-        self.enforcer: Any = None
-        self.policy_names: dict[int, str] = {}
-        self.network: Any = None
+        self._stall = ""  # why the kernel's events are not reaching us, if they are not
+        self._emitted_seen = (-1, 0, 0.0)  # (kernel events, consumed, when) at the last change
+        self.network: Any = None  # exporter.network.NodeNetwork: routes to other nodes' pods
 
     # -- life cycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
         from bpf import abi
         from bpf.loader import Datapath, DatapathConfig
-        from exporter.events import DatapathSource, Decoder
+        from bpf.ringbuf import EventReader
+        from exporter.decode import Decoder
+        from exporter.enforcer import Enforcer
+        from exporter.mapsource import DatapathSource
+        from exporter.sweep import Sweeper
 
         os.makedirs(self.cfg.state_dir, exist_ok=True)
         dcfg = DatapathConfig(
@@ -116,14 +166,14 @@ class Agent:
         )
         t0 = time.monotonic()
         self.dp = Datapath.load(dcfg)
-        self.loaded_at = time.time()
+        self.attachments = Attachments(self.cfg.state_dir, self.directory, self.dp.sync_endpoints)
+        self.attachments.loaded_at = time.time()
+        self.health.count_attached = self.attachments.count
         if self.dp.retired_pins:
             log.warning(
                 "maps pinned by an incompatible older agent were replaced; their counters restart",
                 extra={"maps": self.dp.retired_pins},
             )
-        from exporter.enforcer import Enforcer
-
         for d in self.cfg.policy_dirs:
             if not os.path.exists(d):
                 log.warning("policy directory does not exist (yet): no policies from it", extra={"dir": d})
@@ -135,23 +185,30 @@ class Agent:
             cluster_source=self.kube,
             audit=self.cfg.policy_audit,
         )
+        # the enforcer names policies as it compiles them; flows and metrics read its dict
         self.policy_names = self.enforcer.policy_names
         if self.kube is None:
             from exporter.enrich import ManifestLabels
 
             self.directory.label_source = ManifestLabels(lambda: self.enforcer.manifests)
         self.network = self._node_network()
-        self.decoder = Decoder(self.directory, self.cfg.node, self.policy_names)
-        self.source = DatapathSource(self.dp)
-        self.registry.register(
-            LumenCollector(self.source, self.directory, self.health, self.store, self.policy_names)
-        )
+        self.enricher = Enricher(self.directory, self.cfg.node, self.policy_names)
+        self.decoder = Decoder(self.enricher)
+        self.pipeline = Pipeline(EventReader(self.cfg.pin_dir), self.decoder, self.health)
+        self.pipeline.register(self.store)
         if self.cfg.otel:
             from exporter.tracing import FlowTracer
 
             self.tracer = FlowTracer(self.cfg.node)
-        self.dp.open_ring_buffer(self._on_event, raw=True)
-        self._sync_endpoints()
+            self.pipeline.register(self.tracer)
+        self.source = DatapathSource(self.dp)
+        self.registry.register(
+            LumenCollector(self.source, self.directory, self.health, self.store, self.policy_names)
+        )
+        self.sweeper = Sweeper(
+            self.dp, self.decoder, self.pipeline.publish, self.health, self._alive_endpoints
+        )
+        self.health.attached_endpoints = self.attachments.sync()
         # identities and policy maps before the plugin server takes its first ADD
         self.enforcer.sync()
         self.directory.set_remote(self.enforcer.remote_pods)
@@ -161,7 +218,7 @@ class Agent:
             extra={
                 "pin_dir": self.cfg.pin_dir,
                 "seconds": round(time.monotonic() - t0, 3),
-                "attached": len(self.attached),
+                "attached": self.health.attached_endpoints,
             },
         )
         if self.cfg.plugin_socket:
@@ -169,8 +226,12 @@ class Agent:
             self._plugin_server = subprocess.Popen(
                 [sys.executable, "-m", "plugin.server", "--socket", self.cfg.plugin_socket]
             )
-        for target in (self._poll_loop, self._housekeeping_loop):
-            t = threading.Thread(target=target, name=target.__name__, daemon=True)
+        pipeline = self.pipeline
+        for name, target in (
+            ("pipeline", lambda: pipeline.run(self._stop, self.cfg.poll_timeout_ms)),
+            ("housekeeping", self._housekeeping_loop),
+        ):
+            t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
 
@@ -205,40 +266,12 @@ class Agent:
                 self._plugin_server.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self._plugin_server.kill()
-        if self.tracer is not None:
-            self.tracer.shutdown()
+        if self.pipeline is not None:
+            self.pipeline.close()  # the sinks: the tracer flushes its spans
         if self.dp is not None:
             # Pinned maps and attached programs stay: traffic keeps flowing and counting without us.
             self.dp.close()
         log.info("agent stopped")
-
-    # -- ring buffer thread --------------------------------------------------------------------
-
-    def _on_event(self, ev: Any) -> None:
-        try:
-            flow = self.decoder.flow(ev)
-        except Exception:  # noqa: BLE001 - one bad record must not stop consumption
-            self.health.decode_errors += 1
-            return
-        self.store.add(flow)
-        if self.tracer is not None:
-            self.tracer.on_flow(flow)
-        self.health.events_consumed += 1
-        self._last_flow = flow
-
-    def _poll_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.dp.poll(self.cfg.poll_timeout_ms)
-            except Exception as exc:  # noqa: BLE001 - keep consuming; the error shows in /readyz
-                self.error = f"ring buffer poll failed: {exc}"
-                log.error("ring buffer poll failed", extra={"error": str(exc)})
-                self._stop.wait(1)
-                continue
-            self.health.last_poll_monotonic = time.monotonic()
-            flow, self._last_flow = self._last_flow, None
-            if flow is not None:
-                self.health.poll_lag_seconds = max(0.0, (time.time_ns() - flow.time_ns) / 1e9)
 
     # -- housekeeping thread -------------------------------------------------------------------
 
@@ -246,11 +279,13 @@ class Agent:
         last_sweep = time.monotonic()
         while not self._stop.wait(self.cfg.housekeeping_s):
             try:
-                self._sync_endpoints()
+                assert self.attachments is not None
+                self.health.attached_endpoints = self.attachments.sync()
                 self.enforcer.sync()
                 self.directory.set_remote(self.enforcer.remote_pods)
                 self.network.sync()
                 self.decoder.sync_clock()
+                self._check_consumption()
                 if time.monotonic() - last_sweep >= min(self.cfg.idle_timeout_s / 2, 10.0):
                     last_sweep = time.monotonic()
                     self.sweep()
@@ -258,63 +293,27 @@ class Agent:
                 log.exception("housekeeping failed")
 
     def sweep(self) -> int:
-        """Remove idle flows from the kernel table and put their END in the store (counters are kept
-        apart from flow entries, so nothing is lost with them); free counter slots an ADD killed half
-        way left behind."""
-        now = time.monotonic_ns()
-        ended = self.dp.sweep_idle(int(self.cfg.idle_timeout_s * 1e9), now)
-        for key, st in ended:
-            try:
-                flow = self.decoder.ended(key, st, now)
-            except Exception:  # noqa: BLE001 - only this record is lost
-                self.health.decode_errors += 1
-                continue
-            self.store.add(flow)
-            if self.tracer is not None:
-                self.tracer.on_flow(flow)
-        self.health.swept_flows += len(ended)
-        freed = self.dp.release_stale_slots({p.endpoint_id for p in self.directory.pods})
-        if freed:
-            log.info("freed counter slots of pods that are gone", extra={"slots": freed})
-        return len(ended)
+        """End idle flows: their END records to the sinks; free counter slots of pods that are gone."""
+        return int(self.sweeper.sweep(self.cfg.idle_timeout_s))
 
-    def _attached_by_plugin(self, pod: Pod) -> bool:
-        # The plugin attaches the pinned programs at ADD, then writes the record "ready". A record written
-        # after we pinned ours names a pod running our programs; older ones run a previous agent's, whose
-        # ring buffer nobody reads, and get re-attached.
-        if not pod.observed:
-            return False
-        if pod.host_ifindex in self._plugin_attached:
-            return True
-        try:
-            mtime = os.stat(records.record_path(self.cfg.state_dir, pod.container_id, pod.ifname)).st_mtime
-        except FileNotFoundError:
-            return False
-        if mtime > self.loaded_at:
-            self._plugin_attached.add(pod.host_ifindex)
-            return True
-        return False
+    def _alive_endpoints(self) -> set[int]:
+        return {p.endpoint_id for p in self.directory.pods}
 
-    def _is_attached(self, pod: Pod) -> bool:
-        return pod.host_ifindex in self.attached or self._attached_by_plugin(pod)
-
-    def _sync_endpoints(self) -> None:
-        self.directory.refresh()
-        ready = [p for p in self.directory.pods if p.state == "ready" and p.host_ifindex]
-        missing = [p for p in ready if not self._is_attached(p)]
-        if missing:
-            try:
-                self.attached = set(self.dp.sync_endpoints(self.cfg.state_dir))
-            except OSError as exc:
-                log.warning("attaching endpoints failed", extra={"error": str(exc)})
-        alive = {p.host_ifindex for p in ready}
-        self.attached &= alive
-        self._plugin_attached &= alive
-        self.health.attached_endpoints = self.count_attached()
-
-    def count_attached(self) -> int:
-        self.directory.refresh()
-        return sum(1 for p in self.directory.pods if p.state == "ready" and self._is_attached(p))
+    def _check_consumption(self) -> None:
+        """The kernel emitting events while none reach us (another agent took the ring buffer, a reader
+        on a stale map) turns /readyz 503."""
+        emitted = int(self.source.datapath_stats().get("events", 0))
+        consumed = self.health.events_consumed
+        now = time.monotonic()
+        last_emitted, last_consumed, since = self._emitted_seen
+        if last_emitted < 0 or emitted == last_emitted or consumed != last_consumed:
+            self._emitted_seen = (emitted, consumed, now)
+            self._stall = ""
+        elif now - since >= STALL_S:
+            self._stall = (
+                f"the kernel emitted {emitted - last_emitted} events in {now - since:.0f} s and this agent "
+                "received none (is another agent reading this datapath?)"
+            )
 
     def _network_status(self) -> dict[str, Any]:
         if self.network is None:
@@ -332,13 +331,17 @@ class Agent:
     # -- api.AgentView ---------------------------------------------------------------------------
 
     def ready(self) -> tuple[bool, str]:
-        if self.dp is None:
+        if self.dp is None or self.pipeline is None:
             return False, "datapath not loaded"
-        if self.error:
-            return False, self.error
+        if self.pipeline.error:
+            return False, self.pipeline.error
+        if self._threads and not self._threads[0].is_alive():
+            return False, "the ring buffer consumer stopped"
         last = self.health.last_poll_monotonic
-        if not last or time.monotonic() - last > 5:
-            return False, "ring buffer not polled in the last 5 s"
+        if not last or time.monotonic() - last > STALL_S:
+            return False, f"ring buffer not polled in the last {STALL_S:.0f} s"
+        if self._stall:
+            return False, self._stall
         return True, "ok"
 
     def policy_view(self) -> Any:
@@ -350,74 +353,26 @@ class Agent:
         return self.enforcer.engine
 
     def status_dict(self) -> dict[str, Any]:
-        st = self.enforcer.status
-        cfg = self.dp.config()
-        return {
-            "generation": int(cfg.policy_gen),
-            "applied_at": st.applied_at,
-            "audit": bool(cfg.audit),
-            "dirs": self.cfg.policy_dirs,
-            "files": st.files,
-            "policies": st.policies,
-            "summary": st.summary,
-            "error": st.error,
-            "map_entries": self.dp.policy_entries(),
-        }
+        return status.policy_status(
+            self.enforcer, self.dp.config(), self.dp.policy_entries(), self.cfg.policy_dirs
+        )
 
     def endpoints(self) -> list[dict[str, Any]]:
-        self.directory.refresh()
-        return [
-            {
-                "namespace": p.namespace,
-                "pod": p.pod,
-                "containerId": p.container_id,
-                "ifname": p.ifname,
-                "ips": list(p.ips),
-                "hostVeth": p.host_veth,
-                "hostIfindex": p.host_ifindex,
-                "endpointId": p.endpoint_id,
-                "identity": (
-                    self.enforcer.pod_identities.get(f"{p.namespace}/{p.pod}") if self.enforcer else None
-                )
-                or p.record.get("identity"),
-                "state": p.state,
-                "attached": self._is_attached(p),
-            }
-            for p in self.directory.pods
-        ]
+        if self.attachments is None:
+            return []
+        identities = self.enforcer.pod_identities if self.enforcer else {}
+        return status.endpoints(self.directory, self.attachments, identities)
 
     def status(self) -> dict[str, Any]:
-        stats = dict(self.source.datapath_stats()) if self.source else {}
-        entries = self.source.flow_table_entries() if self.source else 0
-        capacity = self.cfg.flow_table_size
-        ok, reason = self.ready()
-        return {
-            "version": VERSION,
-            "node": self.cfg.node,
-            "ready": ok,
-            "reason": reason,
-            "uptime_s": round(time.time() - self.started_at, 1),
-            "pin_dir": self.cfg.pin_dir,
-            "state_dir": self.cfg.state_dir,
-            "aggregation": self.cfg.aggregation,
-            "flow_table": {
-                "entries": entries,
-                "capacity": capacity,
-                "fill_ratio": round(entries / capacity, 4),
-            },
-            "flow_store": {
-                "flows": len(self.store),
-                "capacity": self.store.capacity,
-                "evicted": self.store.evicted,
-            },
-            "events": {
-                "consumed": self.health.events_consumed,
-                "emitted": stats.get("events", 0),
-                "lost": stats.get("lost_events", 0),
-                "decode_errors": self.health.decode_errors,
-                "poll_lag_s": round(self.health.poll_lag_seconds, 6),
-            },
-            "otel": self.tracer is not None,
-            "network": self._network_status(),
-            "endpoints": self.endpoints(),
-        }
+        return status.agent_status(
+            version=VERSION,
+            cfg=self.cfg,
+            started_at=self.started_at,
+            ready=self.ready(),
+            source=self.source,
+            store=self.store,
+            health=self.health,
+            tracing=self.tracer is not None,
+            network=self._network_status(),
+            endpoint_list=self.endpoints,
+        )

@@ -50,7 +50,7 @@ class PodCounts(NamedTuple):
 
 
 class MapSource(Protocol):
-    """What the Collector reads; the agent's implementation (exporter.events.DatapathSource) reads the
+    """What the Collector reads; the agent's implementation (exporter.mapsource.DatapathSource) reads the
     pinned BPF maps and names protocols, verdicts, directions and drop reasons."""
 
     flow_capacity: int

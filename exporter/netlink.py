@@ -145,11 +145,6 @@ class Netlink:
         msgs = _retry("dump addresses", lambda: self._ipr.get_addr())
         return [(int(m["index"]), str(m.get_attr("IFA_ADDRESS"))) for m in msgs]
 
-    def route_to(self, address: str) -> tuple[int, str | None]:
-        """The device index and preferred source the kernel would use towards `address`."""
-        msg = _retry(f"route get {address}", lambda: self._ipr.route("get", dst=address))[0]
-        return int(msg.get_attr("RTA_OIF") or 0), msg.get_attr("RTA_PREFSRC")
-
     # -- routes --------------------------------------------------------------------------------
 
     def routes(self, proto: int) -> list[Route]:

@@ -21,6 +21,7 @@ from exporter.routing import Router, RoutingConfig, plan
 log = logging.getLogger("lumen.network")
 
 RESYNC_S = 30.0
+RETRY_S = 5.0  # after a failed sync (netlink refused, nft missing): not every housekeeping second
 FORWARDING = {4: "net/ipv4/ip_forward", 6: "net/ipv6/conf/all/forwarding"}
 
 
@@ -62,12 +63,16 @@ class NodeNetwork:
         self._forwarding = forwarding
         self._last: Mapping[str, NodeInfo] | None = None
         self._last_at = 0.0
+        self._said_error = ""
         self.status = NetworkStatus()
 
     def sync(self, force: bool = False) -> bool:
         """Reconcile if the nodes changed (or force, or the resync interval passed); True if it did."""
         nodes = dict(self._nodes())
-        if not force and nodes == self._last and time.monotonic() - self._last_at < RESYNC_S:
+        # after a failure, a retry waits RETRY_S whatever changed; otherwise a change acts at once
+        wait = RETRY_S if self.status.error else RESYNC_S
+        changed = nodes != self._last and not self.status.error
+        if not force and not changed and time.monotonic() - self._last_at < wait:
             return False
         if nodes != self._last:
             cidrs = {n: list(i.pod_cidrs) for n, i in sorted(nodes.items())}
@@ -89,7 +94,9 @@ class NodeNetwork:
                 cluster = [c for n in nodes.values() for c in n.pod_cidrs]
                 self.masquerade.apply(list(local.pod_cidrs), cluster)
         except OSError as e:
-            self.status.error = str(e)
-            self._last = None  # try again next round
-            log.error("node network sync failed", extra={"error": str(e)})
+            if str(e) != self._said_error:  # said once per distinct error, retried every RETRY_S
+                log.error("node network sync failed", extra={"error": str(e)})
+            self.status.error = self._said_error = str(e)
+            return True
+        self._said_error = ""
         return True

@@ -132,10 +132,10 @@ class Router:
             vxlan = self._vxlan(nl, p) if self.cfg.mode == "vxlan" else None
             if self.cfg.mode == "direct":
                 self._remove_vxlan(nl)
-            want = {(r.dst): Route(r.dst, r.gateway, vxlan or 0, r.onlink) for r in p.routes}
+            want = {r.dst: Route(r.dst, r.gateway, vxlan or 0, r.onlink) for r in p.routes}
             have = {r.dst: r for r in nl.routes(ROUTE_PROTO)}
             for dst, route in sorted(want.items()):
-                if have.get(dst) != route:
+                if not _same(have.get(dst), route):
                     self._try(nl.replace_route, route, ROUTE_PROTO)
             for dst, route in sorted(have.items()):
                 if dst not in want:
@@ -169,7 +169,8 @@ class Router:
             return None
         cfg = self.cfg
         mac = vtep_mac(cfg.node)
-        uplink, _ = nl.route_to(p.local)
+        # the device holding the underlay address (a route lookup of a local address answers `lo`)
+        uplink = next((index for index, addr in nl.addresses() if addr == p.local), 0)
         uplink_mtu = int(nl.link_info(uplink).get("mtu") or 1500) if uplink else 1500
         overhead = VXLAN_OVERHEAD6 if ipaddress.ip_address(p.local).version == 6 else VXLAN_OVERHEAD
         mtu = uplink_mtu - overhead
@@ -209,6 +210,13 @@ class Router:
             self._try(nl.append_fdb, index, mac, dst)
         for mac, dst in sorted(have_f - p.fdb):
             self._try(nl.delete_fdb, index, mac, dst)
+
+
+def _same(have: Route | None, want: Route) -> bool:
+    """The kernel's route is the wanted one (a wanted route without a device takes the kernel's)."""
+    if have is None:
+        return False
+    return (have.gateway, have.onlink) == (want.gateway, want.onlink) and want.oif in (0, have.oif)
 
 
 def pod_mtu(mode: str, uplink_mtu: int = 1500, ipv6_underlay: bool = False) -> int:

@@ -13,14 +13,21 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bpf import vocab
 from exporter import api, filters, servicemap
-from exporter.api import PAGING_PARAMS, parse_query
+from exporter.api import PAGING_PARAMS, parse_request
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+#: paths a program reads: their 404 stays JSON (`{"detail": "Not Found"}`); any other unknown path is
+#: a person's typo or an old bookmark and gets a page that links to the real ones
+MACHINE_PATHS = ("/api/", "/static/", "/docs/", "/metrics", "/healthz", "/readyz", "/openapi.json")
 
 PAGES = {
     "flows": "Flows",
@@ -30,7 +37,13 @@ PAGES = {
 
 
 def _filter_help() -> list[dict[str, str]]:
-    return [{"name": name, "help": crit.help} for name, crit in filters.CRITERIA.items()]
+    """Every name the filter bar accepts: the criteria (also as not_<name>) and the time range."""
+    out = [{"name": name, "help": crit.help, "deny": "yes"} for name, crit in filters.CRITERIA.items()]
+    out += [
+        {"name": "since", "help": "flows seen at or after: RFC 3339, unix seconds, or 5m (ago)", "deny": ""},
+        {"name": "until", "help": "flows seen at or before: same forms as since", "deny": ""},
+    ]
+    return out
 
 
 def hook(
@@ -50,7 +63,7 @@ def hook(
                 return templates.TemplateResponse(
                     request,
                     f"{name}.html",
-                    {"page": name, "pages": PAGES, "criteria": _filter_help()},
+                    {"page": name, "pages": PAGES, "criteria": _filter_help(), "vocab": vocab.as_json()},
                 )
 
             render.__name__ = f"page_{name}"
@@ -63,6 +76,15 @@ def hook(
         def index() -> RedirectResponse:
             return RedirectResponse("/flows")
 
+        @app.exception_handler(StarletteHTTPException)
+        async def not_found(request: Request, exc: StarletteHTTPException) -> Response:
+            path = request.url.path
+            if exc.status_code != 404 or path.startswith(MACHINE_PATHS):
+                return await http_exception_handler(request, exc)
+            return templates.TemplateResponse(
+                request, "404.html", {"pages": PAGES, "path": path}, status_code=404
+            )
+
         if not with_map:
             return
 
@@ -74,8 +96,9 @@ def hook(
             for key, value in request.query_params.multi_items():
                 if key not in PAGING_PARAMS:
                     params.setdefault(key, []).append(value)
+            req = parse_request(params)
             store = app.state.view.store
-            out = servicemap.build(store.query(parse_query(params)))
+            out = servicemap.build(store.query(req.query, req.since_ns, req.until_ns).flows)
             out["stored"] = len(store)
             return out
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 NLM_F_REQUEST = 0x1
 NLM_F_MULTI = 0x2
 NLM_F_ACK = 0x4
+NLM_F_DUMP_INTR = 0x10  # the table changed during the dump: what came back may be inconsistent
 NLM_F_DUMP = 0x300
 NLM_F_REPLACE = 0x100
 NLM_F_EXCL = 0x200
@@ -66,7 +67,9 @@ TCA_BPF_FLAG_ACT_DIRECT = 1
 TC_H_CLSACT = 0xFFFFFFF1
 TC_PARENT = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
 ETH_P_ALL = 0x0003
+CLONE_NEWNET = 0x40000000
 
+DUMP_ATTEMPTS = 5  # netlinksafe's count; one retry is usually enough
 _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
 _IFADDRMSG = struct.Struct("=BBBBI")
@@ -193,12 +196,12 @@ def _libc_setns(fd: int) -> None:
 
     if not _setns_addr:
         _setns_addr.append(_ctypes.dlsym(_ctypes.dlopen(None, 2), "setns"))  # type: ignore[arg-type]  # RTLD_NOW
-    if _ctypes.call_function(_setns_addr[0], (fd, 0x40000000)) == 0:  # CLONE_NEWNET
+    if _ctypes.call_function(_setns_addr[0], (fd, CLONE_NEWNET)) == 0:
         return
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, 0x40000000) != 0:
+    if libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
 
@@ -206,7 +209,7 @@ def _libc_setns(fd: int) -> None:
 def _enter_netns(fd: int) -> None:
     setns = getattr(os, "setns", None)
     if setns is not None:
-        setns(fd, 0x40000000)  # CLONE_NEWNET
+        setns(fd, CLONE_NEWNET)
     else:
         _libc_setns(fd)
 
@@ -252,6 +255,7 @@ class Netlink:
             with in_netns(netns):
                 self._sock = self._open()
         self._seq = 0
+        self._interrupted = False
 
     @staticmethod
     def _open() -> socket.socket:
@@ -288,8 +292,16 @@ class Netlink:
             pass
 
     def dump(self, msg_type: int, body: bytes) -> list[tuple[int, bytes]]:
-        seq = self._send(msg_type, NLM_F_DUMP, body)
-        return list(self._replies(seq))
+        """Every object of a kind. A dump the kernel marks interrupted (NLM_F_DUMP_INTR: links, addresses
+        or routes changed while it ran, as concurrent ADDs do) is asked again, as containernetworking's
+        netlinksafe does; still interrupted after DUMP_ATTEMPTS, NetlinkError(EINTR)."""
+        for _ in range(DUMP_ATTEMPTS):
+            self._interrupted = False
+            seq = self._send(msg_type, NLM_F_DUMP, body)
+            replies = list(self._replies(seq))
+            if not self._interrupted:
+                return replies
+        raise NetlinkError(errno.EINTR, f"netlink dump interrupted {DUMP_ATTEMPTS} times in a row")
 
     def _replies(self, seq: int) -> Iterator[tuple[int, bytes]]:
         while True:
@@ -301,6 +313,8 @@ class Netlink:
                 offset += _align(length)
                 if msg_seq != seq:
                     continue
+                if flags & NLM_F_DUMP_INTR:
+                    self._interrupted = True
                 if msg_type == NLMSG_DONE:
                     return
                 if msg_type == NLMSG_ERROR:
@@ -546,6 +560,25 @@ class Netlink:
         except NetlinkError as e:
             if e.errno not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
                 raise
+
+
+NS_GET_NSTYPE = 0xB703  # ioctl_ns(2): _IO(0xb7, 0x3)
+
+
+def is_netns(path: str) -> bool:
+    """Whether `path` opens a network namespace (a runtime may hand over any file as CNI_NETNS)."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return False
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def write_sysctl(path: str, value: str) -> None:

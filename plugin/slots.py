@@ -13,11 +13,13 @@ from __future__ import annotations
 import struct
 
 from plugin import bpfsys
+from plugin.pinned import MAP_ENDPOINT_GEN, MAP_PAIRS, MAP_PODS, MAP_SLOTS
 
-PIN_SLOTS = "lumen_slots"
-PIN_PODS = "lumen_pods"
-PIN_PAIRS = "lumen_pairs"
-PIN_ENDPOINT_GEN = "lumen_endpoint_gen"
+# Maps are pinned under their own name.
+PIN_SLOTS = MAP_SLOTS
+PIN_PODS = MAP_PODS
+PIN_PAIRS = MAP_PAIRS
+PIN_ENDPOINT_GEN = MAP_ENDPOINT_GEN
 
 U32 = struct.Struct("=I")
 # struct pod_counters { u32 endpoint_id; u32 pad; u64 tx_packets, tx_bytes, rx_packets, rx_bytes; }

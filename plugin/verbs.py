@@ -18,7 +18,7 @@ from plugin.errors import (
 )
 from plugin.faults import checkpoint
 from plugin.ip import ip_address, ip_interface, ip_network
-from plugin.netlink import IPAddr, IPNet, Netlink
+from plugin.netlink import IPAddr, IPNet, Netlink, is_netns
 from plugin.result import convert, merge, to_current
 
 TYPE_CHECKING = False  # typing costs ~3 ms of start-up; annotations are strings anyway
@@ -136,9 +136,15 @@ def _routes_for(
     return routes, install
 
 
+def _check_netns(netns: str) -> None:
+    if not os.path.exists(netns):
+        raise CNIError(INVALID_ENV, "network namespace does not exist", netns)
+    if not is_netns(netns):
+        raise CNIError(INVALID_ENV, "CNI_NETNS is not a network namespace", netns)
+
+
 def cmd_add(env: Env, conf: NetConf, environ: dict[str, str]) -> dict[str, Any]:
-    if not os.path.exists(env.netns):
-        raise CNIError(INVALID_ENV, "network namespace does not exist", env.netns)
+    _check_netns(env.netns)
     existing = endpoint.read(conf.state_dir, env.container_id, env.ifname)
     if existing is not None:
         if existing.get("state") == "ready":
@@ -244,8 +250,7 @@ def cmd_check(env: Env, conf: NetConf, environ: dict[str, str]) -> None:
     record = endpoint.read(conf.state_dir, env.container_id, env.ifname)
     if record is None or record.get("state") != "ready":
         raise CNIError(UNKNOWN_CONTAINER, f"no attachment for container {env.container_id[:12]} {env.ifname}")
-    if not os.path.exists(env.netns):
-        raise CNIError(INVALID_ENV, "network namespace does not exist", env.netns)
+    _check_netns(env.netns)
     ours = [
         i
         for i, iface in enumerate(prev.get("interfaces", []))

@@ -14,6 +14,12 @@ Every name starts with the cluster's prefix (caller's, plus random hex). `ip net
 dir instead. The agents learn the nodes (and the pods on other nodes) from `Node` and `Pod` manifests in
 one directory they all watch, as agents outside Kubernetes do (docs/scale-out.md).
 
+One way the simulation differs from separate hosts: an skb keeps its `tc_index` across namespaces, so
+the mark a source node's program leaves (bpf/lumen.c, naming the source veth's ifindex) still rides the
+packet when it reaches the destination node, where it is trusted only if it names the device the
+packet came in on there (the uplink, ifindex 2, or the VXLAN device, made before any pod's veth). Agents
+therefore start before pods here, as they do on a node; a real NIC never delivers a tc_index.
+
 The test process stays in the root namespace; it talks to agents (and the relay) inside namespaces with
 sockets opened there (`ns_socket`), and `PortForward` exposes one of them on the root's loopback.
 """
@@ -21,7 +27,6 @@ sockets opened there (`ns_socket`), and `PortForward` exposes one of them on the
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import http.client
 import json
 import os
@@ -37,13 +42,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from plugin.netlink import in_netns
 from tests.cni_harness import REPO, Invocation, install_plugin, invoke, netns_add, netns_del
 
-CLONE_NEWNET = 0x40000000
 AGENT_PORT = 9470
 RELAY_PORT = 9466
 UNDERLAY_MTU = 1500
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -61,29 +65,10 @@ def nsx(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[
 
 
 def ns_socket(ns: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
-    """A socket created inside network namespace `ns` (it stays there; the caller's thread does not
-    move). Created on a short-lived thread that enters the namespace, so nothing else is affected."""
-    out: dict[str, Any] = {}
-
-    def make() -> None:
-        try:
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {ns}")
-            finally:
-                os.close(fd)
-            out["sock"] = socket.socket(family, kind)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
-            out["error"] = e
-
-    t = threading.Thread(target=make)
-    t.start()
-    t.join()
-    if "error" in out:
-        raise out["error"]
-    sock: socket.socket = out["sock"]
-    return sock
+    """A socket created inside network namespace `ns`: it stays there, while this thread enters the
+    namespace only for the socket(2) call (plugin.netlink.in_netns, the repository's one setns user)."""
+    with in_netns(f"/run/netns/{ns}"):
+        return socket.socket(family, kind)
 
 
 class _NsConnection(http.client.HTTPConnection):

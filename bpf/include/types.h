@@ -49,6 +49,18 @@ enum lumen_stat {
     LUMEN_STAT_MAX = 10,
 };
 
+/* ICMP and ICMPv6 message types the datapath tells apart. An echo request and its reply are one
+ * connection; separate ping sessions between the same two addresses differ by the echo identifier. */
+enum lumen_icmp_type {
+    LUMEN_ICMP_ECHO_REPLY = 0,
+    LUMEN_ICMP_ECHO_REQUEST = 8,
+    LUMEN_ICMP6_ECHO_REQUEST = 128,
+    LUMEN_ICMP6_ECHO_REPLY = 129,
+    LUMEN_ICMP6_MLD_QUERY = 130,    /* 130-137: MLD, router and neighbour discovery, redirect */
+    LUMEN_ICMP6_REDIRECT = 137,
+    LUMEN_ICMP6_MLD2_REPORT = 143,
+};
+
 /* Flow flags (flow_stats.flags, flow_event.flags). */
 enum lumen_flow_flag {
     LUMEN_FLOW_REPLY = 1, /* the reverse flow was seen first: this is the answer of a connection */
@@ -76,8 +88,8 @@ enum lumen_policy_kind {
 struct flow_key {
     __u8 saddr[16];    /* IPv4 in the first 4 bytes, rest zero */
     __u8 daddr[16];
-    __u16 sport;       /* host byte order; ICMP: type */
-    __u16 dport;       /* host byte order; ICMP: code */
+    __u16 sport;       /* host byte order; ICMP/ICMPv6: echo identifier (0 for other messages) */
+    __u16 dport;       /* host byte order; ICMP/ICMPv6: type << 8 | code */
     __u8 proto;        /* IPPROTO_* */
     __u8 family;       /* 4 or 6 */
     __u8 direction;    /* enum lumen_direction */
@@ -171,10 +183,12 @@ struct pair_counters {
 
 /* Flows decided by policy, per isolated side (lumen_policy_counts). */
 struct policy_count_key {
-    __u32 policy_id;      /* as in flow_stats.*_policy */
+    __u32 policy_id;      /* the policy that admitted this side; if `denied`, the one isolating it (its
+                           * isolation marker's), 0 if unknown */
     __u8 verdict;         /* enum lumen_verdict */
     __u8 direction;       /* enum lumen_direction: the side (egress of the source, ingress of the dest) */
-    __u8 pad[2];
+    __u8 denied;          /* 1: no rule admitted this side (the isolating policy's default deny) */
+    __u8 pad;
 };
 
 /* ipBlock prefixes (LPM trie) -> CIDR identity; prefixlen counts slot+family+pad (32) + address bits. */

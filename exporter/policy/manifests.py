@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bpf.vocab import PORTED_PROTOCOLS
 from exporter.nodes import NodeInfo, parse_node
 from exporter.policy.cluster import ContainerPort
 from exporter.policy.errors import PolicyError
@@ -91,8 +92,9 @@ def parse_pod(doc: dict, default_namespace: str = "default") -> PodManifest:
             if not isinstance(number, int) or not 1 <= number <= 65535:
                 raise PolicyError(f"{path}.containerPort", f"must be 1-65535, got {number!r}")
             protocol = p.get("protocol", "TCP")
-            if protocol not in ("TCP", "UDP", "SCTP"):
-                raise PolicyError(f"{path}.protocol", f"must be TCP, UDP or SCTP, got {protocol!r}")
+            if protocol not in PORTED_PROTOCOLS:
+                allowed = ", ".join(PORTED_PROTOCOLS)
+                raise PolicyError(f"{path}.protocol", f"must be {allowed}, got {protocol!r}")
             ports.append(ContainerPort(number, protocol, p.get("name")))
     node = spec.get("nodeName") or ""
     if not isinstance(node, str):

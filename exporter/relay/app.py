@@ -16,11 +16,11 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from exporter import filters
+from exporter import docs, filters
 from exporter.api import DEFAULT_LIMIT, PAGING_PARAMS, parse_query, token_check
 from exporter.relay import merge
 from exporter.relay.service import Relay
-from exporter.relay.wire import iso_us
+from exporter.relay.wire import iso_us, time_us
 
 MAX_LIMIT = 1_000_000
 UNREACHABLE_HEADER = "X-Lumen-Unreachable"
@@ -46,16 +46,32 @@ def _count(params: Mapping[str, Sequence[str]], name: str, default: int) -> int:
 
 def _filter(params: Mapping[str, Sequence[str]]) -> tuple[list[tuple[str, str]], str | None]:
     """The client's filter, checked here (a bad one is the client's 400, not every agent's), as the
-    parameters to forward; `until` apart, made absolute, so the relay can tighten it with a cursor."""
-    criteria = {k: v for k, v in params.items() if k not in PAGING_PARAMS and k not in RELAY_PARAMS}
+    parameters to forward. `since` and `until` are made absolute (`5m` means the same instant on every
+    node), and `until` is returned apart, so the relay can tighten it with a cursor."""
+    criteria = {k: list(v) for k, v in params.items() if k not in PAGING_PARAMS and k not in RELAY_PARAMS}
     parse_query(criteria)
-    until = None
-    if "until" in criteria:
+    times: dict[str, str] = {}
+    for name in ("since", "until"):
+        if name in criteria:
+            times[name] = _absolute(criteria.pop(name)[-1])
+    forward = [(k, v) for k, values in criteria.items() for v in values]
+    if "since" in times:
+        forward.append(("since", times["since"]))
+    return forward, times.get("until")
+
+
+def _absolute(value: str) -> str:
+    """A time as RFC 3339 in microseconds: a timestamp as given (exactly: parse_time goes through a
+    float, which at today's epoch is off by up to 256 ns), a duration or unix seconds resolved now."""
+    if "T" in value:
         try:
-            until = iso_us(filters.parse_time(criteria.pop("until")[-1]) // 1000)
-        except filters.FilterError as exc:
-            raise HTTPException(400, str(exc)) from None
-    return [(k, v) for k, values in criteria.items() for v in values], until
+            return iso_us(time_us(value))
+        except ValueError:
+            pass  # parse_time says what is wrong with it
+    try:
+        return iso_us(filters.parse_time(value) // 1000)
+    except filters.FilterError as exc:
+        raise HTTPException(400, str(exc)) from None
 
 
 def _unreachable_headers(missing: dict[str, Any]) -> dict[str, str]:
@@ -77,7 +93,10 @@ def create_app(
         description="Flows, endpoints and status of every Lumen node, through one API.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # exporter.docs serves /docs with local assets; ReDoc needs a CDN: off
+        redoc_url=None,
     )
+    docs.mount(app)
     app.state.relay = relay
     check_token = token_check(token)
 

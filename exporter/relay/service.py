@@ -27,6 +27,7 @@ STREAM_QUEUE = 16384  # events waiting for a slow viewer, beyond which they are 
 STREAM_BATCH = 512
 KEEPALIVE_S = 15.0
 RETRY_S = (0.5, 1.0, 2.0, 5.0)  # reconnect delays of a lost agent stream
+MAP_TTL_S = 2.0
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Relay:
         self.pair = pair
         self.pair_wait_s = pair_wait_s
         self.started_at = time.time()
+        self._maps: dict[tuple[tuple[str, str], ...], tuple[float, dict[str, Any]]] = {}
 
     # -- /api/flows --------------------------------------------------------------------------------
 
@@ -282,11 +284,19 @@ class Relay:
         }
 
     async def service_map(self, forward: Sequence[tuple[str, str]]) -> dict[str, Any]:
-        """The agent's service map over every node's flows, cross-node flows counted once (paired)."""
+        """The agent's service map over every node's flows, cross-node flows counted once (paired).
+        Built from every stored flow, so one answer serves every viewer asking within MAP_TTL_S (the
+        UI's map and endpoints pages poll it)."""
+        key = tuple(forward)
+        cached = self._maps.get(key)
+        if cached is not None and time.monotonic() - cached[0] < MAP_TTL_S:
+            return cached[1]
         page = await self.flows(forward, 0)
         out = servicemap.build(flow_from_dict(f) for f in page["flows"])
         out["stored"] = page["stored"]
         out["unreachable"], out["errors"] = page["unreachable"], page["errors"]
+        self._maps = {k: v for k, v in self._maps.items() if time.monotonic() - v[0] < MAP_TTL_S}
+        self._maps[key] = (time.monotonic(), out)
         return out
 
     async def ready(self) -> tuple[bool, str]:

@@ -26,7 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from prometheus_client.parser import text_string_to_metric_families
 
 from bpf.loader import unpin_all
-from exporter.api import iter_sse
+from exporter.sse import iter_sse
 from tests.cni_harness import REPO, Node, Pod
 from tests.privileged import dp_tools as t
 

@@ -81,6 +81,9 @@ def test_routes_are_the_nodes_and_go_with_a_removed_node(cluster: Cluster) -> No
     n1, n2, n3 = cluster.nodes
     for node in cluster.nodes:
         assert node.routes() == expected_routes(cluster, node, cluster.nodes)
+        if cluster.mode == "vxlan":  # 50 below the uplink's 1500, as the pods' conflist says
+            link = node.exec("ip", "-d", "link", "show", f"{cluster.prefix}vx").stdout
+            assert " mtu 1450 " in link and "vxlan id 1 " in link and "dstport 8472" in link, link
     # a route Lumen did not add stays, whatever happens to the nodes
     n1.exec("ip", "route", "add", "203.0.113.0/24", "via", n2.address4, "proto", "static")
     try:
@@ -226,6 +229,9 @@ def test_network_policy_across_nodes(cluster: Cluster) -> None:
             assert admitted_ok, "web1 (node 1) was not admitted to web2 (node 2)"
             blocked = probe.matrix({w3.key: w3, w2.key: w2}, [("TCP", 8080)], timeout=2)
             assert blocked[(w3.key, w2.key, "TCP", 8080)] is False
+            # the same over IPv6: identities hold for both addresses of a remote pod
+            v6 = probe.matrix({w1.key: w1, w3.key: w3, w2.key: w2}, [("TCP", 8080)], version=6, timeout=2)
+            assert v6[(w1.key, w2.key, "TCP", 8080)] and not v6[(w3.key, w2.key, "TCP", 8080)]
         dropped = wait_for(
             lambda: [
                 f

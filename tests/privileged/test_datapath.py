@@ -27,6 +27,11 @@ pytestmark = [pytest.mark.bpf, pytest.mark.netns]
 
 TCP, UDP, ICMP, ICMP6 = socket.IPPROTO_TCP, socket.IPPROTO_UDP, socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6
 L3 = {4: 20, 6: 40}
+#: flow_key.dport (type << 8 | code) of an echo request and its reply, by IP version
+ECHO = {
+    4: (abi.IcmpType.ECHO_REQUEST << 8, abi.IcmpType.ECHO_REPLY << 8),
+    6: (abi.IcmpType.ICMP6_ECHO_REQUEST << 8, abi.IcmpType.ICMP6_ECHO_REPLY << 8),
+}
 ETH = 14
 
 
@@ -140,6 +145,9 @@ def test_tcp_transfer_counts_payload_and_emits_new_and_end(dp: Datapath, dnode: 
     assert rev.payload_bytes == 0
     assert fwd.tcp_flags & 0x02 and fwd.tcp_flags & 0x01, "SYN and FIN seen"
     assert rev.tcp_flags & 0x12 == 0x12, "SYN+ACK seen"
+    flags = dp.tcp_flags()
+    assert flags.get((version, 0x02), 0) >= 1 and flags.get((version, 0x12), 0) >= 1, "SYN, SYN-ACK counted"
+    assert sum(n for (v, f), n in flags.items() if v == version and f & 0x01) >= 2, "a FIN each way"
     for _ in range(20):
         dp.poll(50)
     ours = [(e.type, abi.addr_str(e.key.saddr, e.key.family)) for e in events if e.key.proto == TCP]
@@ -159,11 +167,58 @@ def test_ping_is_counted_both_ways(dp: Datapath, dnode: Node, version: int):
     a, b = dnode.add_pod("a"), dnode.add_pod("b")
     assert ns_exec(a.ns, "ping", f"-{version}", "-c", "3", "-i", "0.2", b.ip(version)).returncode == 0
     proto = ICMP if version == 4 else ICMP6
-    request, reply = (8, 0) if version == 4 else (128, 129)
-    (req,) = [v for k, v in t.flows(dp).items() if k[:4] == (a.ip(version), b.ip(version), proto, request)]
-    (rep,) = [v for k, v in t.flows(dp).items() if k[:4] == (b.ip(version), a.ip(version), proto, reply)]
+    request, reply = ECHO[version]
+    (req,) = [
+        v
+        for k, v in t.flows(dp).items()
+        if k[:3] == (a.ip(version), b.ip(version), proto) and k[4] == request
+    ]
+    (rep,) = [
+        v for k, v in t.flows(dp).items() if k[:3] == (b.ip(version), a.ip(version), proto) and k[4] == reply
+    ]
     assert (req.packets, rep.packets) == (3, 3)
     assert req.payload_bytes == 3 * 56 and req.bytes == 3 * (56 + 8 + L3[version] + ETH)
+    assert rep.flags & abi.FlowFlag.REPLY and not req.flags & abi.FlowFlag.REPLY
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_separate_ping_sessions_are_separate_flows_with_their_icmp_type(
+    dp: Datapath, dnode: Node, version: int
+):
+    """Two pings at once between the same pods: each session (echo identifier) is its own request flow
+    and its own reply flow, the reply marked as the answer of its request; events carry type and code."""
+    events: list[abi.FlowEvent] = []
+    dp.open_ring_buffer(events.append)
+    a, b = dnode.add_pod("a"), dnode.add_pod("b")
+    pings = [
+        subprocess.Popen(
+            ["ip", "netns", "exec", a.ns, "ping", f"-{version}", "-c", str(n), "-i", "0.2", b.ip(version)]
+        )
+        for n in (2, 4)
+    ]
+    assert [p.wait(timeout=20) for p in pings] == [0, 0]
+    proto = ICMP if version == 4 else ICMP6
+    request, reply = ECHO[version]
+    flows = t.flows(dp).items()
+    requests = {
+        k[3]: v for k, v in flows if k[:3] == (a.ip(version), b.ip(version), proto) and k[4] == request
+    }
+    replies = {k[3]: v for k, v in flows if k[:3] == (b.ip(version), a.ip(version), proto) and k[4] == reply}
+    assert len(requests) == 2 and set(replies) == set(requests), "one flow per session and way, by echo id"
+    assert sorted(v.packets for v in requests.values()) == [2, 4]
+    for echo_id, rep in replies.items():
+        assert rep.packets == requests[echo_id].packets
+        assert rep.flags & abi.FlowFlag.REPLY and not requests[echo_id].flags & abi.FlowFlag.REPLY
+    for _ in range(10):
+        dp.poll(50)
+    seen = {
+        (abi.icmp_from_key(e.key.sport, e.key.dport), e.type)
+        for e in events
+        if e.key.proto == proto and abi.addr_str(e.key.saddr, e.key.family) in (a.ip(version), b.ip(version))
+    }
+    for echo_id in requests:
+        assert ((request >> 8, 0, echo_id), abi.EventType.NEW) in seen
+        assert ((reply >> 8, 0, echo_id), abi.EventType.NEW) in seen
 
 
 def test_direct_forwarding_bypasses_the_bridge_and_still_counts_once(dp: Datapath, dnode: Node):
@@ -347,14 +402,11 @@ def test_maps_pinned_by_an_incompatible_older_agent_are_replaced(pin_dir: str):
     the old pin and the verifier refuse the programs)."""
     import ctypes as ct
 
-    from bpf.maps import lib, map_info, obj_get, obj_pin
+    from plugin.bpfsys import map_create, map_info, obj_get, obj_pin
 
     os.makedirs(pin_dir, exist_ok=True)
-    so = lib()
-    so.bpf_map_create.argtypes = [ct.c_int, ct.c_char_p, ct.c_uint32, ct.c_uint32, ct.c_uint32, ct.c_void_p]
     lru_hash = 9
-    fd = so.bpf_map_create(lru_hash, b"lumen_flows", ct.sizeof(abi.FlowKey), 72, 65536, None)
-    assert fd >= 0
+    fd = map_create(lru_hash, ct.sizeof(abi.FlowKey), 72, 65536, "lumen_flows")
     obj_pin(fd, os.path.join(pin_dir, abi.MAP_FLOWS))
     os.close(fd)
     d = load(pin_dir)
@@ -377,7 +429,7 @@ def scrape(dp: Datapath, node: Node) -> dict[tuple[str, tuple[tuple[str, str], .
     from prometheus_client import CollectorRegistry
 
     from exporter.enrich import EndpointDirectory
-    from exporter.events import DatapathSource
+    from exporter.mapsource import DatapathSource
     from exporter.metrics import AgentHealth, LumenCollector
 
     reg = CollectorRegistry(auto_describe=False)

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter import events
+from exporter.decode import Decoder
 from exporter.enforcer import Enforcer
-from exporter.enrich import EndpointDirectory
+from exporter.enrich import EndpointDirectory, Enricher
 from exporter.masquerade import ruleset
 from exporter.network import NodeNetwork
 from exporter.nodes import KubeNodes, NodeInfo, RemotePod, parse_node
@@ -242,7 +242,8 @@ def test_node_network_acts_on_changes_and_retries_after_a_failure() -> None:
     nodes.pop("n3")
     assert net.sync() and net.status.error == "netlink refused"
     router.fail = False
-    assert net.sync() and net.status.error == "" and len(router.plans[-1].routes) == 2
+    assert not net.sync()  # a failure is retried after RETRY_S, not every housekeeping round
+    assert net.sync(force=True) and net.status.error == "" and len(router.plans[-1].routes) == 2
     assert net.status.nodes == ["n1", "n2"]
 
 
@@ -269,7 +270,7 @@ def test_manifest_pods_on_other_nodes_get_identities_and_names(tmp_path: Path) -
     assert dp.ipcache["10.22.0.6"] == enforcer.pod_identities["shop/server"]
 
     directory.set_remote(enforcer.remote_pods)
-    decoder = events.Decoder(directory, node="n1")
+    decoder = Decoder(Enricher(directory, node="n1"))
     flow = decoder.flow(golden("flow_event_tcp4_end.hex"))  # 10.22.0.5 -> 10.22.0.6
     d = flow.to_dict()["destination"]
     assert (d["namespace"], d["pod"], d["node"], d["labels"]) == ("shop", "server", "n2", {"app": "db"})
@@ -356,3 +357,157 @@ def test_agent_refuses_bad_network_settings_before_loading_anything(
     assert cli.main(["agent", "--pin-dir", "/nonexistent/never-made", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lumen agent: ") and said in err and "Traceback" not in err
+
+
+# -- the netlink wrapper's retry -----------------------------------------------------------------------
+
+
+def test_interrupted_dumps_are_retried_and_refusals_carry_the_errno() -> None:
+    import errno
+
+    from exporter import netlink
+    from exporter.netlink import NetlinkDumpInterrupted, NetlinkError  # pyroute2's, as the wrapper sees them
+
+    calls = []
+
+    def flaky() -> list[str]:
+        calls.append(1)
+        if len(calls) < 3:
+            raise NetlinkDumpInterrupted()
+        return ["whole table"]
+
+    assert netlink._retry("dump", flaky) == ["whole table"] and len(calls) == 3
+
+    def always() -> None:
+        raise NetlinkDumpInterrupted()
+
+    with pytest.raises(netlink.NetlinkFailure) as e:
+        netlink._retry("dump routes", always)
+    assert e.value.errno == errno.EINTR and "dump routes" in str(e.value)
+
+    def refused() -> None:
+        raise NetlinkError(errno.ENETUNREACH, "Network unreachable")
+
+    with pytest.raises(netlink.NetlinkFailure) as e:
+        netlink._retry("replace route 10.1.2.0/24", refused)
+    assert e.value.errno == errno.ENETUNREACH and "10.1.2.0/24" in str(e.value)
+
+
+# -- the router against a fake kernel ------------------------------------------------------------------
+
+
+class FakeKernel:
+    """The parts of exporter.netlink.Netlink the router uses, over dicts; counts every change."""
+
+    def __init__(self) -> None:
+        self.links: dict[int, dict[str, Any]] = {2: {"name": "eth0", "mtu": 9000, "kind": "veth", "up": True}}
+        self.addrs = [(2, "192.168.1.1")]
+        self.route_table: dict[str, Route] = {"0.0.0.0/0": Route("0.0.0.0/0", "192.168.1.254", 2)}
+        self.protos: dict[str, int] = {"0.0.0.0/0": 4}
+        self.neigh: dict[int, dict[str, str]] = {}
+        self.fdb_entries: dict[int, set[tuple[str, str]]] = {}
+        self.changes: list[str] = []
+
+    def __enter__(self) -> FakeKernel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def link_index(self, name: str) -> int | None:
+        return next((i for i, link in self.links.items() if link["name"] == name), None)
+
+    def link_info(self, index: int) -> dict[str, Any]:
+        return dict(self.links[index])
+
+    def add_vxlan(self, name: str, vni: int, port: int, local: str, mac: str, mtu: int) -> int:
+        index = max(self.links) + 1
+        self.links[index] = {"name": name, "mtu": mtu, "kind": "vxlan", "up": True}
+        self.links[index].update(vni=vni, port=port, local=local, mac=mac)
+        self.changes.append(f"add vxlan {name} mtu {mtu}")
+        return index
+
+    def delete_link(self, index: int) -> None:
+        self.changes.append(f"delete link {self.links.pop(index)['name']}")
+
+    def set_mtu(self, index: int, mtu: int) -> None:
+        self.links[index]["mtu"] = mtu
+
+    def set_up(self, index: int) -> None:
+        self.links[index]["up"] = True
+
+    def addresses(self) -> list[tuple[int, str]]:
+        return list(self.addrs)
+
+    def routes(self, proto: int) -> list[Route]:
+        return [r for dst, r in self.route_table.items() if self.protos[dst] == proto]
+
+    def replace_route(self, route: Route, proto: int) -> None:
+        oif = route.oif or 2  # the kernel fills in the device
+        self.route_table[route.dst] = Route(route.dst, route.gateway, oif, route.onlink)
+        self.protos[route.dst] = proto
+        self.changes.append(f"route {route.dst}")
+
+    def delete_route(self, route: Route, proto: int) -> None:
+        assert self.protos[route.dst] == proto, "deleted a route Lumen did not add"
+        del self.route_table[route.dst], self.protos[route.dst]
+        self.changes.append(f"delete route {route.dst}")
+
+    def neighbours(self, index: int) -> dict[str, str]:
+        return dict(self.neigh.get(index, {}))
+
+    def replace_neighbour(self, index: int, address: str, mac: str) -> None:
+        self.neigh.setdefault(index, {})[address] = mac
+
+    def delete_neighbour(self, index: int, address: str) -> None:
+        del self.neigh[index][address]
+
+    def fdb(self, index: int) -> set[tuple[str, str]]:
+        return set(self.fdb_entries.get(index, set()))
+
+    def append_fdb(self, index: int, mac: str, dst: str) -> None:
+        self.fdb_entries.setdefault(index, set()).add((mac, dst))
+
+    def delete_fdb(self, index: int, mac: str, dst: str) -> None:
+        self.fdb_entries[index].discard((mac, dst))
+
+
+def test_router_changes_only_what_differs_and_removes_only_its_own() -> None:
+    from exporter.routing import ROUTE_PROTO, Router
+
+    kernel = FakeKernel()
+    cfg = RoutingConfig("n1", "direct")
+    router = Router(cfg, lambda: kernel)  # type: ignore[arg-type,return-value]
+    router.apply(plan(cfg, NODES))
+    assert sorted(kernel.changes) == ["route 10.1.2.0/24", "route 10.1.3.0/24", "route fd00:1:2::/64"]
+    kernel.changes.clear()
+    router.apply(plan(cfg, NODES))
+    assert kernel.changes == []  # the kernel's filled-in device is no difference
+    router.apply(plan(cfg, {"n1": N1, "n2": N2}))
+    assert kernel.changes == ["delete route 10.1.3.0/24"]
+    assert kernel.route_table["0.0.0.0/0"].gateway == "192.168.1.254"  # not Lumen's: untouched
+    kernel.changes.clear()
+
+    vx = RoutingConfig("n1", "vxlan", vxlan_device="lumen-vxlan")
+    router = Router(vx, lambda: kernel)  # type: ignore[arg-type,return-value]
+    router.apply(plan(vx, NODES))
+    index = kernel.link_index("lumen-vxlan")
+    assert index is not None and "add vxlan lumen-vxlan mtu 8950" in kernel.changes  # eth0's 9000 - 50
+    assert kernel.links[index]["mac"] == vtep_mac("n1") and kernel.links[index]["local"] == "192.168.1.1"
+    assert {r.dst: (r.gateway, r.oif, r.onlink) for r in kernel.routes(ROUTE_PROTO)} == {
+        "10.1.2.0/24": ("10.1.2.0", index, True),
+        "fd00:1:2::/64": ("fd00:1:2::", index, True),
+        "10.1.3.0/24": ("10.1.3.0", index, True),
+        "fd00:1:3::/64": ("fd00:1:3::", index, True),
+    }
+    assert kernel.neigh[index]["10.1.3.0"] == vtep_mac("n3")
+    assert kernel.fdb_entries[index] == {(vtep_mac("n2"), "192.168.1.2"), (vtep_mac("n3"), "192.168.1.3")}
+    router.apply(plan(vx, {"n1": N1, "n2": N2}))
+    assert "10.1.3.0" not in kernel.neigh[index] and kernel.fdb_entries[index] == {
+        (vtep_mac("n2"), "192.168.1.2")
+    }
+
+    kernel.changes.clear()
+    Router(cfg, lambda: kernel).apply(plan(cfg, NODES))  # type: ignore[arg-type,return-value]
+    assert "delete link lumen-vxlan" in kernel.changes and kernel.link_index("lumen-vxlan") is None
+    assert {r.gateway for r in kernel.routes(ROUTE_PROTO)} == {"192.168.1.2", "192.168.1.3", "fd01::2"}

@@ -252,3 +252,29 @@ def test_huge_config_is_handled(base):
     conf, env = base
     conf = dict(conf, padding="x" * 20_000_000, many=[{"a": [1, 2, 3]}] * 100_000)
     assert code(env, json.dumps(conf).encode()) == errors.INVALID_ENV
+
+
+@pytest.mark.parametrize("netns", ["/etc/hostname", "/", "/proc/self/ns/uts"])
+def test_a_netns_path_that_is_not_a_network_namespace_is_code_4(base, netns):
+    """Before, ADD went on to allocate and build, then failed in setns(2) with code 5."""
+    conf, env = base
+    assert code(dict(env, CNI_NETNS=netns), json.dumps(conf).encode()) == errors.INVALID_ENV
+
+
+def test_is_netns_knows_a_network_namespace():
+    from plugin.netlink import is_netns
+
+    assert is_netns("/proc/self/ns/net")
+    assert not is_netns("/proc/self/ns/uts") and not is_netns("/nonexistent") and not is_netns("/")
+
+
+def test_the_longest_container_id_gets_an_endpoint_record(tmp_path):
+    """A 255-character container ID (valid) made the record's file name too long: ADD failed with 5."""
+    from plugin import endpoint
+
+    cid = "a" * 255
+    endpoint.write(str(tmp_path), {"containerId": cid, "ifname": "x" * 15, "state": "creating"})
+    assert endpoint.read(str(tmp_path), cid, "x" * 15)["containerId"] == cid
+    assert [r["containerId"] for r in endpoint.all_records(str(tmp_path))] == [cid]
+    endpoint.remove(str(tmp_path), cid, "x" * 15)
+    assert endpoint.all_records(str(tmp_path)) == []

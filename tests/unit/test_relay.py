@@ -16,9 +16,9 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from exporter.api import iter_sse
 from exporter.relay import discovery
 from exporter.relay.discovery import Target
+from exporter.sse import iter_sse
 from tests.relay_harness import agents, free_port, relay, wait_until
 from tests.unit.exporter_fixtures import NOW_NS, make_flow
 
@@ -377,3 +377,11 @@ def test_lumen_observe_follow_through_the_relay_notes_the_missing_node(three):
             proc.wait(timeout=10)
     assert note.startswith("lumen observe: flows of 1 node(s) missing, not reachable: n9: cannot connect")
     assert all(":" in line and "->" in line for line in flows)
+
+
+def test_a_relative_time_range_means_one_instant_on_every_node(served, three):
+    # the stored flows are from 2027: after an hour ago, none before
+    assert httpx.get(f"{served.url}/api/flows", params={"until": "1h", "limit": 0}).json()["flows"] == []
+    assert len(httpx.get(f"{served.url}/api/flows", params={"since": "1h", "limit": 0}).json()["flows"]) == 15
+    window = {"since": "2027-01-15T07:00:00Z", "until": "2027-01-15T09:00:00+00:00", "limit": 0}
+    assert len(httpx.get(f"{served.url}/api/flows", params=window).json()["flows"]) == 15

@@ -14,8 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter import filters
-from exporter.api import PAGING_PARAMS
+from exporter.api import parse_request
 from exporter.flows import Flow, FlowStore
 from exporter.relay import merge
 from exporter.relay.discovery import Static, Target
@@ -45,7 +44,8 @@ class StoreFanout(Fanout):
         if limit > store.capacity:
             return Result(target, error="HTTP 400: limit: expected a number from 0", status=400)
         self.asked.append((target.name, limit))
-        found = store.query(filters.parse(criteria, ignore=PAGING_PARAMS), limit or None)
+        req = parse_request(criteria)
+        found = reversed(store.query(req.query, req.since_ns, req.until_ns, limit).flows)  # oldest first
         self.mark(target, None)
         data = {"flows": [f.to_dict() for f in found], "stored": len(store), "capacity": store.capacity,
                 "evicted": 0}  # fmt: skip
@@ -64,7 +64,7 @@ def fill(times: dict[str, list[int]], capacity: int = 10000) -> tuple[dict[str, 
         for i, t in enumerate(sorted(ts)):
             f = make_flow(sport=1000 + i, time_ns=t, src=f"10.0.{len(stores)}.1")
             stores[node].add(f)
-        every.extend(pos(node, f) for f in stores[node].query())  # what it holds, past evictions
+        every.extend(pos(node, f) for f in stores[node].query().flows)  # what it holds, past evictions
     return stores, sorted(every, reverse=True)
 
 
@@ -169,7 +169,7 @@ def test_the_two_ends_of_a_cross_node_flow_are_one_row_naming_both_nodes_and_pod
     assert row["ends"]["egress"]["verdict"] == "FORWARDED" and row["ends"]["ingress"]["node"] == "b"
     assert row["policy"]["summary"] == "no policy allows ingress"
     assert (row["packets"], row["bytes"]) == (3, 180)
-    assert row["time"] == b.query()[0].to_dict()["time"], "as of the newer end"
+    assert row["time"] == b.query().flows[0].to_dict()["time"], "as of the newer end"
 
 
 def test_unrelated_records_do_not_pair():

@@ -4,6 +4,9 @@
 
 const Lumen = (() => {
   const TOKEN_KEY = "lumen-token";
+  // Directions, event types, verdicts, drop reasons, protocols, TCP flags: as the agent defines them
+  // (bpf/vocab.py, also at /api/vocabulary), rendered into the page so no script retypes them.
+  const vocab = JSON.parse(document.getElementById("lumen-vocab").textContent);
 
   function headers() {
     const token = sessionStorage.getItem(TOKEN_KEY);
@@ -153,5 +156,6 @@ const Lumen = (() => {
 
   return {
     getJSON, stream, urlFilters, query, bytes, endpoint, time, el, verdictBadge, showError, setConn, showUnreachable,
+    vocab,
   };
 })();
