@@ -112,6 +112,16 @@ class MapBuilder:
     def __init__(self) -> None:
         self.nodes: dict[str, Node] = {}
         self.edges: dict[tuple[str, str, str], Edge] = {}
+        # endpoint object -> its node: a history's aggregates name the same few endpoints many times
+        self._node_of: dict[int, tuple[Endpoint, Node]] = {}
+
+    def _node(self, ep: Endpoint) -> Node:
+        hit = self._node_of.get(id(ep))
+        if hit is not None and hit[0] is ep:
+            return hit[1]
+        node = _node(self.nodes, ep)
+        self._node_of[id(ep)] = (ep, node)
+        return node
 
     def add(
         self,
@@ -127,7 +137,7 @@ class MapBuilder:
         first_ns: int,
         last_ns: int,
     ) -> None:
-        src, dst = _node(self.nodes, source), _node(self.nodes, destination)
+        src, dst = self._node(source), self._node(destination)
         # The datapath accounts each flow once (where it enters the pod network): no record repeats another.
         src.tx_packets += packets
         src.tx_bytes += nbytes

@@ -55,9 +55,10 @@ log = logging.getLogger("lumen.history")
 
 DEFAULT_FILE = "history.sqlite"
 TEN_MINUTES = 100  # `minute` 100 + n: the sums of minutes 10n to 10n+9 in edges_<hour>
-_TOTAL_KEY = ("src", "dst", "verdict", "proto", "port", "reason", "node", "direction", "reply", "hour")
-_TOTAL_UPSERT = (
-    f" ON CONFLICT ({', '.join(_TOTAL_KEY)}) DO UPDATE SET flows = flows + excluded.flows, "
+BLOCK_HOURS = 6  # edges_span also sums blocks of this many hours
+_SPAN_KEY = ("span", "start", "src", "dst", "verdict", "proto", "port", "reason", "node", "direction", "reply")
+_SPAN_UPSERT = (
+    f" ON CONFLICT ({', '.join(_SPAN_KEY)}) DO UPDATE SET flows = flows + excluded.flows, "
     "packets = packets + excluded.packets, bytes = bytes + excluded.bytes, "
     "first_ns = min(first_ns, excluded.first_ns), last_ns = max(last_ns, excluded.last_ns)"
 )
@@ -132,6 +133,8 @@ class SqliteHistory:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=2.0)
         conn.execute("PRAGMA busy_timeout = 2000")
+        # the current hour's indexes take inserts all over: keep them in memory (64 MiB at most)
+        conn.execute("PRAGMA cache_size = -65536")
         return conn
 
     def open(self) -> None:
@@ -224,9 +227,9 @@ class SqliteHistory:
                 "CREATE TABLE IF NOT EXISTS strings (id INTEGER PRIMARY KEY, value TEXT NOT NULL UNIQUE)"
             )
             c.execute(
-                f"CREATE TABLE IF NOT EXISTS edges_total ({', '.join(f'{k} INTEGER' for k in _TOTAL_KEY)}, "
+                f"CREATE TABLE IF NOT EXISTS edges_span ({', '.join(f'{k} INTEGER' for k in _SPAN_KEY)}, "
                 "flows INTEGER, packets INTEGER, bytes INTEGER, first_ns INTEGER, last_ns INTEGER, "
-                f"PRIMARY KEY ({', '.join(_TOTAL_KEY)})) WITHOUT ROWID"
+                f"PRIMARY KEY ({', '.join(_SPAN_KEY)})) WITHOUT ROWID"
             )
             meta = dict(c.execute("SELECT key, value FROM meta").fetchall())
             now = self.clock()
@@ -347,10 +350,14 @@ class SqliteHistory:
             f" ON CONFLICT ({', '.join(_EDGE_KEY)}) DO UPDATE SET {sums}, "
             "first_off = min(first_off, excluded.first_off), last_off = max(last_off, excluded.last_off)"
         )
-        # coarser sums from the minute sums: ten minutes (bucket 100 + n) in the hour's table, the whole
-        # hour in edges_total, whose key order lets a 24-hour map aggregate without sorting
+        # coarser sums from the minute sums: ten minutes (bucket 100 + n) in the hour's table; the hour
+        # and its block of BLOCK_HOURS in edges_span, so a day's map reads about ten sums per edge
         tens = _fold(edges, lambda k: (k[0], TEN_MINUTES + k[1] // 10, *k[2:]))
-        totals = _fold(edges, lambda k: (k[2], k[3], k[6], k[5], k[10], k[7], k[4], k[8], k[9], k[0]))
+        totals = _fold(edges, lambda k: (1, k[0], k[2], k[3], k[6], k[5], k[10], k[7], k[4], k[8], k[9]))
+        for k, e in totals.items():  # spans hold absolute times
+            e[3] += _hour_start(k[1])
+            e[4] += _hour_start(k[1])
+        totals.update(_fold(totals, lambda k: (BLOCK_HOURS, k[1] - k[1] % BLOCK_HOURS, *k[2:])))
         created: list[int] = []
         try:
             self._insert(by_hour, edges, tens, totals, placeholders, upsert_tail, created)
@@ -395,11 +402,8 @@ class SqliteHistory:
             for h, vals in by_table.items():
                 c.executemany(f"INSERT INTO edges_{h} VALUES ({', '.join('?' * 15)})" + upsert_tail, vals)
             c.executemany(
-                f"INSERT INTO edges_total VALUES ({', '.join('?' * 15)})" + _TOTAL_UPSERT,
-                [
-                    (*k, e[0], e[1], e[2], e[3] + _hour_start(k[-1]), e[4] + _hour_start(k[-1]))
-                    for k, e in totals.items()
-                ],
+                f"INSERT INTO edges_span VALUES ({', '.join('?' * 16)})" + _SPAN_UPSERT,
+                [(*k, e[0], e[1], e[2], e[3], e[4]) for k, e in totals.items()],
             )
 
     def _insert_one_by_one(self, c: sqlite3.Connection, h: int, rows: list[tuple[Any, ...]], ph: str) -> None:
@@ -500,8 +504,10 @@ class SqliteHistory:
         with self._tx() as c:
             c.execute(f"DROP TABLE IF EXISTS flows_{h}")
             c.execute(f"DROP TABLE IF EXISTS edges_{h}")
-            # the hour's sums: a few thousand rows (one per edge), the only rows retention deletes one by one
-            c.execute("DELETE FROM edges_total WHERE hour = ?", (h,))
+            # the hour's sums and its block's (which now lacks an hour: queries no longer use it): a few
+            # thousand rows, one per edge, the only rows retention deletes one by one
+            c.execute("DELETE FROM edges_span WHERE span = 1 AND start = ?", (h,))
+            c.execute("DELETE FROM edges_span WHERE span = ? AND start = ?", (BLOCK_HOURS, h - h % BLOCK_HOURS))
             horizon = max(self.horizon_ns, _hour_start(h + 1))
             c.execute("UPDATE meta SET value = ? WHERE key = 'horizon_ns'", (horizon,))
         self._hours.discard(h)
@@ -646,17 +652,9 @@ class SqliteHistory:
                 whole.append(h)
                 continue
             parts += _split_hour(h, a, b, where)
+        parts += self._span_parts(whole, where)
         rows: list[EdgeRow] = []
         try:
-            if whole:
-                # edges_total's key starts with the grouping columns: SQLite aggregates in key order
-                rows += [
-                    EdgeRow(*r)
-                    for r in conn.execute(
-                        f"SELECT {_EDGE_GROUP}, {_EDGE_SUM} FROM edges_total "
-                        f"WHERE hour IN ({','.join(map(str, whole))}) AND ({where}) GROUP BY {_EDGE_GROUP}"
-                    )
-                ]
             for i in range(0, len(parts), _COMPOUND_MAX):
                 union = " UNION ALL ".join(parts[i : i + _COMPOUND_MAX])
                 rows += [
@@ -669,7 +667,26 @@ class SqliteHistory:
             if "no such table" not in str(exc):
                 raise
             return self.edge_rows(q, since_ns, until_ns)  # retention dropped an hour meanwhile
-        return (merge(rows) if whole and parts or len(parts) > _COMPOUND_MAX else rows), complete
+        return (merge(rows) if len(parts) > _COMPOUND_MAX else rows), complete
+
+    def _span_parts(self, whole: list[int], where: str) -> list[str]:
+        """Whole hours as blocks where a block's every hour with flows is whole (and none was dropped),
+        the other hours one by one."""
+        hours, starts = set(whole), []
+        horizon_hour = -(-self.horizon_ns // HOUR_NS)
+        for b in sorted({h - h % BLOCK_HOURS for h in whole}):
+            members = range(b, b + BLOCK_HOURS)
+            if b >= horizon_hour and all(k in hours or k not in self._hours for k in members):
+                starts.append(b)
+                hours.difference_update(members)
+        parts = []
+        for span, chosen in ((BLOCK_HOURS, starts), (1, sorted(hours))):
+            if chosen:
+                parts.append(
+                    f"SELECT {_EDGE_GROUP}, flows, packets, bytes, first_ns, last_ns FROM edges_span "
+                    f"WHERE span = {span} AND start IN ({','.join(map(str, chosen))}) AND ({where})"
+                )
+        return parts
 
     def _hour_extent(self, conn: sqlite3.Connection, h: int) -> tuple[int, int]:
         ext = self._extent.get(h)

@@ -359,3 +359,27 @@ def test_flows_with_the_same_time_and_sequence_are_all_kept(tmp_path):
     store._seq = (1 << 20) * 3  # the next flow gets the same sequence bits as the first
     store.write([make_flow(sport=i, time_ns=T0 + 5, type="END") for i in range(2, 5)])
     assert sorted(f.source.port for f in _all(store, since=T0)) == [1, 2, 3, 4]
+
+
+def test_maps_over_many_hours_use_blocks_and_stay_exact_after_retention(tmp_path):
+    store, clock = _store(tmp_path, now=T0 + 20 * HOUR, retention_s=20 * 3600)
+    store.created_ns = T0
+    flows = [
+        make_flow(sport=i, dport=80 + i % 4, time_ns=T0 + i * 37_000_000_000, type="END",
+                  verdict="DROPPED" if i % 13 == 0 else "FORWARDED", packets=i, nbytes=3 * i)
+        for i in range(1900)
+    ]  # fmt: skip  # about 19.5 hours
+    store.write(flows)
+
+    def check(since, until):
+        want = servicemap.build(f for f in flows if max(since, clock.now - 20 * HOUR) <= f.time_ns <= until)
+        got = build_map(store, None, since, until)
+        got.pop("complete")
+        assert got == want
+
+    for since, until in [(T0, T0 + 20 * HOUR), (T0 + HOUR + 5, T0 + 19 * HOUR), (T0 + 6 * HOUR, T0 + 12 * HOUR - 1)]:
+        check(since, until)
+    clock.now = T0 + 27 * HOUR + 10  # hours 0 to 6 expire: blocks 0-5 and 6-11 lose hours
+    store.enforce_retention()
+    for since, until in [(T0, T0 + 30 * HOUR), (T0 + 8 * HOUR, T0 + 30 * HOUR)]:
+        check(since, until)
