@@ -12,7 +12,7 @@ help: ## Show this help
 setup: ## Install apt packages, kernel-header links for bcc, and the venv (idempotent)
 	@bash scripts/setup.sh
 
-demo: setup ## Run a local node: pods wired by the plugin, live traffic, agent and UI (Ctrl-C stops and cleans up)
+demo: setup ## Run a three-node Lumen cluster on this machine (namespaces): pods, traffic, agents, relay UI (Ctrl-C cleans up)
 	@$(PY) scripts/demo.py
 
 test: setup ## Run every test: unit, privileged (netns, bpf), real runtimes, browser
@@ -21,14 +21,15 @@ test: setup ## Run every test: unit, privileged (netns, bpf), real runtimes, bro
 test-unit: setup ## Run only the unprivileged unit tests
 	@$(PY) -m pytest -q tests/unit
 
-lint: setup ## ruff lint + format check, mypy on the pure modules
-	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy plugin
+lint: setup ## ruff lint + format check, mypy on plugin, exporter and bpf (tests/unit/test_lint.py runs the same)
+	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy plugin exporter bpf
 
 cni-bin: ## Install the CNI plugin executable `lumen` into DEST (default /opt/cni/bin)
 	@bash scripts/install-cni.sh "$(DEST)"
 
-bench: setup ## Run the benchmarks (bench/cni, bench/datapath with policy scaling, bench/pipeline)
-	@for s in bench/cni/run.py bench/datapath/run.py bench/datapath/policy.py bench/pipeline/run.py; do \
+bench: setup ## Run the benchmarks (bench/cni, bench/datapath with policy scaling, bench/pipeline, bench/cluster)
+	@for s in bench/cni/run.py bench/datapath/run.py bench/datapath/policy.py bench/pipeline/run.py \
+		bench/cluster/run.py bench/cluster/relay.py; do \
 		[ -f $$s ] && $(PY) $$s; done; true
 
 .PHONY: help setup demo test test-unit lint cni-bin bench

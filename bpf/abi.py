@@ -1,7 +1,9 @@
-"""Python mirrors of bpf/include/types.h and the map names of bpf/include/maps.h.
+"""Python mirrors of bpf/include/types.h, and the map and program names of bpf/include/maps.h and
+bpf/lumen.c (defined in plugin/pinned.py, which the plugin imports without ctypes or enum).
 
-The single place outside C that knows the binary layout. tests/unit/test_abi.py compiles the C with bcc
-and fails when an offset, a size, an enum value or a map name here drifts from what was compiled.
+The single place outside C that knows the binary layout (plugin/pinned.py packs the endpoint entries).
+tests/unit/test_abi.py compiles the C with bcc and fails when an offset, a size, an enum value or a map
+name here drifts from what was compiled.
 """
 
 from __future__ import annotations
@@ -11,63 +13,54 @@ import ipaddress
 from enum import IntEnum
 from pathlib import Path
 
+# The vocabulary enums live in bpf/vocab.py (stdlib only, imported by the CLI); re-exported here
+from bpf.vocab import Direction, DropReason, EventType, Verdict  # noqa: F401
+
+# Program, pin and map names live with the plugin, which opens the pins without importing this module;
+# re-exported here, where the agent looks them up.
+from plugin import pinned
+from plugin.pinned import (  # noqa: F401
+    ALL_MAPS,
+    EP_BY_IFINDEX,
+    MAP_BATCH,
+    MAP_CIDRS,
+    MAP_CONFIG,
+    MAP_DROPS,
+    MAP_ENDPOINT_GEN,
+    MAP_ENDPOINTS,
+    MAP_EVENTS,
+    MAP_FLOW_COUNTS,
+    MAP_FLOWS,
+    MAP_IPCACHE,
+    MAP_PAIRS,
+    MAP_PODS,
+    MAP_POLICY,
+    MAP_POLICY_COUNTS,
+    MAP_SLOTS,
+    MAP_SOURCES,
+    MAP_STATS,
+    PINNED_MAPS,
+    PROG_EGRESS,
+    PROG_INGRESS,
+    PROG_PINS,
+)
+
 BPF_DIR = Path(__file__).resolve().parent
 SOURCE = BPF_DIR / "lumen.c"
 INCLUDE_DIR = BPF_DIR / "include"
 
-# Entry points (bpf/lumen.c) and where each attaches on the host veth.
-PROG_INGRESS = "lumen_ingress"  # tc ingress: packets leaving the pod
-PROG_EGRESS = "lumen_egress"  # tc egress: packets entering the pod
 
-#: program name -> pin file name (bpffs names cannot contain dots); the plugin opens these at ADD
-PROG_PINS = {PROG_INGRESS: "prog_lumen_ingress", PROG_EGRESS: "prog_lumen_egress"}
-
-MAP_FLOWS = "lumen_flows"
-MAP_SOURCES = "lumen_sources"
-MAP_ENDPOINTS = "lumen_endpoints"
-MAP_IPCACHE = "lumen_ipcache"
-MAP_CIDRS = "lumen_cidrs"
-MAP_POLICY = "lumen_policy"
-MAP_STATS = "lumen_stats"
-MAP_CONFIG = "lumen_config"
-MAP_BATCH = "lumen_batch"
-MAP_EVENTS = "lumen_events"
-#: maps pinned under the pin dir (file name = map name); they survive an agent restart
-PINNED_MAPS = (
-    MAP_FLOWS,
-    MAP_SOURCES,
-    MAP_ENDPOINTS,
-    MAP_IPCACHE,
-    MAP_CIDRS,
-    MAP_POLICY,
-    MAP_STATS,
-    MAP_CONFIG,
-)
-ALL_MAPS = (*PINNED_MAPS, MAP_BATCH, MAP_EVENTS)
+DROP_MAX = 2  # lumen_drops holds DROP_MAX x 256 protocols
 
 
-class Direction(IntEnum):
-    EGRESS = 1
-    INGRESS = 2
+def flow_count_index(proto: int, verdict: int, direction: int) -> int:
+    """lumen_flow_counts key of (protocol number, Verdict, Direction), as bpf/lumen.c computes it."""
+    return proto << 3 | (verdict & 3) << 1 | ((direction - 1) & 1)
 
 
-class EventType(IntEnum):
-    NEW = 1
-    END = 2
-    DROP = 3
-    REPORT = 4
-    PACKET = 5
-
-
-class Verdict(IntEnum):
-    FORWARDED = 1
-    DROPPED = 2
-    AUDIT = 3
-
-
-class DropReason(IntEnum):
-    NONE = 0
-    POLICY_DENIED = 1
+def pair_index(src_slot: int, dst_slot: int, slots: int) -> int:
+    """lumen_pairs key of (source slot, destination slot) with `slots` pod slots."""
+    return src_slot * slots + dst_slot
 
 
 class Aggregation(IntEnum):
@@ -84,9 +77,34 @@ class Stat(IntEnum):
     UNPARSED = 5
     POLICY_DROPPED = 6
     POLICY_AUDIT = 7
+    SOURCES_FULL_PACKETS = 8
+    SOURCES_FULL_BYTES = 9
 
 
-STAT_MAX = 8
+STAT_MAX = 10
+
+
+class IcmpType(IntEnum):
+    """The ICMP/ICMPv6 types the datapath tells apart (enum lumen_icmp_type); names for every type are in
+    the vocabulary."""
+
+    ECHO_REPLY = 0
+    ECHO_REQUEST = 8
+    ICMP6_ECHO_REQUEST = 128
+    ICMP6_ECHO_REPLY = 129
+    ICMP6_MLD_QUERY = 130
+    ICMP6_REDIRECT = 137
+    ICMP6_MLD2_REPORT = 143
+
+
+def icmp_key_ports(icmp_type: int, code: int, echo_id: int = 0) -> tuple[int, int]:
+    """flow_key (sport, dport) of an ICMP/ICMPv6 message: the echo identifier, then type << 8 | code."""
+    return echo_id, icmp_type << 8 | code
+
+
+def icmp_from_key(sport: int, dport: int) -> tuple[int, int, int]:
+    """(type, code, echo identifier) of an ICMP/ICMPv6 flow key's ports."""
+    return dport >> 8, dport & 0xFF, sport
 
 
 class FlowFlag(IntEnum):
@@ -121,10 +139,13 @@ C_ENUMS: dict[str, int] = {
     **{f"LUMEN_EV_{m.name}": m.value for m in EventType},
     **{f"LUMEN_VERDICT_{m.name}": m.value for m in Verdict},
     **{f"LUMEN_DROP_{m.name}": m.value for m in DropReason},
+    "LUMEN_DROP_MAX": DROP_MAX,
+    "LUMEN_EP_BY_IFINDEX": EP_BY_IFINDEX,
     **{f"LUMEN_AGG_{m.name}": m.value for m in Aggregation},
     **{f"LUMEN_STAT_{m.name}": m.value for m in Stat},
     "LUMEN_STAT_MAX": STAT_MAX,
     **{f"LUMEN_FLOW_{m.name}": m.value for m in FlowFlag},
+    **{f"LUMEN_{'' if m.name.startswith('ICMP6') else 'ICMP_'}{m.name}": m.value for m in IcmpType},
     **{f"LUMEN_ID_{m.name}": m.value for m in Identity},
     **{f"LUMEN_POLICY_{m.name}": m.value for m in PolicyKind},
     "LUMEN_POLICY_DENIED_ID": POLICY_DENIED_ID,
@@ -164,7 +185,10 @@ class FlowStats(ct.Structure):
         ("tick", ct.c_uint32),
         ("fwd_ifindex", ct.c_uint32),
         ("fwd_mac", ct.c_uint8 * 6),
-        ("pad", ct.c_uint8 * 2),
+        ("src_slot", ct.c_uint16),
+        ("dst_slot", ct.c_uint16),
+        ("pad", ct.c_uint16),
+        ("ep_gen", ct.c_uint32),
     ]
 
 
@@ -200,7 +224,7 @@ class EndpointInfo(ct.Structure):
         ("ifindex", ct.c_uint32),
         ("endpoint_id", ct.c_uint32),
         ("mac", ct.c_uint8 * 6),
-        ("pad", ct.c_uint8 * 2),
+        ("slot", ct.c_uint16),
         ("identity", ct.c_uint32),
     ]
 
@@ -238,6 +262,30 @@ class PolicyValue(ct.Structure):
     ]
 
 
+class PodCounters(ct.Structure):
+    _fields_ = [
+        ("endpoint_id", ct.c_uint32),
+        ("pad", ct.c_uint32),
+        ("tx_packets", ct.c_uint64),
+        ("tx_bytes", ct.c_uint64),
+        ("rx_packets", ct.c_uint64),
+        ("rx_bytes", ct.c_uint64),
+    ]
+
+
+class PairCounters(ct.Structure):
+    _fields_ = [("bytes", ct.c_uint64 * 4)]  # by Verdict (index 0 unused)
+
+
+class PolicyCountKey(ct.Structure):
+    _fields_ = [
+        ("policy_id", ct.c_uint32),
+        ("verdict", ct.c_uint8),
+        ("direction", ct.c_uint8),
+        ("pad", ct.c_uint8 * 2),
+    ]
+
+
 class SourceCounters(ct.Structure):
     _fields_ = [("packets", ct.c_uint64), ("bytes", ct.c_uint64)]
 
@@ -265,6 +313,13 @@ PINNED_LAYOUTS: dict[str, tuple[type, type, bool]] = {
     MAP_POLICY: (PolicyKey, PolicyValue, False),
     MAP_STATS: (ct.c_uint32, ct.c_uint64, True),
     MAP_CONFIG: (ct.c_uint32, Config, False),
+    MAP_SLOTS: (ct.c_uint32, ct.c_uint32, False),
+    MAP_ENDPOINT_GEN: (ct.c_uint32, ct.c_uint32, False),
+    MAP_PODS: (ct.c_uint32, PodCounters, True),
+    MAP_PAIRS: (ct.c_uint32, PairCounters, False),
+    MAP_FLOW_COUNTS: (ct.c_uint32, ct.c_uint64, True),
+    MAP_DROPS: (ct.c_uint32, ct.c_uint64, True),
+    MAP_POLICY_COUNTS: (PolicyCountKey, ct.c_uint64, True),
 }
 
 #: C struct name -> Python mirror, for the drift test
@@ -279,6 +334,9 @@ MIRRORS: dict[str, type[ct.Structure]] = {
     "cidr_key": CidrKey,
     "policy_key": PolicyKey,
     "policy_value": PolicyValue,
+    "pod_counters": PodCounters,
+    "pair_counters": PairCounters,
+    "policy_count_key": PolicyCountKey,
 }
 
 
@@ -294,8 +352,10 @@ def addr_str(raw: bytes | ct.Array, family: int) -> str:  # type: ignore[type-ar
 
 
 def endpoint_key(address: str) -> EndpointKey:
-    packed, family = addr_bytes(address)
-    key = EndpointKey()
-    ct.memmove(key.addr, packed, 16)
-    key.family = family
-    return key
+    """The lumen_endpoints (and lumen_ipcache) key of an address, packed by plugin/pinned.py."""
+    return EndpointKey.from_buffer_copy(pinned.endpoint_key(address))
+
+
+def endpoint_key_ifindex(ifindex: int) -> EndpointKey:
+    """The endpoint entry keyed by the pod's host veth (what tc ingress knows of the sender)."""
+    return EndpointKey.from_buffer_copy(pinned.endpoint_key_ifindex(ifindex))

@@ -3,7 +3,8 @@
     python -m bpf.compile '<DatapathConfig as JSON>'
 
 Pins both programs and the ring buffer next to the maps (maps.h pins those as bcc creates them), prints
-one JSON line and exits: LLVM's memory goes with this process, the agent opens the pins (bpf/maps.py).
+one JSON line and exits: LLVM's memory goes with this process, the agent opens the pins (bpf/maps.py
+over plugin/bpfsys.py).
 Programs and the ring buffer are pinned under a temporary name first and renamed over the old pins, so
 the CNI plugin always opens a complete program.
 """
@@ -15,11 +16,11 @@ import os
 import sys
 import time
 
-from bcc import BPF  # noqa: TID251 - the one place bcc is imported at run time
+from bcc import BPF  # type: ignore[import-untyped]  # noqa: TID251 - the one place bcc is imported at run time
 
 from bpf import abi
 from bpf.abi import PROG_PINS
-from bpf.maps import obj_pin
+from plugin.bpfsys import obj_pin
 
 
 def _pin_replace(fd: int, path: str) -> None:
@@ -30,8 +31,9 @@ def _pin_replace(fd: int, path: str) -> None:
     os.replace(tmp, path)
 
 
-#: pinned map -> the -D flag that sizes it (bpf/loader.py DatapathConfig.cflags passes each), or a size
-MAP_SIZES: dict[str, str | int] = {
+#: pinned map -> the -D flag that sizes it (bpf/loader.py DatapathConfig.cflags passes each), a fixed
+#: size, or (flag, power): lumen_pairs holds a counter per (source slot, destination slot)
+MAP_SIZES: dict[str, str | int | tuple[str, int]] = {
     abi.MAP_FLOWS: "LUMEN_FLOW_TABLE_SIZE",
     abi.MAP_SOURCES: "LUMEN_SOURCE_TABLE_SIZE",
     abi.MAP_ENDPOINTS: "LUMEN_ENDPOINT_TABLE_SIZE",
@@ -40,6 +42,13 @@ MAP_SIZES: dict[str, str | int] = {
     abi.MAP_POLICY: "LUMEN_POLICY_MAP_SIZE",
     abi.MAP_STATS: abi.STAT_MAX,
     abi.MAP_CONFIG: 1,
+    abi.MAP_SLOTS: "LUMEN_POD_SLOTS",
+    abi.MAP_ENDPOINT_GEN: 1,
+    abi.MAP_PODS: "LUMEN_POD_SLOTS",
+    abi.MAP_PAIRS: ("LUMEN_POD_SLOTS", 2),
+    abi.MAP_FLOW_COUNTS: 256 << 3,
+    abi.MAP_DROPS: abi.DROP_MAX << 8,
+    abi.MAP_POLICY_COUNTS: "LUMEN_POLICY_COUNT_SIZE",
 }
 
 
@@ -52,7 +61,11 @@ def expected_layouts(cflags: list[str]) -> dict[str, tuple[int, int, int]]:
     out = {}
     for name, (key, value, _) in abi.PINNED_LAYOUTS.items():
         size = MAP_SIZES[name]
-        out[name] = (ct.sizeof(key), ct.sizeof(value), int(flags[size]) if isinstance(size, str) else size)
+        if isinstance(size, tuple):
+            entries = int(flags[size[0]]) ** size[1]
+        else:
+            entries = int(flags[size]) if isinstance(size, str) else size
+        out[name] = (ct.sizeof(key), ct.sizeof(value), entries)
     return out
 
 
@@ -60,7 +73,7 @@ def retire_incompatible_pins(pin_dir: str, cflags: list[str]) -> list[str]:
     """Unpin maps an older build (or other sizes) left: bcc would reuse them and the verifier refuse the
     programs. Pods still running the old programs keep the old maps until they are re-attached; the new
     maps start empty (counters restart, the agent refills endpoints and policy)."""
-    from bpf.maps import map_info, obj_get
+    from plugin.bpfsys import map_info, obj_get
 
     retired = []
     for name, want in expected_layouts(cflags).items():

@@ -21,9 +21,9 @@ from typing import Any
 
 from bpf import abi
 from bpf.abi import PROG_PINS
-from bpf.maps import Map, RingBuffer, obj_get
+from bpf.maps import Map, RingBuffer, map_info, obj_get
 from exporter.policy.compiler import Compiled, network_key
-from plugin import endpoint
+from plugin import endpoint, pinned, slots
 from plugin.netlink import Netlink
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +44,9 @@ class DatapathConfig:
     ipcache_size: int = 65536
     policy_map_size: int = 262144
     cidr_map_size: int = 32768
+    #: local pods with exact counters (lumen_pods, lumen_pairs: pod_slots^2 x 32 bytes); slot 0 is "none"
+    pod_slots: int = 256
+    policy_count_size: int = 16384
     ringbuf_pages: int = 256  # 1 MiB; must be a power of two
     aggregation: abi.Aggregation = abi.Aggregation.DEFAULT
     report_interval_s: float = 5.0
@@ -61,6 +64,8 @@ class DatapathConfig:
             f"-DLUMEN_IPCACHE_SIZE={self.ipcache_size}",
             f"-DLUMEN_POLICY_MAP_SIZE={self.policy_map_size}",
             f"-DLUMEN_CIDR_MAP_SIZE={self.cidr_map_size}",
+            f"-DLUMEN_POD_SLOTS={self.pod_slots}",
+            f"-DLUMEN_POLICY_COUNT_SIZE={self.policy_count_size}",
             f"-DLUMEN_RINGBUF_PAGES={self.ringbuf_pages}",
             *self.extra_cflags,
         ]
@@ -139,9 +144,9 @@ class Datapath:
         self._clear_slot(slot)
         for net, ident in compiled.cidrs.items():
             addr, family, plen = network_key(net)
-            key = abi.CidrKey(prefixlen=abi.CIDR_PREFIX_BASE + plen, slot=slot, family=family)
-            ct.memmove(key.addr, addr, 16)
-            cidrs[key] = ct.c_uint32(ident)
+            ckey = abi.CidrKey(prefixlen=abi.CIDR_PREFIX_BASE + plen, slot=slot, family=family)
+            ct.memmove(ckey.addr, addr, 16)
+            cidrs[ckey] = ct.c_uint32(ident)
         for (direction, subject), (pid, audit_ns) in compiled.markers.items():
             key = abi.PolicyKey(
                 prefixlen=abi.POLICY_PREFIX_SUBJECT, slot=slot, direction=_DIRS[direction], subject=subject
@@ -189,18 +194,19 @@ class Datapath:
         """Change the identity of a local pod's endpoint entries (its labels changed or became known)."""
         table = self._map(abi.MAP_ENDPOINTS)
         for ip in ips:
-            key = abi.endpoint_key(ip)
+            key = pinned.endpoint_key(ip)
             try:
-                info = abi.EndpointInfo.from_buffer_copy(bytes(table[key]))
+                value = bytes(table[key])
             except KeyError:
                 continue
-            if info.identity != identity:
-                info.identity = identity
-                table[key] = info
+            if pinned.endpoint_identity(value) != identity:
+                table[key] = pinned.with_identity(value, identity)
 
     def endpoint_identities(self) -> dict[str, int]:
         return {
-            abi.addr_str(k.addr, k.family): int(v.identity) for k, v in self._map(abi.MAP_ENDPOINTS).items()
+            abi.addr_str(k.addr, k.family): int(v.identity)
+            for k, v in self._map(abi.MAP_ENDPOINTS).items()
+            if k.family != abi.EP_BY_IFINDEX
         }
 
     def set_ipcache(self, identities: dict[str, int]) -> None:
@@ -230,12 +236,59 @@ class Datapath:
 
     def add_endpoint(
         self, ips: list[str], ifindex: int, endpoint_id: int, mac: str, identity: int = abi.Identity.UNMANAGED
-    ) -> None:
+    ) -> int:
+        """What the plugin's ADD writes, for a pod attached without it; keeps the pod's counter slot if
+        its entries name one it still holds, else claims one. Returns the slot (0: every slot taken)."""
         table = self._map(abi.MAP_ENDPOINTS)
-        info = abi.EndpointInfo(ifindex=ifindex, endpoint_id=endpoint_id, identity=identity)
-        ct.memmove(info.mac, bytes(int(b, 16) for b in mac.split(":")), 6)
+        slot = self._held_slot(ips, endpoint_id)
+        if not slot:
+            slot = slots.claim(
+                self._map(abi.MAP_SLOTS).fd,
+                self._map(abi.MAP_PODS).fd,
+                self._map(abi.MAP_PAIRS).fd,
+                endpoint_id,
+            )
+        value = pinned.endpoint_info(ifindex, endpoint_id, mac, identity, slot)
         for ip in ips:
-            table[abi.endpoint_key(ip)] = info
+            table[pinned.endpoint_key(ip)] = value
+        table[pinned.endpoint_key_ifindex(ifindex)] = value
+        slots.bump_generation(self._map(abi.MAP_ENDPOINT_GEN).fd)
+        return slot
+
+    def _held_slot(self, ips: list[str], endpoint_id: int) -> int:
+        claims = self._map(abi.MAP_SLOTS)
+        for ip in ips:
+            try:
+                info = abi.EndpointInfo.from_buffer_copy(
+                    bytes(self._map(abi.MAP_ENDPOINTS)[abi.endpoint_key(ip)])
+                )
+                held = claims[ct.c_uint32(info.slot)] if info.slot else 0
+            except KeyError:
+                continue
+            if info.endpoint_id == endpoint_id and held == endpoint_id:
+                return int(info.slot)
+        return 0
+
+    def slot_claims(self) -> dict[int, int]:
+        """Counter slot -> endpoint id of the pod holding it."""
+        return {int(k.value): int(v) for k, v in self._map(abi.MAP_SLOTS).items()}
+
+    def release_stale_slots(self, alive: set[int]) -> list[int]:
+        """Free the slots of endpoints that are not in `alive` and whose host veth is gone (an ADD killed
+        between its claim and its record; DEL frees the others). Returns the slots freed."""
+        freed = []
+        claims = self._map(abi.MAP_SLOTS)
+        with Netlink() as nl:
+            for slot, ep in self.slot_claims().items():
+                if ep in alive or nl.link(index=ep) is not None:
+                    continue
+                try:
+                    if claims[ct.c_uint32(slot)] == ep:
+                        del claims[ct.c_uint32(slot)]
+                        freed.append(slot)
+                except KeyError:
+                    pass
+        return freed
 
     def sync_endpoints(self, state_dir: str) -> list[int]:
         """Attach to every ready pod veth of the endpoint records (pods added while no agent ran, and
@@ -300,11 +353,73 @@ class Datapath:
             yield from table.items()
 
     def source_counters(self) -> dict[str, tuple[int, int]]:
+        """Source address -> (packets, bytes) of sources that are not a local pod with a counter slot."""
         out = {}
         for key, per_cpu in self._map(abi.MAP_SOURCES).items():
             packets = sum(v.packets for v in per_cpu)
             nbytes = sum(v.bytes for v in per_cpu)
             out[abi.addr_str(key.addr, key.family)] = (packets, nbytes)
+        return out
+
+    def pod_counters(self) -> dict[int, tuple[int, int, int, int]]:
+        """Endpoint id -> (tx packets, tx bytes, rx packets, rx bytes) of every pod holding a slot."""
+        pods = self._map(abi.MAP_PODS)
+        out = {}
+        for slot, ep in self.slot_claims().items():
+            try:
+                per_cpu = pods[ct.c_uint32(slot)]
+            except KeyError:
+                continue
+            if per_cpu[0].endpoint_id != ep:
+                continue  # claimed, not yet zeroed for its pod
+            out[ep] = (
+                sum(v.tx_packets for v in per_cpu),
+                sum(v.tx_bytes for v in per_cpu),
+                sum(v.rx_packets for v in per_cpu),
+                sum(v.rx_bytes for v in per_cpu),
+            )
+        return out
+
+    def pair_bytes(self) -> dict[tuple[int, int, int], int]:
+        """(source endpoint id, destination endpoint id, verdict) -> bytes, between pods holding slots."""
+        claims = self.slot_claims()
+        n = table_entries(self._map(abi.MAP_PODS))
+        pairs = self._map(abi.MAP_PAIRS)
+        out = {}
+        for src, src_ep in claims.items():
+            row = memoryview(pairs.raw_values(src * n, n)).cast("Q")  # n x u64[4]
+            for dst, dst_ep in claims.items():
+                for verdict in abi.Verdict:
+                    nbytes = row[dst * 4 + verdict]
+                    if nbytes:
+                        out[(src_ep, dst_ep, int(verdict))] = int(nbytes)
+        return out
+
+    def _percpu_u64_array(self, name: str) -> list[int]:
+        table = self._map(name)
+        entries = table_entries(table)
+        raw = memoryview(table.raw_values(0, entries)).cast("Q")
+        cpus = table.total_cpu
+        return [sum(raw[i * cpus : (i + 1) * cpus]) for i in range(entries)]
+
+    def flow_counts(self) -> dict[tuple[int, int, int], int]:
+        """(protocol number, verdict, direction) -> flows created."""
+        out = {}
+        for i, n in enumerate(self._percpu_u64_array(abi.MAP_FLOW_COUNTS)):
+            if n:
+                out[(i >> 3, i >> 1 & 3, (i & 1) + 1)] = n
+        return out
+
+    def drops(self) -> dict[tuple[int, int], int]:
+        """(drop reason, protocol number) -> packets dropped."""
+        return {(i >> 8, i & 0xFF): n for i, n in enumerate(self._percpu_u64_array(abi.MAP_DROPS)) if n}
+
+    def policy_counts(self) -> dict[tuple[int, int, int], int]:
+        """(policy id, verdict, direction of the side) -> flow decisions."""
+        out: dict[tuple[int, int, int], int] = {}
+        for k, per_cpu in self._map(abi.MAP_POLICY_COUNTS).items():
+            key = (int(k.policy_id), int(k.verdict), int(k.direction))
+            out[key] = out.get(key, 0) + sum(per_cpu)
         return out
 
     def stat(self, which: abi.Stat) -> int:
@@ -341,6 +456,10 @@ class Datapath:
 
 
 _DIRS = {"egress": int(abi.Direction.EGRESS), "ingress": int(abi.Direction.INGRESS)}
+
+
+def table_entries(table: Map) -> int:
+    return int(map_info(table.fd).max_entries)
 
 
 def _htons(port: int) -> int:

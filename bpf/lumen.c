@@ -7,8 +7,11 @@
  *     traffic whose source is not a local pod is accounted (host, gateway, other nodes), so a pod-to-pod
  *     flow counts once whether or not the bridge is bypassed. A packet accounted at tc ingress carries
  *     a mark in skb->tc_index across the bridge, so tc egress passes it without parsing.
- *  3. Update the flow table (LRU) and the per-source counters (per-CPU). An established flow reads the
- *     clock and its redirect target (cached in its entry) once per kernel tick, not per packet.
+ *  3. Update the flow table (LRU) and the counters keyed by what they count, which an eviction cannot
+ *     take: per pod (per-CPU array by the pod's slot), pod to pod, flows, drops, policy decisions, and
+ *     per source address for sources that are not local pods. An established flow costs one hash lookup
+ *     (its entry, which caches both ends' slots and the redirect target) and reads the clock once per
+ *     kernel tick.
  *  4. Emit ring-buffer events by aggregation level: NEW on a flow's first packet, END on FIN/RST,
  *     REPORT every report interval of an active flow, PACKET per packet at level "none". A failed
  *     reserve is counted (LUMEN_STAT_LOST_EVENTS), never silent. The consumer is woken every
@@ -194,14 +197,15 @@ static __always_inline struct flow_stats *lumen_reverse(struct flow_key *key, in
     rk.family = key->family;
     rk.direction = dst_local ? LUMEN_DIR_EGRESS : LUMEN_DIR_INGRESS;
     if (key->proto == IPPROTO_ICMP || key->proto == IPPROTO_ICMPV6) {
-        /* echo reply answers echo request; other ICMP has no connection */
-        if (key->proto == IPPROTO_ICMP && key->sport == 0)
-            rk.sport = 8;
-        else if (key->proto == IPPROTO_ICMPV6 && key->sport == 129)
-            rk.sport = 128;
+        /* an echo reply answers the echo request with its identifier; other ICMP has no connection */
+        __u8 type = key->dport >> 8;
+        if (key->proto == IPPROTO_ICMP && type == LUMEN_ICMP_ECHO_REPLY)
+            rk.dport = LUMEN_ICMP_ECHO_REQUEST << 8;
+        else if (key->proto == IPPROTO_ICMPV6 && type == LUMEN_ICMP6_ECHO_REPLY)
+            rk.dport = LUMEN_ICMP6_ECHO_REQUEST << 8;
         else
             return 0;
-        rk.dport = 0;
+        rk.sport = key->sport;
     }
     return lumen_flows.lookup(&rk);
 }
@@ -216,7 +220,9 @@ static __always_inline void lumen_decide(struct lumen_config *cfg, struct flow_k
     d->drop_reason = LUMEN_DROP_NONE;
     /* IPv6's ARP: neighbour and router discovery, MLD. Policy governs IP traffic between endpoints;
      * without these an isolated pod would lose its IPv6 neighbours (ARP, non-IP, is never decided). */
-    if (key->proto == IPPROTO_ICMPV6 && ((key->sport >= 130 && key->sport <= 137) || key->sport == 143))
+    __u8 t6 = key->dport >> 8;
+    if (key->proto == IPPROTO_ICMPV6 &&
+        ((t6 >= LUMEN_ICMP6_MLD_QUERY && t6 <= LUMEN_ICMP6_REDIRECT) || t6 == LUMEN_ICMP6_MLD2_REPORT))
         return;
     __u8 slot = cfg->policy_slot & 1;
     struct lumen_peer src = {}, dstp = {};
@@ -270,11 +276,11 @@ static __always_inline void lumen_decide(struct lumen_config *cfg, struct flow_k
     d->drop_reason = LUMEN_DROP_POLICY_DENIED;
 }
 
-/* The redirect target cached in a flow entry. Why it cannot send a packet to the wrong pod: it is read
- * only in the tick (jiffy, 4 ms at HZ=250) it was copied from lumen_endpoints, and again after every
- * policy generation change; a deleted pod's host veth ifindex is not handed to another device (the
- * kernel allocates ifindexes cyclically), so within that tick a stale target can only be a device that
- * is gone (the packet is dropped), never another pod. */
+/* The redirect target cached in a flow entry. Why it cannot send a packet to the wrong pod: it is
+ * resolved again on the first packet after any change to lumen_endpoints (the plugin bumps
+ * lumen_endpoint_gen after writing them), so a deleted pod's address given to a new pod is sent to the
+ * new pod; a packet that read the generation just before the bump can only reach the deleted pod's
+ * veth, which the kernel never hands to another device (ifindexes are allocated cyclically). */
 static __always_inline void lumen_set_fwd(struct flow_stats *st, struct endpoint_info *dst)
 {
     if (dst) {
@@ -282,6 +288,88 @@ static __always_inline void lumen_set_fwd(struct flow_stats *st, struct endpoint
         st->fwd_ifindex = dst->ifindex;
     } else {
         st->fwd_ifindex = 0;
+    }
+}
+
+/* The counter slot of the pod behind host veth `ifindex` (0: none). */
+static __always_inline __u16 lumen_veth_slot(__u32 ifindex)
+{
+    struct endpoint_key ek = {};
+    __builtin_memcpy(ek.addr, &ifindex, 4);
+    ek.family = LUMEN_EP_BY_IFINDEX;
+    struct endpoint_info *ep = lumen_endpoints.lookup(&ek);
+    return ep ? ep->slot : 0;
+}
+
+static __always_inline void lumen_set_dst(struct flow_stats *st, struct endpoint_info *dst)
+{
+    st->dst_ep = dst ? dst->endpoint_id : 0;
+    st->dst_slot = dst ? dst->slot : 0;
+}
+
+static __always_inline void lumen_count_decision(__u32 policy_id, __u8 verdict, __u8 side)
+{
+    if (!policy_id)
+        return; /* this side is not isolated */
+    struct policy_count_key k = {};
+    k.policy_id = policy_id;
+    k.verdict = verdict;
+    k.direction = side;
+    __u64 *v = lumen_policy_counts.lookup(&k);
+    if (v) {
+        *v += 1;
+    } else {
+        __u64 one = 1;
+        lumen_policy_counts.update(&k, &one);
+    }
+}
+
+/* Per-packet counters keyed by what they count (3.): the flow entry may be evicted at any time. */
+static __always_inline void lumen_count(struct flow_key *key, __u16 src_slot, __u16 dst_slot, __u8 verdict,
+                                        __u8 drop_reason, __u64 len)
+{
+    struct pod_counters *src = 0, *dst = 0;
+    __u32 slot = src_slot;
+    if (slot)
+        src = lumen_pods.lookup(&slot);
+    if (src) {
+        src->tx_packets += 1;
+        src->tx_bytes += len;
+    } else {
+        /* a source that is not a local pod with a slot: by address */
+        struct endpoint_key sk = {};
+        __builtin_memcpy(sk.addr, key->saddr, 16);
+        sk.family = key->family;
+        struct source_counters *sc = lumen_sources.lookup(&sk);
+        if (sc) {
+            sc->packets += 1;
+            sc->bytes += len;
+        } else {
+            struct source_counters init = {.packets = 1, .bytes = len};
+            if (lumen_sources.update(&sk, &init) != 0) {
+                lumen_stat_add(LUMEN_STAT_SOURCES_FULL_PACKETS, 1);
+                lumen_stat_add(LUMEN_STAT_SOURCES_FULL_BYTES, len);
+            }
+        }
+    }
+    slot = dst_slot;
+    if (slot)
+        dst = lumen_pods.lookup(&slot);
+    if (dst && verdict != LUMEN_VERDICT_DROPPED) {
+        dst->rx_packets += 1;
+        dst->rx_bytes += len;
+    }
+    if (src && dst) {
+        __u32 pair = (__u32)src_slot * LUMEN_POD_SLOTS + dst_slot;
+        struct pair_counters *pc = lumen_pairs.lookup(&pair);
+        if (pc)
+            __sync_fetch_and_add(&pc->bytes[verdict & 3], len);
+    }
+    if (verdict == LUMEN_VERDICT_DROPPED) {
+        __u32 idx = (__u32)drop_reason << 8 | key->proto;
+        __u64 *v = lumen_drops.lookup(&idx);
+        if (v)
+            *v += 1;
     }
 }
 
@@ -321,24 +409,16 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
 
     __u64 len = skb->len;
     __u64 payload = len > (__u64)payload_off ? len - payload_off : 0;
+    /* what a flow entry's resolved endpoints depend on: the endpoint generation and direct forwarding */
+    __u32 *gen_p = lumen_endpoint_gen.lookup(&zero);
+    __u32 ep_gen = ((gen_p ? *gen_p : 0) & 0x7fffffff) | (want_redirect ? 0x80000000 : 0);
 
-    struct endpoint_key sk = {};
-    __builtin_memcpy(sk.addr, key.saddr, 16);
-    sk.family = key.family;
-    struct source_counters *sc = lumen_sources.lookup(&sk);
-    if (sc) {
-        sc->packets += 1;
-        sc->bytes += len;
-    } else {
-        struct source_counters init = {.packets = 1, .bytes = len};
-        lumen_sources.update(&sk, &init);
-    }
-
-    /* 3. On this VM a clock helper costs ~30 ns and a hash lookup 35-60 ns: an established flow reads
-     * the coarse clock and looks up its destination endpoint once per tick (jiffies, inlined by the
+    /* 3. On this VM a clock helper costs ~30 ns and a hash lookup 35-60 ns: an established flow costs
+     * one hash lookup (its entry). It reads the coarse clock once per tick (jiffies, inlined by the
      * verifier), not once per packet; the coarse clock only moves at ticks anyway. A flow's first packet
-     * and its end take the precise clock. The destination endpoint is looked up for a new flow (its
-     * dst_ep), a policy change and, with direct forwarding, once per tick. */
+     * and its end take the precise clock. Its endpoints (ids, counter slots, redirect target) are
+     * resolved for a new flow, a policy change and after any change to lumen_endpoints (the endpoint
+     * generation), so a packet is never counted for, or sent to, a pod that no longer has its address. */
     __u32 tick = (__u32)bpf_jiffies64();
     struct endpoint_info *dst = 0;
     __u32 fwd_ifindex = 0;
@@ -346,20 +426,31 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
     __u64 now;
     __u8 ev_type = 0;
     __u8 verdict;
+    __u8 drop_reason;
+    __u16 src_slot = 0, dst_slot = 0;
     struct flow_stats *st = lumen_flows.lookup(&key);
     if (st) {
         __sync_fetch_and_add(&st->packets, 1);
         __sync_fetch_and_add(&st->bytes, len);
         __sync_fetch_and_add(&st->payload_bytes, payload);
         st->tcp_flags |= tcp_flags;
+        if (st->ep_gen != ep_gen || st->src_ep != src_ep) {
+            /* a pod came or went (its address may be another pod's now), or this flow's source address
+             * moved to another veth: both ends again */
+            dst = lumen_endpoint(key.daddr, key.family);
+            lumen_set_dst(st, dst);
+            lumen_set_fwd(st, want_redirect ? dst : 0);
+            if (st->src_ep != src_ep) {
+                st->src_ep = src_ep;
+                st->src_slot = src_ep ? lumen_veth_slot(src_ep) : 0;
+            }
+            st->ep_gen = ep_gen; /* last: another CPU reads the fresh ends, or resolves them too */
+        }
         if (st->tick != tick) {
             now = bpf_ktime_get_coarse_ns();
             if (now > st->last_seen_ns)
                 st->last_seen_ns = now;
-            if (want_redirect)
-                dst = lumen_endpoint(key.daddr, key.family);
-            lumen_set_fwd(st, dst);
-            st->tick = tick; /* last: another CPU in this tick reads the fresh target, or refreshes too */
+            st->tick = tick;
         }
         now = st->last_seen_ns;
         if (st->policy_gen != cfg->policy_gen) {
@@ -369,12 +460,17 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
             struct lumen_decision d = {};
             lumen_decide(cfg, &key, direction, dst, st, &d);
             __u8 was = st->verdict;
+            if (d.verdict != was || d.egress_policy != st->egress_policy)
+                lumen_count_decision(d.egress_policy, d.verdict, LUMEN_DIR_EGRESS);
+            if (d.verdict != was || d.ingress_policy != st->ingress_policy)
+                lumen_count_decision(d.ingress_policy, d.verdict, LUMEN_DIR_INGRESS);
             st->policy_gen = cfg->policy_gen;
             st->verdict = d.verdict;
             st->drop_reason = d.drop_reason;
             st->egress_policy = d.egress_policy;
             st->ingress_policy = d.ingress_policy;
             st->flags |= d.flags;
+            lumen_set_dst(st, dst);
             lumen_set_fwd(st, want_redirect ? dst : 0);
             if (was != d.verdict) {
                 st->last_report_ns = now;
@@ -382,8 +478,11 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
             }
         }
         verdict = st->verdict;
+        drop_reason = st->drop_reason;
         fwd_ifindex = st->fwd_ifindex;
         fwd_mac = st->fwd_mac;
+        src_slot = st->src_slot;
+        dst_slot = st->dst_slot;
         if (!ev_type && (tcp_flags & (LUMEN_TCP_FIN | LUMEN_TCP_RST))) {
             st->last_seen_ns = bpf_ktime_get_ns(); /* a flow's end gets the precise clock too */
             ev_type = LUMEN_EV_END;
@@ -397,6 +496,7 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
         struct lumen_decision d = {};
         lumen_decide(cfg, &key, direction, dst, 0, &d);
         verdict = d.verdict;
+        drop_reason = d.drop_reason;
         struct flow_stats init = {};
         init.packets = 1;
         init.bytes = len;
@@ -405,7 +505,11 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
         init.last_seen_ns = now;
         init.last_report_ns = now;
         init.src_ep = src_ep;
-        init.dst_ep = dst ? dst->endpoint_id : 0;
+        lumen_set_dst(&init, dst);
+        src_slot = src_ep ? lumen_veth_slot(src_ep) : 0;
+        dst_slot = init.dst_slot;
+        init.src_slot = src_slot;
+        init.ep_gen = ep_gen;
         init.tcp_flags = tcp_flags;
         init.verdict = d.verdict;
         init.drop_reason = d.drop_reason;
@@ -423,10 +527,18 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
             lumen_stat_add(LUMEN_STAT_FLOW_INSERT_FAILED, 1);
         } else {
             lumen_stat_add(LUMEN_STAT_FLOWS_CREATED, 1);
+            __u32 fc = (__u32)key.proto << 3 | (d.verdict & 3) << 1 | ((direction - 1) & 1);
+            __u64 *n = lumen_flow_counts.lookup(&fc);
+            if (n)
+                *n += 1;
+            lumen_count_decision(d.egress_policy, d.verdict, LUMEN_DIR_EGRESS);
+            lumen_count_decision(d.ingress_policy, d.verdict, LUMEN_DIR_INGRESS);
             st = lumen_flows.lookup(&key);
             ev_type = d.verdict == LUMEN_VERDICT_DROPPED ? LUMEN_EV_DROP : LUMEN_EV_NEW;
         }
     }
+
+    lumen_count(&key, src_slot, dst_slot, verdict, drop_reason, len);
 
     /* 4. */
     if (st) {

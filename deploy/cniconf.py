@@ -11,6 +11,10 @@ alone when unchanged, because the runtime watches /etc/cni/net.d and must never 
 
     cniconf.py --from-node NAME [--api-server URL] --output /host/etc/cni/net.d/10-lumen.conflist
     cniconf.py --pod-cidr 10.244.1.0/24 [--pod-cidr fd00:10:244:1::/64] --output FILE
+
+The pods' MTU follows the agent's routing mode (`--routing-mode`, env LUMEN_ROUTING_MODE, the same key the
+agent reads): in `vxlan` mode 50 bytes below the uplink's (the VXLAN header; the uplink is the device of
+the default route), in `direct` mode the plugin's default (the bridge's).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import urllib.request
 from typing import Any
 
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+VXLAN_OVERHEAD = 50  # outer Ethernet, IPv4, UDP and VXLAN headers (exporter/routing.py)
 CNI_VERSION = "1.1.0"
 
 
@@ -67,6 +72,29 @@ def build_conflist(
     if portmap:
         plugins.append({"type": "portmap", "capabilities": {"portMappings": True}})
     return {"cniVersion": CNI_VERSION, "name": name, "plugins": plugins}
+
+
+def uplink_mtu(proc_route: str = "/proc/net/route", sys_net: str = "/sys/class/net") -> int:
+    """MTU of the device holding the IPv4 default route (1500 if there is none)."""
+    try:
+        with open(proc_route) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if len(fields) > 2 and fields[1] == "00000000":
+                    with open(f"{sys_net}/{fields[0]}/mtu") as m:
+                        return int(m.read().strip())
+    except (OSError, ValueError):
+        pass
+    return 1500
+
+
+def pod_mtu(mode: str, mtu: int | None, uplink: int) -> int | None:
+    """The conflist's mtu: as given; in vxlan mode the uplink's less the VXLAN header."""
+    if mode not in ("direct", "vxlan"):
+        raise ValueError(f"routing mode must be direct or vxlan, got {mode!r}")
+    if mtu is not None:
+        return mtu
+    return uplink - VXLAN_OVERHEAD if mode == "vxlan" else None
 
 
 def node_pod_cidrs(node: dict[str, Any]) -> list[str]:
@@ -150,7 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True, help="conflist path, e.g. /etc/cni/net.d/10-lumen.conflist")
     p.add_argument("--name", default="lumen", help="network name")
     p.add_argument("--bridge", default="lumen0")
-    p.add_argument("--mtu", type=int, default=None)
+    p.add_argument("--mtu", type=int, default=None, help="pods' MTU (default: from the routing mode)")
+    p.add_argument(
+        "--routing-mode",
+        default=os.environ.get("LUMEN_ROUTING_MODE", "direct"),
+        help="the agent's routing mode, direct or vxlan (env LUMEN_ROUTING_MODE): vxlan lowers the MTU",
+    )
     p.add_argument("--no-portmap", action="store_true", help="do not chain the reference portmap plugin")
     args = p.parse_args(argv)
 
@@ -164,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
             cidrs = wait_for_pod_cidrs(args.from_node, args.api_server, token, ca, args.wait)
         else:
             cidrs = args.pod_cidr
+        mtu = pod_mtu(args.routing_mode, args.mtu, uplink_mtu())
         conflist = build_conflist(
-            cidrs, name=args.name, bridge=args.bridge, mtu=args.mtu, portmap=not args.no_portmap
+            cidrs, name=args.name, bridge=args.bridge, mtu=mtu, portmap=not args.no_portmap
         )
     except (ValueError, TimeoutError, OSError) as exc:
         print(f"cniconf: {exc}", file=sys.stderr)

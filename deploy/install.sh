@@ -2,8 +2,11 @@
 # Install Lumen on a bare node (no Kubernetes): the CNI plugin, a conflist and a systemd unit for the agent.
 #
 #   deploy/install.sh --pod-cidr 10.244.0.0/24 [--pod-cidr fd00:244::/64] [--root /] [--lumen-bin PATH]
-#                     [--bridge lumen0] [--mtu N] [--no-portmap] [--no-start]
+#                     [--bridge lumen0] [--mtu N] [--no-portmap] [--no-start] [--routing-mode direct|vxlan]
 #
+# --routing-mode is how this node's pods reach other nodes' pods (docs/scale-out.md): the agent's unit
+# gets it, and in vxlan mode the conflist's MTU is 50 below the default route device's. The other nodes
+# come from `Node` manifests in /etc/lumen/policies.
 # --root installs into another root (an image being built, or a test's temp dir); the paths written into
 # the conflist and the unit are the node's own (/run/lumen, /sys/fs/bpf/lumen, ...), not prefixed.
 # --lumen-bin uses an existing `lumen` executable for the agent; without it a venv is made under
@@ -16,6 +19,7 @@ src=$(cd "$(dirname "$0")/.." && pwd)
 root=/
 lumen_bin=""
 start=1
+mode=direct
 conf_args=()
 cidrs=0
 
@@ -26,6 +30,10 @@ while [ $# -gt 0 ]; do
     --pod-cidr) conf_args+=(--pod-cidr "${2:?--pod-cidr needs a CIDR}"); cidrs=$((cidrs + 1)); shift 2 ;;
     --bridge|--mtu) conf_args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
     --no-portmap) conf_args+=(--no-portmap); shift ;;
+    --routing-mode)
+      mode=${2:?--routing-mode needs direct or vxlan}
+      case "$mode" in direct|vxlan) ;; *) echo "install: --routing-mode is direct or vxlan" >&2; exit 2 ;; esac
+      conf_args+=(--routing-mode "$mode"); shift 2 ;;
     --lumen-bin) lumen_bin=${2:?--lumen-bin needs a path}; shift 2 ;;
     --no-start) start=0; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -62,7 +70,7 @@ After=network-online.target
 Wants=network-online.target
 
 [Service]
-ExecStart=$lumen_bin agent --state-dir /run/lumen --pin-dir /sys/fs/bpf/lumen --host 127.0.0.1 --port 9465
+ExecStart=$lumen_bin agent --state-dir /run/lumen --pin-dir /sys/fs/bpf/lumen --host 127.0.0.1 --port 9465 --routing-mode $mode
 Environment=NODE_NAME=%H
 Restart=on-failure
 RestartSec=2

@@ -1,14 +1,15 @@
-"""The node agent: wiring only. Loads the datapath, consumes the ring buffer on one thread, sweeps idle
-flows and follows the endpoint records on another, and serves the API (uvicorn) on the main thread.
+"""The node agent: wiring only. Loads the datapath, runs the flow pipeline on one thread and housekeeping
+(endpoint records, policy, the idle sweep, clock) on another, and serves the API (uvicorn) on the main one.
 
-    kernel -> ring buffer -> events.Decoder -> FlowStore -> API / SSE
-                                            -> FlowTracer (OTLP)
-    kernel maps (pinned) --------------------> metrics.LumenCollector at scrape time
+    kernel -> ring buffer -> bpf/ringbuf EventReader -> decode (enrich) -> sinks: memory FlowStore, tracer
+    kernel flow table -> sweep (idle flows) ----------------------------> the same sinks
+    kernel maps (pinned) -----------------------------------------------> metrics.LumenCollector at scrape
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import subprocess
@@ -20,15 +21,24 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from exporter.enrich import EndpointDirectory, KubeLabels, LabelSource, Pod
+from exporter import status
+from exporter.attachments import Attachments
+from exporter.enrich import EndpointDirectory, Enricher, LabelSource
 from exporter.flows import DEFAULT_CAPACITY, FlowStore
-from exporter.metrics import AgentHealth, LumenCollector, Retired
-from plugin import endpoint as records
+from exporter.metrics import AgentHealth, LumenCollector
+from exporter.pipeline import Pipeline
+from exporter.store import FlowSource
 
 log = logging.getLogger("lumen.agent")
 
-RETIRED_FILE = "agent-retired.json"
 VERSION = "0.1.0"
+#: /readyz fails when the ring buffer was not polled for this long, or the kernel emitted events for
+#: this long while the agent consumed none
+STALL_S = 5.0
+
+
+class ConfigError(ValueError):
+    """A flag or setting the agent cannot run with; the message names it (CLI usage error)."""
 
 
 @dataclass
@@ -41,6 +51,7 @@ class AgentConfig:
     node: str = field(default_factory=socket.gethostname)
     flow_store_size: int = DEFAULT_CAPACITY
     flow_table_size: int = 65536
+    pod_slots: int = 256  # local pods with exact counters (lumen_pods)
     ringbuf_pages: int = 256
     aggregation: str = "default"  # or "none": one event per packet (debugging, benchmarks)
     report_interval_s: float = 5.0
@@ -53,6 +64,45 @@ class AgentConfig:
     plugin_socket: str | None = None  # serve the plugin's handed-over calls here
     policy_dirs: list[str] = field(default_factory=lambda: ["/etc/lumen/policies"])
     policy_audit: bool = False  # every policy drop becomes an AUDIT verdict (forwarded)
+    # the cluster network (exporter/network.py): routes to other nodes' pods, masquerade
+    routing_mode: str = "direct"  # or "vxlan"
+    vxlan_device: str = "lumen-vxlan"
+    vxlan_vni: int = 1
+    vxlan_port: int = 8472
+    masquerade: bool = True
+    non_masquerade: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        """Every setting checked before anything is compiled, pinned or locked."""
+
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise ConfigError(what)
+
+        def count(name: str, value: int, low: int, high: int) -> None:
+            need(low <= value <= high, f"{name} {value}: expected {low} to {high}")
+
+        def seconds(name: str, value: float, low: float, high: float) -> None:
+            need(math.isfinite(value) and low <= value <= high, f"{name} {value}: expected {low} to {high} s")
+
+        pages = self.ringbuf_pages
+        need(
+            1 <= pages <= 1 << 18 and pages & (pages - 1) == 0,
+            f"--ringbuf-pages {pages}: expected a power of two from 1 to 262144 (the kernel's rule)",
+        )
+        count("--flow-table-size", self.flow_table_size, 1, 1 << 24)
+        count("--flow-store-size", self.flow_store_size, 1, 1 << 24)
+        count("--port", self.port, 0, 65535)
+        count("wakeup batch", self.wakeup_batch, 1, 1 << 20)
+        count("poll timeout", self.poll_timeout_ms, 1, 60000)
+        seconds("--report-interval", self.report_interval_s, 0.001, 86400 * 365)
+        seconds("--idle-timeout", self.idle_timeout_s, 0.001, 86400 * 365)
+        seconds("housekeeping", self.housekeeping_s, 0.001, 3600)
+        need(self.aggregation in ("default", "none"), f"--aggregation {self.aggregation!r}: default or none")
+        need(bool(self.node.strip()), "--node: empty")
+        for name, path in (("--pin-dir", self.pin_dir), ("--state-dir", self.state_dir)):
+            need(os.path.isabs(path), f"{name} {path!r}: expected an absolute path")
+            need("\0" not in path and '"' not in path, f"{name} {path!r}: not a usable path")
 
 
 class Agent:
@@ -60,9 +110,11 @@ class Agent:
         self.cfg = cfg
         self.started_at = time.time()
         labels: LabelSource | None = None
-        self.kube: KubeLabels | None = None
+        self.kube: Any = None  # exporter.kube.KubeWatch in a cluster
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            kube = KubeLabels(cfg.node)
+            from exporter.kube import KubeWatch
+
+            kube = KubeWatch(cfg.node)
             try:
                 kube.start()
                 labels = self.kube = kube
@@ -70,39 +122,42 @@ class Agent:
                 log.warning("no pod labels: kubernetes client unavailable", extra={"error": str(exc)})
         self.directory = EndpointDirectory(cfg.state_dir, labels)
         self.store = FlowStore(cfg.flow_store_size)
+        self.history: FlowSource | None = None  # a FlowSource of older flows (exporter/history/), if kept
         self.health = AgentHealth()
-        self.health.count_attached = self.count_attached
-        self.retired = Retired.load(self._retired_path())
-        self.attached: set[int] = set()
         self.registry = CollectorRegistry(auto_describe=False)
+        self.policy_names: dict[int, str] = {}
+        self.enricher: Enricher | None = None
+        self.attachments: Attachments | None = None
+        self.pipeline: Pipeline | None = None
         self.tracer: Any = None
         self.dp: Any = None
         self.decoder: Any = None
         self.source: Any = None
+        self.sweeper: Any = None
+        self.enforcer: Any = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._plugin_server: subprocess.Popen[bytes] | None = None
-        self._last_flow: Any = None
-        self.error = ""
-        self.loaded_at = float("inf")
-        self._plugin_attached: set[int] = set()
-        self.enforcer: Any = None
-        self.policy_names: dict[int, str] = {}
-
-    def _retired_path(self) -> str:
-        return os.path.join(self.cfg.state_dir, RETIRED_FILE)
+        self._stall = ""  # why the kernel's events are not reaching us, if they are not
+        self._emitted_seen = (-1, 0, 0.0)  # (kernel events, consumed, when) at the last change
+        self.network: Any = None  # exporter.network.NodeNetwork: routes to other nodes' pods
 
     # -- life cycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
         from bpf import abi
         from bpf.loader import Datapath, DatapathConfig
-        from exporter.events import DatapathSource, Decoder
+        from bpf.ringbuf import EventReader
+        from exporter.decode import Decoder
+        from exporter.enforcer import Enforcer
+        from exporter.mapsource import DatapathSource
+        from exporter.sweep import Sweeper
 
         os.makedirs(self.cfg.state_dir, exist_ok=True)
         dcfg = DatapathConfig(
             pin_dir=self.cfg.pin_dir,
             flow_table_size=self.cfg.flow_table_size,
+            pod_slots=self.cfg.pod_slots,
             ringbuf_pages=self.cfg.ringbuf_pages,
             aggregation=abi.Aggregation[self.cfg.aggregation.upper()],
             report_interval_s=self.cfg.report_interval_s,
@@ -111,14 +166,14 @@ class Agent:
         )
         t0 = time.monotonic()
         self.dp = Datapath.load(dcfg)
-        self.loaded_at = time.time()
+        self.attachments = Attachments(self.cfg.state_dir, self.directory, self.dp.sync_endpoints)
+        self.attachments.loaded_at = time.time()
+        self.health.count_attached = self.attachments.count
         if self.dp.retired_pins:
             log.warning(
                 "maps pinned by an incompatible older agent were replaced; their counters restart",
                 extra={"maps": self.dp.retired_pins},
             )
-        from exporter.enforcer import Enforcer
-
         for d in self.cfg.policy_dirs:
             if not os.path.exists(d):
                 log.warning("policy directory does not exist (yet): no policies from it", extra={"dir": d})
@@ -130,28 +185,40 @@ class Agent:
             cluster_source=self.kube,
             audit=self.cfg.policy_audit,
         )
+        # the enforcer names policies as it compiles them; flows and metrics read its dict
         self.policy_names = self.enforcer.policy_names
-        self.decoder = Decoder(self.directory, self.cfg.node, self.policy_names)
-        self.source = DatapathSource(self.dp)
-        self.registry.register(
-            LumenCollector(
-                self.source, self.directory, self.retired, self.health, self.store, self.policy_names
-            )
-        )
+        if self.kube is None:
+            from exporter.enrich import ManifestLabels
+
+            self.directory.label_source = ManifestLabels(lambda: self.enforcer.manifests)
+        self.network = self._node_network()
+        self.enricher = Enricher(self.directory, self.cfg.node, self.policy_names)
+        self.decoder = Decoder(self.enricher)
+        self.pipeline = Pipeline(EventReader(self.cfg.pin_dir), self.decoder, self.health)
+        self.pipeline.register(self.store)
         if self.cfg.otel:
             from exporter.tracing import FlowTracer
 
             self.tracer = FlowTracer(self.cfg.node)
-        self.dp.open_ring_buffer(self._on_event, raw=True)
-        self._sync_endpoints()
+            self.pipeline.register(self.tracer)
+        self.source = DatapathSource(self.dp)
+        self.registry.register(
+            LumenCollector(self.source, self.directory, self.health, self.store, self.policy_names)
+        )
+        self.sweeper = Sweeper(
+            self.dp, self.decoder, self.pipeline.publish, self.health, self._alive_endpoints
+        )
+        self.health.attached_endpoints = self.attachments.sync()
         # identities and policy maps before the plugin server takes its first ADD
         self.enforcer.sync()
+        self.directory.set_remote(self.enforcer.remote_pods)
+        self.network.sync(force=True)
         log.info(
             "datapath loaded",
             extra={
                 "pin_dir": self.cfg.pin_dir,
                 "seconds": round(time.monotonic() - t0, 3),
-                "attached": len(self.attached),
+                "attached": self.health.attached_endpoints,
             },
         )
         if self.cfg.plugin_socket:
@@ -159,10 +226,35 @@ class Agent:
             self._plugin_server = subprocess.Popen(
                 [sys.executable, "-m", "plugin.server", "--socket", self.cfg.plugin_socket]
             )
-        for target in (self._poll_loop, self._housekeeping_loop):
-            t = threading.Thread(target=target, name=target.__name__, daemon=True)
+        pipeline = self.pipeline
+        for name, target in (
+            ("pipeline", lambda: pipeline.run(self._stop, self.cfg.poll_timeout_ms)),
+            ("housekeeping", self._housekeeping_loop),
+        ):
+            t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
+
+    def _node_network(self) -> Any:
+        """Routes, VXLAN and masquerade from the node list: the API server's Nodes in a cluster, else
+        the `Node` manifests of the policy directories."""
+        from exporter.masquerade import Masquerade, table_exists
+        from exporter.network import NodeNetwork
+        from exporter.nodes import KubeNodes
+        from exporter.routing import RoutingConfig
+
+        cfg = self.cfg
+        routing = RoutingConfig(cfg.node, cfg.routing_mode, cfg.vxlan_device, cfg.vxlan_vni, cfg.vxlan_port)
+        nodes: Any = lambda: self.enforcer.manifests.nodes  # noqa: E731
+        if self.kube is not None:
+            kube_nodes = KubeNodes()
+            kube_nodes.start()
+            nodes = kube_nodes.nodes
+        masq = Masquerade(non_masquerade=cfg.non_masquerade) if cfg.masquerade else None
+        if masq is None and table_exists():
+            Masquerade().remove()  # switched off: our table goes, whole
+            log.info("egress masquerade off: Lumen's nftables table removed")
+        return NodeNetwork(routing, nodes, masq)
 
     def stop(self) -> None:
         self._stop.set()
@@ -174,41 +266,12 @@ class Agent:
                 self._plugin_server.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self._plugin_server.kill()
-        if self.tracer is not None:
-            self.tracer.shutdown()
-        self._save_retired()
+        if self.pipeline is not None:
+            self.pipeline.close()  # the sinks: the tracer flushes its spans
         if self.dp is not None:
             # Pinned maps and attached programs stay: traffic keeps flowing and counting without us.
             self.dp.close()
         log.info("agent stopped")
-
-    # -- ring buffer thread --------------------------------------------------------------------
-
-    def _on_event(self, ev: Any) -> None:
-        try:
-            flow = self.decoder.flow(ev)
-        except Exception:  # noqa: BLE001 - one bad record must not stop consumption
-            self.health.decode_errors += 1
-            return
-        self.store.add(flow)
-        if self.tracer is not None:
-            self.tracer.on_flow(flow)
-        self.health.events_consumed += 1
-        self._last_flow = flow
-
-    def _poll_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.dp.poll(self.cfg.poll_timeout_ms)
-            except Exception as exc:  # noqa: BLE001 - keep consuming; the error shows in /readyz
-                self.error = f"ring buffer poll failed: {exc}"
-                log.error("ring buffer poll failed", extra={"error": str(exc)})
-                self._stop.wait(1)
-                continue
-            self.health.last_poll_monotonic = time.monotonic()
-            flow, self._last_flow = self._last_flow, None
-            if flow is not None:
-                self.health.poll_lag_seconds = max(0.0, (time.time_ns() - flow.time_ns) / 1e9)
 
     # -- housekeeping thread -------------------------------------------------------------------
 
@@ -216,10 +279,13 @@ class Agent:
         last_sweep = time.monotonic()
         while not self._stop.wait(self.cfg.housekeeping_s):
             try:
-                self._sync_endpoints()
+                assert self.attachments is not None
+                self.health.attached_endpoints = self.attachments.sync()
                 self.enforcer.sync()
-                self.retired.forget_endpoints({p.endpoint_id for p in self.directory.pods})
+                self.directory.set_remote(self.enforcer.remote_pods)
+                self.network.sync()
                 self.decoder.sync_clock()
+                self._check_consumption()
                 if time.monotonic() - last_sweep >= min(self.cfg.idle_timeout_s / 2, 10.0):
                     last_sweep = time.monotonic()
                     self.sweep()
@@ -227,81 +293,55 @@ class Agent:
                 log.exception("housekeeping failed")
 
     def sweep(self) -> int:
-        """Remove idle flows from the kernel table; their totals move to `retired`, their END to the store."""
-        from exporter.events import totals
+        """End idle flows: their END records to the sinks; free counter slots of pods that are gone."""
+        return int(self.sweeper.sweep(self.cfg.idle_timeout_s))
 
-        now = time.monotonic_ns()
-        ended = self.dp.sweep_idle(int(self.cfg.idle_timeout_s * 1e9), now)
-        for key, st in ended:
-            self.retired.add(totals(key, st), self.policy_names)  # first: the kernel entries are gone already
-        for key, st in ended:
-            try:
-                flow = self.decoder.ended(key, st, now)
-            except Exception:  # noqa: BLE001 - the totals are kept; only this record is lost
-                self.health.decode_errors += 1
-                continue
-            self.store.add(flow)
-            if self.tracer is not None:
-                self.tracer.on_flow(flow)
-        self.health.swept_flows += len(ended)
-        if ended:
-            self._save_retired()
-        return len(ended)
+    def _alive_endpoints(self) -> set[int]:
+        return {p.endpoint_id for p in self.directory.pods}
 
-    def _attached_by_plugin(self, pod: Pod) -> bool:
-        # The plugin attaches the pinned programs at ADD, then writes the record "ready". A record written
-        # after we pinned ours names a pod running our programs; older ones run a previous agent's, whose
-        # ring buffer nobody reads, and get re-attached.
-        if not pod.observed:
-            return False
-        if pod.host_ifindex in self._plugin_attached:
-            return True
-        try:
-            mtime = os.stat(records.record_path(self.cfg.state_dir, pod.container_id, pod.ifname)).st_mtime
-        except FileNotFoundError:
-            return False
-        if mtime > self.loaded_at:
-            self._plugin_attached.add(pod.host_ifindex)
-            return True
-        return False
+    def _check_consumption(self) -> None:
+        """The kernel emitting events while none reach us (another agent took the ring buffer, a reader
+        on a stale map) turns /readyz 503."""
+        emitted = int(self.source.datapath_stats().get("events", 0))
+        consumed = self.health.events_consumed
+        now = time.monotonic()
+        last_emitted, last_consumed, since = self._emitted_seen
+        if last_emitted < 0 or emitted == last_emitted or consumed != last_consumed:
+            self._emitted_seen = (emitted, consumed, now)
+            self._stall = ""
+        elif now - since >= STALL_S:
+            self._stall = (
+                f"the kernel emitted {emitted - last_emitted} events in {now - since:.0f} s and this agent "
+                "received none (is another agent reading this datapath?)"
+            )
 
-    def _is_attached(self, pod: Pod) -> bool:
-        return pod.host_ifindex in self.attached or self._attached_by_plugin(pod)
-
-    def _sync_endpoints(self) -> None:
-        self.directory.refresh()
-        ready = [p for p in self.directory.pods if p.state == "ready" and p.host_ifindex]
-        missing = [p for p in ready if not self._is_attached(p)]
-        if missing:
-            try:
-                self.attached = set(self.dp.sync_endpoints(self.cfg.state_dir))
-            except OSError as exc:
-                log.warning("attaching endpoints failed", extra={"error": str(exc)})
-        alive = {p.host_ifindex for p in ready}
-        self.attached &= alive
-        self._plugin_attached &= alive
-        self.health.attached_endpoints = self.count_attached()
-
-    def count_attached(self) -> int:
-        self.directory.refresh()
-        return sum(1 for p in self.directory.pods if p.state == "ready" and self._is_attached(p))
-
-    def _save_retired(self) -> None:
-        try:
-            self.retired.save(self._retired_path())
-        except OSError as exc:
-            log.warning("cannot save retired flow totals", extra={"error": str(exc)})
+    def _network_status(self) -> dict[str, Any]:
+        if self.network is None:
+            return {}
+        st = self.network.status
+        return {
+            "mode": self.cfg.routing_mode,
+            "masquerade": self.cfg.masquerade,
+            "nodes": st.nodes,
+            "routes": st.routes,
+            "problems": st.problems,
+            "error": st.error,
+        }
 
     # -- api.AgentView ---------------------------------------------------------------------------
 
     def ready(self) -> tuple[bool, str]:
-        if self.dp is None:
+        if self.dp is None or self.pipeline is None:
             return False, "datapath not loaded"
-        if self.error:
-            return False, self.error
+        if self.pipeline.error:
+            return False, self.pipeline.error
+        if self._threads and not self._threads[0].is_alive():
+            return False, "the ring buffer consumer stopped"
         last = self.health.last_poll_monotonic
-        if not last or time.monotonic() - last > 5:
-            return False, "ring buffer not polled in the last 5 s"
+        if not last or time.monotonic() - last > STALL_S:
+            return False, f"ring buffer not polled in the last {STALL_S:.0f} s"
+        if self._stall:
+            return False, self._stall
         return True, "ok"
 
     def policy_view(self) -> Any:
@@ -313,73 +353,26 @@ class Agent:
         return self.enforcer.engine
 
     def status_dict(self) -> dict[str, Any]:
-        st = self.enforcer.status
-        cfg = self.dp.config()
-        return {
-            "generation": int(cfg.policy_gen),
-            "applied_at": st.applied_at,
-            "audit": bool(cfg.audit),
-            "dirs": self.cfg.policy_dirs,
-            "files": st.files,
-            "policies": st.policies,
-            "summary": st.summary,
-            "error": st.error,
-            "map_entries": self.dp.policy_entries(),
-        }
+        return status.policy_status(
+            self.enforcer, self.dp.config(), self.dp.policy_entries(), self.cfg.policy_dirs
+        )
 
     def endpoints(self) -> list[dict[str, Any]]:
-        self.directory.refresh()
-        return [
-            {
-                "namespace": p.namespace,
-                "pod": p.pod,
-                "containerId": p.container_id,
-                "ifname": p.ifname,
-                "ips": list(p.ips),
-                "hostVeth": p.host_veth,
-                "hostIfindex": p.host_ifindex,
-                "endpointId": p.endpoint_id,
-                "identity": (
-                    self.enforcer.pod_identities.get(f"{p.namespace}/{p.pod}") if self.enforcer else None
-                )
-                or p.record.get("identity"),
-                "state": p.state,
-                "attached": self._is_attached(p),
-            }
-            for p in self.directory.pods
-        ]
+        if self.attachments is None:
+            return []
+        identities = self.enforcer.pod_identities if self.enforcer else {}
+        return status.endpoints(self.directory, self.attachments, identities)
 
     def status(self) -> dict[str, Any]:
-        stats = dict(self.source.datapath_stats()) if self.source else {}
-        entries = sum(1 for _ in self.source.flow_totals()) if self.source else 0
-        capacity = self.cfg.flow_table_size
-        ok, reason = self.ready()
-        return {
-            "version": VERSION,
-            "node": self.cfg.node,
-            "ready": ok,
-            "reason": reason,
-            "uptime_s": round(time.time() - self.started_at, 1),
-            "pin_dir": self.cfg.pin_dir,
-            "state_dir": self.cfg.state_dir,
-            "aggregation": self.cfg.aggregation,
-            "flow_table": {
-                "entries": entries,
-                "capacity": capacity,
-                "fill_ratio": round(entries / capacity, 4),
-            },
-            "flow_store": {
-                "flows": len(self.store),
-                "capacity": self.store.capacity,
-                "evicted": self.store.evicted,
-            },
-            "events": {
-                "consumed": self.health.events_consumed,
-                "emitted": stats.get("events", 0),
-                "lost": stats.get("lost_events", 0),
-                "decode_errors": self.health.decode_errors,
-                "poll_lag_s": round(self.health.poll_lag_seconds, 6),
-            },
-            "otel": self.tracer is not None,
-            "endpoints": self.endpoints(),
-        }
+        return status.agent_status(
+            version=VERSION,
+            cfg=self.cfg,
+            started_at=self.started_at,
+            ready=self.ready(),
+            source=self.source,
+            store=self.store,
+            health=self.health,
+            tracing=self.tracer is not None,
+            network=self._network_status(),
+            endpoint_list=self.endpoints,
+        )

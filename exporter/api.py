@@ -1,5 +1,9 @@
-"""The agent's HTTP API (FastAPI): recent flows with Hubble-like filters, a live SSE stream, endpoints,
-status, health and /metrics. OpenAPI at /openapi.json, docs at /docs.
+"""The HTTP API (FastAPI): flows with Hubble-like filters, a live SSE stream, endpoints, status, health,
+the vocabulary and /metrics. OpenAPI at /openapi.json, docs at /docs.
+
+`create_app(view, ...)` serves whatever `view` (an AgentView) reads from: the node agent passes itself
+(memory store, optional history, its endpoints and status); a relay passes its own view over several
+nodes and gets the same routes and, with `ui=exporter.ui.hook(token)`, the same web UI.
 
 Binds 127.0.0.1 unless told otherwise; on any other address the agent refuses to start without a bearer
 token (see exporter.cli), and then every route but /healthz and /readyz requires it. The web UI is mounted
@@ -12,32 +16,87 @@ import asyncio
 import hmac
 import ipaddress
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from bpf import vocab
 from exporter import filters
-from exporter.flows import Flow, FlowStore
+from exporter.flows import Flow, Subscription
+from exporter.store import CursorError, FlowSource, Page
 
 KEEPALIVE_S = 15.0
 STREAM_BATCH = 512  # flows per SSE write at most
 DEFAULT_LIMIT = 100
-PAGING_PARAMS = ("limit", "last")
+PAGING_PARAMS = ("limit", "last", "cursor")
+#: parameters that are not filter criteria
+REQUEST_PARAMS = (*PAGING_PARAMS, *filters.TIME_PARAMS)
+
+
+class LiveFlows(FlowSource, Protocol):
+    """The store the API reads recent flows from and streams live ones (exporter.flows.FlowStore)."""
+
+    capacity: int
+
+    def subscribe(self, q: Any = None, loop: asyncio.AbstractEventLoop | None = None) -> Subscription: ...
+
+    def unsubscribe(self, sub: Subscription) -> None: ...
+
+    def stats(self) -> dict[str, int]:
+        """Figures added to /api/flows answers (stored, capacity, evicted)."""
+        ...
+
+    @property
+    def covers_from_ns(self) -> int:
+        """From this time on the store holds every flow's latest record."""
+        ...
 
 
 class AgentView(Protocol):
-    """What the API reads from the agent."""
+    """What the API reads: the agent, or a relay's view of several agents."""
 
-    store: FlowStore
+    @property
+    def store(self) -> LiveFlows: ...
+
+    @property
+    def history(self) -> FlowSource | None:
+        """Flows older than `store` holds (exporter/history/), if kept."""
+        ...
 
     def endpoints(self) -> list[dict[str, Any]]: ...
 
     def status(self) -> dict[str, Any]: ...
 
     def ready(self) -> tuple[bool, str]: ...
+
+
+@dataclass(frozen=True)
+class FlowRequest:
+    """A request's filter and time window, checked."""
+
+    query: filters.FlowQuery
+    since_ns: int | None = None
+    until_ns: int | None = None
+
+    def __call__(self, flow: Flow) -> bool:
+        """Live flows: the filter and the window."""
+        if self.since_ns is not None and flow.time_ns < self.since_ns:
+            return False
+        if self.until_ns is not None and flow.time_ns > self.until_ns:
+            return False
+        return self.query.matches(flow)
+
+
+def pick_source(view: AgentView, since_ns: int | None) -> tuple[str, FlowSource]:
+    """Memory when the window starts inside what memory holds (or nothing else is kept), else history."""
+    history = getattr(view, "history", None)
+    if history is None or (since_ns is not None and since_ns >= view.store.covers_from_ns):
+        return "memory", view.store
+    return "history", history
 
 
 def is_loopback(host: str) -> bool:
@@ -56,11 +115,17 @@ def _params(request: Request) -> dict[str, list[str]]:
     return out
 
 
-def parse_query(params: Mapping[str, Sequence[str]]) -> filters.FlowQuery:
+def parse_request(params: Mapping[str, Sequence[str]]) -> FlowRequest:
+    """Filter criteria, `filter=<json>`, since and until of a request; HTTP 400 with the reason."""
     try:
-        return filters.parse(params, ignore=PAGING_PARAMS)
+        since, until = filters.parse_range(params)
+        return FlowRequest(filters.parse(params, ignore=REQUEST_PARAMS), since, until)
     except filters.FilterError as exc:
         raise HTTPException(400, str(exc)) from None
+
+
+def parse_query(params: Mapping[str, Sequence[str]]) -> filters.FlowQuery:
+    return parse_request(params).query
 
 
 def _count(params: Mapping[str, Sequence[str]], name: str, default: int, maximum: int) -> int:
@@ -68,9 +133,21 @@ def _count(params: Mapping[str, Sequence[str]], name: str, default: int, maximum
     if not raw:
         return default
     value = raw[-1]
-    if not value.isdigit() or not 0 <= int(value) <= maximum:
+    if not (value.isascii() and value.isdigit()) or not 0 <= int(value) <= maximum:
         raise HTTPException(400, f"{name} {value!r}: expected a number from 0 to {maximum}")
     return int(value)
+
+
+def _one(params: Mapping[str, Sequence[str]], name: str) -> str | None:
+    raw = params.get(name)
+    return raw[-1] if raw else None
+
+
+def query_page(source: FlowSource, req: FlowRequest, limit: int, cursor: str | None) -> Page:
+    try:
+        return source.query(req.query, req.since_ns, req.until_ns, limit, cursor)
+    except CursorError as exc:
+        raise HTTPException(400, str(exc)) from None
 
 
 def _filter_parameters() -> list[dict[str, Any]]:
@@ -92,6 +169,26 @@ def _filter_parameters() -> list[dict[str, Any]]:
                     "explode": True,
                 }
             )
+    out.append(
+        {
+            "name": filters.FILTER_PARAM,
+            "in": "query",
+            "required": False,
+            "description": 'several groups as JSON: {"allow": [{criterion: [values]}, ...], "deny": [...]}'
+            " (instead of the criteria above)",
+            "schema": {"type": "string"},
+        }
+    )
+    for name, what in (("since", "at or after"), ("until", "at or before")):
+        out.append(
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "description": f"flows seen {what}: RFC 3339, unix seconds, or a duration ago (5m)",
+                "schema": {"type": "string"},
+            }
+        )
     return out
 
 
@@ -153,22 +250,31 @@ def create_app(
                     "description": f"newest N matching flows (default {DEFAULT_LIMIT}, 0: all)",
                     "schema": {"type": "integer", "minimum": 0},
                 },
+                {
+                    "name": "cursor",
+                    "in": "query",
+                    "description": "the `cursor` of the previous answer: the next older page",
+                    "schema": {"type": "string"},
+                },
                 *common_params["parameters"],
             ]
         },
         responses={400: {"description": "a filter value that cannot be parsed"}},
     )
     def flows(request: Request) -> dict[str, Any]:
-        """Recent flows, oldest first, filtered (allow-list, and `not_*` deny-list)."""
+        """The newest matching flows of the window, oldest first, filtered (allow-list, and `not_*`
+        deny-list). `cursor` in the answer fetches the next older page."""
         params = _params(request)
-        query = parse_query(params)
+        req = parse_request(params)
         limit = _count(params, "limit", DEFAULT_LIMIT, view.store.capacity)
-        found = view.store.query(query, limit or None)
+        name, source = pick_source(view, req.since_ns)
+        page = query_page(source, req, limit, _one(params, "cursor"))
         return {
-            "flows": [f.to_dict() for f in found],
-            "stored": len(view.store),
-            "capacity": view.store.capacity,
-            "evicted": view.store.evicted,
+            "flows": [f.to_dict() for f in reversed(page.flows)],
+            **view.store.stats(),
+            "cursor": page.cursor,
+            "complete": page.complete,
+            "source": name,
         }
 
     @api.get(
@@ -194,11 +300,11 @@ def create_app(
         """Live flows as server-sent events (`event: flow`); `event: lost` says how many this stream missed
         because it was read too slowly."""
         params = _params(request)
-        query = parse_query(params)
+        req = parse_request(params)
         last = _count(params, "last", 0, view.store.capacity)
         store = view.store
-        sub = store.subscribe(asyncio.get_running_loop(), query)
-        backlog = store.query(query, last) if last else []
+        sub = store.subscribe(req, asyncio.get_running_loop())
+        backlog = list(reversed(query_page(store, req, last, None).flows)) if last else []
 
         async def events() -> Any:
             reported_lost = 0
@@ -235,6 +341,12 @@ def create_app(
         """Pods on this node (from the plugin's endpoint records) and whether Lumen observes them."""
         return view.endpoints()
 
+    @api.get("/vocabulary", tags=["flows"])
+    def vocabulary() -> dict[str, Any]:
+        """The words flows are described with (directions, event types, verdicts, drop reasons, protocols,
+        TCP flags), as the datapath defines them; the UI builds its choices from these."""
+        return vocab.as_json()
+
     @api.get("/status", tags=["status"])
     def status() -> dict[str, Any]:
         """The agent, its maps' fill, lost events and each pod's attach state (`lumen status`)."""
@@ -265,19 +377,3 @@ def create_app(
             }
 
     return app
-
-
-def iter_sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
-    """(event, data) pairs from SSE text lines; used by the CLI and the tests."""
-    event, data = "message", list[str]()
-    for line in lines:
-        if not line:
-            if data:
-                yield event, "\n".join(data)
-            event, data = "message", []
-        elif line.startswith(":"):
-            continue
-        elif line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].lstrip())

@@ -3,10 +3,12 @@
     lumen agent [--host 127.0.0.1 --port 9465 --otel ...]   run the agent
     lumen observe [filters] [-f] [--last N] [-o table|json|jsonl]   flows, like `hubble observe`
     lumen status                                            the agent, each pod's attach state, map fill
+    lumen relay --agent URL ... | --discover nodes          one API and UI over every node's agent
 
 Filter flags are the API's query parameters with dashes (`--from-pod ns/name` is `from_pod=ns/name`);
-`--not-<filter>` puts a criterion on the deny-list. Both go through exporter.filters, so a bad value is
-reported the same way here and by the API.
+`--not-<filter>` puts a criterion on the deny-list; `--filter '<json>'` gives several groups. All go through
+exporter.filters, so a bad value is reported the same way here and by the API. The clients talk to the
+agent through exporter/client.py (urllib): `lumen observe` never imports the server's FastAPI.
 """
 
 from __future__ import annotations
@@ -16,14 +18,11 @@ import json
 import os
 import signal
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
-from exporter import filters
+from exporter import client, filters
 
 DEFAULT_PORT = 9465
 DEFAULT_SERVER = f"http://127.0.0.1:{DEFAULT_PORT}"
@@ -45,6 +44,9 @@ def _agent_parser(sub: Any) -> None:
     p.add_argument("--node", default=None, help="node name (default: hostname, or env NODE_NAME)")
     p.add_argument("--flow-store-size", type=int, default=65536, help="recent flows kept for the API")
     p.add_argument("--flow-table-size", type=int, default=65536, help="kernel flow table entries")
+    p.add_argument(
+        "--pod-slots", type=int, default=256, help="local pods with exact counters (slot 0 is none)"
+    )
     p.add_argument("--ringbuf-pages", type=int, default=256, help="ring buffer pages (power of two)")
     p.add_argument("--aggregation", choices=["default", "none"], default="default")
     p.add_argument(
@@ -66,6 +68,30 @@ def _agent_parser(sub: Any) -> None:
         action="store_true",
         help="audit mode everywhere: flows policy would drop are forwarded with verdict AUDIT",
     )
+    p.add_argument(
+        "--routing-mode",
+        choices=["direct", "vxlan"],
+        default=os.environ.get("LUMEN_ROUTING_MODE", "direct"),
+        help="how pods reach other nodes' pods: direct routes via the node addresses (one L2 segment) "
+        "or a VXLAN overlay (env LUMEN_ROUTING_MODE)",
+    )
+    p.add_argument("--vxlan-device", default="lumen-vxlan", help="name of the VXLAN device (vxlan mode)")
+    p.add_argument("--vxlan-vni", type=int, default=1, help="VXLAN network identifier (vxlan mode)")
+    p.add_argument("--vxlan-port", type=int, default=8472, help="VXLAN UDP port (vxlan mode)")
+    p.add_argument(
+        "--no-masquerade",
+        action="store_true",
+        default=os.environ.get("LUMEN_MASQUERADE", "true").lower() in ("false", "0", "off", "no"),
+        help="do not masquerade pod traffic leaving the cluster's pod CIDRs (env LUMEN_MASQUERADE=false)",
+    )
+    p.add_argument(
+        "--non-masquerade",
+        action="append",
+        default=None,
+        metavar="CIDR",
+        help="destinations pod traffic reaches with the pod's own address (repeatable; env "
+        "LUMEN_NON_MASQUERADE, comma-separated)",
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--print-bpf", action="store_true", help="print the C and the effective config, then exit")
     p.set_defaults(func=cmd_agent)
@@ -73,13 +99,18 @@ def _agent_parser(sub: Any) -> None:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     from exporter import logs
-    from exporter.agent import Agent, AgentConfig
+    from exporter.agent import Agent, AgentConfig, ConfigError
     from exporter.api import is_loopback
+    from exporter.lock import DatapathLock, LockHeld
 
     token = args.token
     if args.token_file:
-        with open(args.token_file) as f:
-            token = f.read().strip()
+        try:
+            with open(args.token_file) as f:
+                token = f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"lumen agent: --token-file {args.token_file}: {exc}", file=sys.stderr)
+            return 2
     if not is_loopback(args.host) and not token:
         print(f"lumen agent: binding {args.host} needs --token (or LUMEN_TOKEN)", file=sys.stderr)
         return 2
@@ -92,6 +123,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         node=args.node or os.environ.get("NODE_NAME") or AgentConfig().node,
         flow_store_size=args.flow_store_size,
         flow_table_size=args.flow_table_size,
+        pod_slots=args.pod_slots,
         ringbuf_pages=args.ringbuf_pages,
         aggregation=args.aggregation,
         report_interval_s=args.report_interval,
@@ -101,7 +133,23 @@ def cmd_agent(args: argparse.Namespace) -> int:
         plugin_socket=args.plugin_socket,
         policy_dirs=args.policy_dir or AgentConfig().policy_dirs,
         policy_audit=args.policy_audit,
+        routing_mode=args.routing_mode,
+        vxlan_device=args.vxlan_device,
+        vxlan_vni=args.vxlan_vni,
+        vxlan_port=args.vxlan_port,
+        masquerade=not args.no_masquerade,
+        non_masquerade=args.non_masquerade
+        or [c.strip() for c in os.environ.get("LUMEN_NON_MASQUERADE", "").split(",") if c.strip()],
     )
+    try:
+        cfg.validate()  # before anything is compiled, pinned or locked
+    except ConfigError as exc:
+        print(f"lumen agent: {exc}", file=sys.stderr)
+        return 2
+    problem = _network_problem(cfg)
+    if problem:
+        print(f"lumen agent: {problem}", file=sys.stderr)
+        return 2
     if args.print_bpf:
         from bpf.loader import source_text
 
@@ -125,8 +173,19 @@ def cmd_agent(args: argparse.Namespace) -> int:
             self.should_exit = True
 
     logs.setup(args.log_level)
+    # One agent per datapath: a second one with the same pin or state dir must not touch it.
+    lock = DatapathLock(cfg.pin_dir, cfg.state_dir)
+    try:
+        lock.acquire()
+    except LockHeld as exc:
+        print(f"lumen agent: {exc}", file=sys.stderr)
+        return 1
     agent = Agent(cfg)
-    agent.start()
+    try:
+        agent.start()
+    except Exception:
+        lock.release()
+        raise
     try:
         app = create_app(
             agent, token=cfg.token, registry=agent.registry, ui=ui.hook(cfg.token), policy=agent.policy_view
@@ -136,6 +195,124 @@ def cmd_agent(args: argparse.Namespace) -> int:
         server.run()
     finally:
         agent.stop()
+        lock.release()
+    return 0
+
+
+def _network_problem(cfg: Any) -> str:
+    """A bad routing or masquerade setting, said before anything is compiled or pinned."""
+    import ipaddress
+
+    from exporter.routing import RoutingConfig
+
+    try:
+        RoutingConfig(cfg.node, cfg.routing_mode, cfg.vxlan_device, cfg.vxlan_vni, cfg.vxlan_port)
+        for c in cfg.non_masquerade:
+            ipaddress.ip_network(c.strip(), strict=False)
+    except ValueError as e:
+        return str(e)
+    return ""
+
+
+# -- relay -------------------------------------------------------------------------------------
+
+RELAY_PORT = 9466
+
+
+def _relay_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "relay",
+        help="one API and UI over every node's agent",
+        description="Ask every agent, merge their flows by time, pair the two ends of cross-node flows, "
+        "and name the nodes that do not answer. Serves the agent's API and UI.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback needs --token)")
+    p.add_argument("--port", type=int, default=RELAY_PORT)
+    p.add_argument(
+        "--token", default=os.environ.get("LUMEN_TOKEN"), help="clients' bearer token (env LUMEN_TOKEN)"
+    )
+    p.add_argument("--token-file", help="read the clients' bearer token from this file")
+    p.add_argument(
+        "--agent",
+        action="append",
+        default=[],
+        metavar="[NAME=]URL",
+        help="an agent to ask (repeatable); outside a cluster",
+    )
+    p.add_argument(
+        "--discover",
+        choices=["nodes", "endpointslices"],
+        help="in a cluster: find agents from the Node objects or the agents' Service EndpointSlices",
+    )
+    p.add_argument("--agent-port", type=int, default=DEFAULT_PORT, help="agents' port (with --discover)")
+    p.add_argument("--agent-scheme", choices=["http", "https"], default="http")
+    p.add_argument("--namespace", default="lumen-system", help="the agents' namespace (endpointslices)")
+    p.add_argument("--service", default="lumen-agent", help="the agents' Service (endpointslices)")
+    p.add_argument(
+        "--agent-token",
+        default=os.environ.get("LUMEN_AGENT_TOKEN"),
+        help="agents' token (env LUMEN_AGENT_TOKEN)",
+    )
+    p.add_argument("--agent-token-file", help="read the agents' bearer token from this file")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an agent's answer")
+    p.add_argument("--no-pair", action="store_true", help="show both ends of cross-node flows as two rows")
+    p.add_argument(
+        "--pair-wait",
+        type=float,
+        default=0.25,
+        help="seconds a live flow waits for its other end from another node",
+    )
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=cmd_relay)
+
+
+def _secret(value: str | None, path: str | None) -> str | None:
+    if path:
+        with open(path) as f:
+            return f.read().strip() or None
+    return value or None
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    from exporter import logs
+    from exporter.api import is_loopback
+    from exporter.relay import discovery
+
+    def usage(message: str) -> int:
+        print(f"lumen relay: {message}", file=sys.stderr)
+        return 2
+
+    try:
+        token = _secret(args.token, args.token_file)
+        agent_token = _secret(args.agent_token, args.agent_token_file)
+    except OSError as exc:
+        return usage(f"{exc.filename}: {exc.strerror}")
+    if not is_loopback(args.host) and not token:
+        return usage(f"binding {args.host} needs --token (or LUMEN_TOKEN)")
+    if bool(args.agent) == bool(args.discover):
+        return usage("give the agents with --agent URL (repeatable) or --discover nodes|endpointslices")
+    try:
+        if args.agent:
+            found: Any = discovery.Static([discovery.parse_agent(a) for a in args.agent])
+        else:
+            found = discovery.Kube(
+                args.discover, args.agent_scheme, args.agent_port, args.namespace, args.service
+            )
+    except ValueError as exc:
+        return usage(str(exc))
+
+    import uvicorn
+
+    from exporter import ui
+    from exporter.relay.app import create_app
+    from exporter.relay.fanout import Fanout
+    from exporter.relay.service import Relay
+
+    logs.setup(args.log_level)
+    relay = Relay(Fanout(found, agent_token, args.timeout), pair=not args.no_pair, pair_wait_s=args.pair_wait)
+    app = create_app(relay, token=token, ui=ui.hook(token, with_map=False))
+    print(f"lumen relay: API on http://{args.host}:{args.port}/api/flows", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
     return 0
 
 
@@ -159,8 +336,15 @@ def _observe_parser(sub: Any) -> None:
     )
     _client_args(p)
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new flows")
-    p.add_argument("--last", type=int, default=None, help="the newest N flows (default 20; with -f: 0)")
+    p.add_argument("--last", type=_count, default=None, help="the newest N flows (default 20; with -f: 0)")
     p.add_argument("-o", "--output", choices=["table", "json", "jsonl"], default="table")
+    p.add_argument("--since", metavar="TIME", help="flows seen at or after: RFC 3339, unix seconds, 5m (ago)")
+    p.add_argument("--until", metavar="TIME", help="flows seen at or before: same forms as --since")
+    p.add_argument(
+        "--filter",
+        metavar="JSON",
+        help='several groups: {"allow": [{"from_pod": ["a/b"]}, ...], "deny": [...]} (instead of flags)',
+    )
     group = p.add_argument_group("filters (each also as --not-<filter> for the deny-list)")
     for name, crit in filters.CRITERIA.items():
         flag = name.replace("_", "-")
@@ -171,45 +355,24 @@ def _observe_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_observe)
 
 
+def _count(value: str) -> int:
+    """argparse type of counts: a usage error, not a request the agent refuses."""
+    if not (value.isascii() and value.isdigit()):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a number from 0 up")
+    return int(value)
+
+
 def filter_params(args: argparse.Namespace) -> dict[str, list[str]]:
-    """The filter flags as API query parameters (allow and `not_` deny)."""
+    """The filter flags as API query parameters (allow and `not_` deny, `filter` JSON)."""
     out: dict[str, list[str]] = {}
     for name in filters.CRITERIA:
         if getattr(args, f"f_{name}", None):
             out[name] = list(getattr(args, f"f_{name}"))
         if getattr(args, f"n_{name}", None):
             out[filters.DENY_PREFIX + name] = list(getattr(args, f"n_{name}"))
+    if getattr(args, "filter", None):
+        out[filters.FILTER_PARAM] = [args.filter]
     return out
-
-
-class ApiError(Exception):
-    pass
-
-
-def _open(
-    server: str,
-    path: str,
-    params: Sequence[tuple[str, str]],
-    token: str | None,
-    timeout: float | None,
-    data: bytes | None = None,
-) -> Any:
-    url = server.rstrip("/") + path + ("?" + urllib.parse.urlencode(params) if params else "")
-    req = urllib.request.Request(url, data=data, headers={"Accept": "application/json, text/event-stream"})
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        return urllib.request.urlopen(req, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        try:
-            detail = json.loads(exc.read()).get("detail", exc.reason)
-        except ValueError:
-            detail = exc.reason
-        raise ApiError(f"{url}: {exc.code} {detail}") from None
-    except urllib.error.URLError as exc:
-        raise ApiError(
-            f"{server}: cannot reach the agent ({exc.reason}); is `lumen agent` running?"
-        ) from None
 
 
 def _endpoint_text(ep: dict[str, Any]) -> str:
@@ -245,40 +408,52 @@ def print_flows(flows: Sequence[dict[str, Any]], output: str, out: TextIO) -> No
     out.flush()
 
 
-def _lines(resp: Any) -> Iterator[str]:
-    for raw in resp:
-        yield raw.decode().rstrip("\r\n")
+def note_unreachable(answer: dict[str, Any], err: TextIO, before: Sequence[str] = ()) -> list[str]:
+    """A relay's answer names the nodes it could not reach: say so, so that fewer flows are not taken
+    for all of them (and, live, say when they are back). Returns the nodes missing now."""
+    missing = list(answer.get("unreachable") or [])
+    errors = answer.get("errors") or {}
+    if missing and missing != list(before):
+        detail = "; ".join(f"{n}: {errors.get(n, 'no answer')}" for n in missing)
+        print(f"lumen observe: flows of {len(missing)} node(s) missing, not reachable: {detail}", file=err)
+    elif before and not missing:
+        print(f"lumen observe: reachable again: {', '.join(before)}", file=err)
+    err.flush()
+    return missing
 
 
 def cmd_observe(args: argparse.Namespace) -> int:
-    from exporter.api import iter_sse
-
-    params = filter_params(args)
     try:
-        filters.parse(params)  # the same check the API makes, before we reach it
+        # the same checks the API makes, before we reach it
+        query = filters.parse(filter_params(args))
+        window = {k: [v] for k, v in (("since", args.since), ("until", args.until)) if v is not None}
+        filters.parse_range(window)
     except filters.FilterError as exc:
         print(f"lumen observe: {exc}", file=sys.stderr)
         return 2
-    query = filters.to_params(params)
+    params = [*query.to_params(), *((k, v[0]) for k, v in window.items())]
     try:
         if not args.follow:
             last = 20 if args.last is None else args.last
-            with _open(args.server, "/api/flows", [*query, ("limit", str(last))], args.token, 30) as resp:
-                print_flows(json.load(resp)["flows"], args.output, sys.stdout)
+            answer = client.get_json(args.server, "/api/flows", [*params, ("limit", str(last))], args.token)
+            note_unreachable(answer, sys.stderr)
+            print_flows(answer["flows"], args.output, sys.stdout)
             return 0
         output = "jsonl" if args.output == "json" else args.output  # a stream has no closing bracket
-        with _open(
-            args.server, "/api/flows/stream", [*query, ("last", str(args.last or 0))], args.token, None
-        ) as resp:
-            for event, data in iter_sse(_lines(resp)):
-                if event == "flow":
-                    print_flows([json.loads(data)], output, sys.stdout)
-                elif event == "lost":
-                    print(
-                        f"lumen observe: {json.loads(data)['dropped']} flows missed (reading too slowly)",
-                        file=sys.stderr,
-                    )
-    except ApiError as exc:
+        missing: list[str] = []
+        for event, data in client.stream(
+            args.server, "/api/flows/stream", [*params, ("last", str(args.last or 0))], args.token
+        ):
+            if event == "flow":
+                print_flows([json.loads(data)], output, sys.stdout)
+            elif event == "nodes":
+                missing = note_unreachable(json.loads(data), sys.stderr, missing)
+            elif event == "lost":
+                print(
+                    f"lumen observe: {json.loads(data)['dropped']} flows missed (reading too slowly)",
+                    file=sys.stderr,
+                )
+    except client.ApiError as exc:
         print(f"lumen observe: {exc}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, BrokenPipeError):
@@ -323,18 +498,38 @@ def _get_json(
 ) -> Any:
     """One JSON answer of the agent, or None after saying on stderr why there is none."""
     try:
-        with _open(args.server, path, params, args.token, timeout, data=data) as resp:
-            return json.load(resp)
-    except ApiError as exc:
+        return client.get_json(args.server, path, params, args.token, timeout, data=data)
+    except client.ApiError as exc:
         print(f"lumen {command}: {exc}", file=sys.stderr)
         return None
+
+
+def format_relay_status(st: dict[str, Any]) -> str:
+    """`lumen status --server <relay>`: the relay, then each node's agent in brief."""
+    answering = len(st["agents"]) - len(st["unreachable"])
+    lines = [f"Relay:       {answering}/{len(st['agents'])} agents answer, uptime={st['uptime_s']}s"]
+    for agent in st["agents"]:
+        node = st["nodes"].get(agent["node"])
+        if node is None:
+            lines.append(f"  {agent['node']:<24} UNREACHABLE ({agent['error']})  {agent['url']}")
+            continue
+        fs = node.get("flow_store") or {}
+        state = "ready" if node.get("ready") else f"NOT READY ({node.get('reason', '')})"
+        lines.append(
+            f"  {agent['node']:<24} {state}  {fs.get('flows', '?')}/{fs.get('capacity', '?')} flows, "
+            f"{len(node.get('endpoints') or [])} endpoints  {agent['url']}"
+        )
+    return "\n".join(lines)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     st = _get_json(args, "status", "/api/status")
     if st is None:
         return 1
-    print(json.dumps(st, indent=2) if args.output == "json" else format_status(st))
+    if args.output == "json":
+        print(json.dumps(st, indent=2))
+    else:
+        print(format_relay_status(st) if st.get("relay") else format_status(st))
     return 0
 
 
@@ -431,6 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     _observe_parser(sub)
     _status_parser(sub)
     _policy_parser(sub)
+    _relay_parser(sub)
     return parser
 
 

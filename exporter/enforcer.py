@@ -17,11 +17,13 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from typing import Any, Protocol
 
 from bpf import abi
 from exporter.enrich import EndpointDirectory
 from exporter.identities import Identities
+from exporter.nodes import RemotePod
 from exporter.policy.cluster import Cluster, ContainerPort, Namespace, Pod
 from exporter.policy.compiler import Compiled, Compiler, LabelSet, summary
 from exporter.policy.engine import Engine
@@ -106,6 +108,8 @@ class Enforcer:
         self._fingerprint: tuple[Any, ...] | None = None
         #: namespace/pod -> identity, as of the last sync
         self.pod_identities: dict[str, int] = {}
+        #: address -> pod on another node (manifests with status.podIPs, or the API watch)
+        self.remote_pods: dict[str, RemotePod] = {}
         self._lock = threading.Lock()
 
     # -- sources -----------------------------------------------------------------------------------
@@ -147,6 +151,26 @@ class Enforcer:
         m = self.manifests.namespaces.get(name)
         return (dict(m.labels), m.audit) if m is not None else ({}, False)
 
+    def _manifest_remote(self, local: list[Any]) -> list[Any]:
+        """Pod manifests with addresses that are not a local endpoint's: pods on other nodes."""
+        here = {ip for p in local for ip in p.ips}
+        return [
+            (m.namespace, m.name, m.labels, m.ports, m.ips)
+            for m in self.manifests.pods.values()
+            if m.ips and not here.intersection(m.ips)
+        ]
+
+    def _index_remote(self, remote: list[Any]) -> None:
+        """Remote pods by address, with their node: the far end of a cross-node flow gets a name."""
+        node_of = getattr(self.kube, "node_of", None)
+        out: dict[str, RemotePod] = {}
+        for ns, name, labels, _ports, ips in remote:
+            m = self.manifests.pods.get(f"{ns}/{name}")
+            node = (node_of(ns, name) if node_of else "") or (m.node if m is not None else "")
+            for ip in ips:
+                out[str(ip)] = RemotePod(ns, name, node, dict(labels))
+        self.remote_pods = out
+
     # -- sync --------------------------------------------------------------------------------------
 
     def sync(self) -> bool:
@@ -165,7 +189,8 @@ class Enforcer:
         namespaces = (
             {ns for ns, _ in pod_keys} | set(self.manifests.namespaces) | {p.namespace for p in policies}
         )
-        remote = self.kube.remote_pods() if self.kube is not None else []
+        remote = (self.kube.remote_pods() if self.kube is not None else []) + self._manifest_remote(local)
+        self._index_remote(remote)
         namespaces |= {ns for ns, *_ in remote}
         ns_facts = {ns: self._namespace_facts(ns) for ns in namespaces if ns}
         remote_ips: dict[str, int] = {}
@@ -244,7 +269,7 @@ class Enforcer:
         for ns, name, labels, ports, ips in remote:
             pods[f"{ns}/{name}"] = Pod(ns, name, dict(labels), tuple(ips), tuple(ports))
         for m in self.manifests.pods.values():
-            pods[m.key] = Pod(m.namespace, m.name, dict(m.labels), (), m.ports)
+            pods[m.key] = Pod(m.namespace, m.name, dict(m.labels), tuple(map(ip_address, m.ips)), m.ports)
         for p in local:
             labels, ports = facts[(p.namespace, p.pod)]
             pods[f"{p.namespace}/{p.pod}"] = Pod(p.namespace, p.pod, labels, tuple(p.ips), ports)

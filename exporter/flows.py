@@ -1,7 +1,8 @@
-"""The flow model and the bounded store of recent flows that the API, the CLI and the UI read.
+"""The flow model and the agent's in-memory store of recent flows (the first exporter.store.FlowSource).
 
-One record per flow (5-tuple + direction): each event of that flow replaces the record and makes it the
-newest. A full store evicts the least recently updated flow and counts it, so short history is visible.
+One record per flow (5-tuple + direction): each event of that flow replaces the record. Records are kept
+in one-second buckets by time, each bucket in time order, so a query walks back from `until` and stops at
+`since` or `limit` instead of scanning every flow. A full store evicts the oldest record and counts it.
 Live readers (SSE) subscribe; a reader too slow to keep up loses flows, counted per subscriber.
 """
 
@@ -9,22 +10,33 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
+
+from bpf.vocab import TCP_FLAG_NAMES
+from exporter.store import CursorError, Page
 
 DEFAULT_CAPACITY = 65536
 
 #: shared by every endpoint without labels (64k stored flows would otherwise hold 128k empty dicts)
 NO_LABELS: Mapping[str, str] = MappingProxyType({})
 
-TCP_FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")
-
 #: (family, protocol number, source ip, destination ip, source port, destination port, direction)
 FlowKey = tuple[int, int, str, str, int, int, str]
+
+
+def reverse_key(key: FlowKey, direction: str | None = None) -> FlowKey:
+    """The key of the other half of a connection: addresses and ports swapped. The direction is kept,
+    which is right between two local pods (each half is counted egress, at its source's veth); for a
+    peer off the node pass the other direction."""
+    family, proto, src, dst, sport, dport, direction = key
+    return (family, proto, dst, src, dport, sport, direction if direction is None else direction)
 
 
 @dataclass(slots=True)
@@ -36,6 +48,7 @@ class Endpoint:
     namespace: str = ""
     pod: str = ""
     labels: Mapping[str, str] = field(default_factory=lambda: NO_LABELS)
+    node: str = ""  # the node the pod runs on ("" when not a pod, or unknown)
 
     def name(self) -> str:
         return f"{self.namespace}/{self.pod}" if self.pod else self.ip
@@ -47,6 +60,7 @@ class Endpoint:
             "namespace": self.namespace,
             "pod": self.pod,
             "labels": dict(self.labels),
+            "node": self.node,
         }
 
 
@@ -135,8 +149,9 @@ def _iso(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-class Matcher(Protocol):
-    def __call__(self, flow: Flow) -> bool: ...
+Matcher = Callable[[Flow], bool]
+
+BUCKET_NS = 10**9  # width of a time bucket
 
 
 class Subscription:
@@ -144,7 +159,7 @@ class Subscription:
     the loop only when the list goes from empty to not empty: at 10k flows/s that is one cross-thread
     call per batch, not per flow, and the reader takes whole batches (one SSE write each)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, match: Matcher, maxsize: int = 16384) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, match: Matcher | None, maxsize: int = 16384) -> None:
         self.loop = loop
         self.match = match
         self.maxsize = maxsize
@@ -155,14 +170,20 @@ class Subscription:
         self._woken = False
 
     def offer(self, flow: Flow) -> None:
-        if not self.match(flow):
+        self.offer_many((flow,))
+
+    def offer_many(self, flows: Sequence[Flow]) -> None:
+        match = self.match
+        wanted = flows if match is None else [f for f in flows if match(f)]
+        if not wanted:
             return
         with self._lock:
-            if len(self.pending) >= self.maxsize:
-                self.dropped += 1
-                return
-            self.pending.append(flow)
-            if self._woken:
+            room = self.maxsize - len(self.pending)
+            if len(wanted) > room:
+                self.dropped += len(wanted) - max(room, 0)
+                wanted = wanted[: max(room, 0)]
+            self.pending.extend(wanted)
+            if self._woken or not self.pending:
                 return
             self._woken = True
         self.loop.call_soon_threadsafe(self.ready.set)
@@ -178,57 +199,201 @@ class Subscription:
         return out
 
 
+def _cursor(time_ns: int, same: int) -> str:
+    return f"m{time_ns}.{same}"
+
+
+def _parse_cursor(cursor: str) -> tuple[int, int]:
+    t, dot, same = cursor[1:].partition(".")
+    if not cursor.startswith("m") or not dot or not t.isdigit() or not same.isdigit():
+        raise CursorError(f"cursor {cursor!r}: not one this store handed out")
+    return int(t), int(same)
+
+
 class FlowStore:
-    """Thread-safe: the ring-buffer thread adds, API requests read."""
+    """exporter.store.FlowSource over memory, and the pipeline's "memory" sink. Thread-safe: the pipeline
+    thread adds, API requests read (each bucket is copied under the lock, then filtered without it)."""
+
+    name = "memory"
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         if capacity < 1:
             raise ValueError("flow store capacity must be at least 1")
         self.capacity = capacity
-        self._flows: OrderedDict[FlowKey, Flow] = OrderedDict()
+        self._buckets: dict[int, OrderedDict[FlowKey, Flow]] = {}  # second -> flows in time order
+        self._ids: list[int] = []  # bucket seconds, ascending
+        self._where: dict[FlowKey, int] = {}  # flow -> its bucket
+        self._latest = 0  # newest time_ns stored: a newer flow appends to its bucket
         self._lock = threading.Lock()
         self._subscribers: list[Subscription] = []
         self.added = 0  # events stored
         self.evicted = 0  # flows pushed out by newer ones
+        self.started_ns = time.time_ns()
+        self._evicted_upto = -1  # newest time_ns of an evicted record
 
     def __len__(self) -> int:
-        return len(self._flows)
+        return len(self._where)
 
-    def add(self, flow: Flow) -> None:
+    def stats(self) -> dict[str, int]:
+        return {"stored": len(self._where), "capacity": self.capacity, "evicted": self.evicted}
+
+    @property
+    def covers_from_ns(self) -> int:
+        """From this time on the store holds the latest record of every flow it was given."""
+        return self.started_ns if self._evicted_upto < 0 else self._evicted_upto + 1
+
+    # -- writing (the pipeline's sink) --------------------------------------------------------------
+
+    def on_flows(self, flows: Sequence[Flow]) -> None:
         with self._lock:
-            flows = self._flows
-            if flow.key in flows:
-                flows.move_to_end(flow.key)
-            flows[flow.key] = flow
-            if len(flows) > self.capacity:
-                flows.popitem(last=False)
-                self.evicted += 1
-            self.added += 1
+            buckets, where, put = self._buckets, self._where, self._put
+            latest = self._latest
+            for flow in flows:
+                # The common case inline: the next event of a stored flow, newer than anything stored,
+                # in the same second as its previous event.
+                key = flow.key
+                t = flow.time_ns
+                if t >= latest:
+                    bid = t // BUCKET_NS
+                    if where.get(key) == bid:
+                        b = buckets[bid]
+                        b.move_to_end(key)
+                        b[key] = flow
+                        latest = t
+                        continue
+                self._latest = latest
+                put(flow)
+                latest = self._latest
+            self._latest = latest
+            self.added += len(flows)
             subscribers = self._subscribers
         for sub in subscribers:
-            sub.offer(flow)
+            sub.offer_many(flows)
+
+    def add(self, flow: Flow) -> None:
+        self.on_flows((flow,))
 
     def add_many(self, flows: Iterable[Flow]) -> None:
-        for flow in flows:
-            self.add(flow)
+        self.on_flows(list(flows))
 
-    def query(self, match: Matcher | None = None, limit: int | None = None) -> list[Flow]:
-        """The newest `limit` matching flows, oldest first (as `hubble observe --last N` prints them)."""
+    def close(self) -> None:
+        pass
+
+    def _put(self, flow: Flow) -> None:
+        key = flow.key
+        t = flow.time_ns
+        bid = t // BUCKET_NS
+        buckets = self._buckets
+        old = self._where.get(key)
+        if old is not None:
+            ob = buckets[old]
+            del ob[key]
+            if not ob and old != bid:
+                self._drop_bucket(old)
+        b = buckets.get(bid)
+        if b is None:
+            b = buckets[bid] = OrderedDict()
+            if not self._ids or bid > self._ids[-1]:
+                self._ids.append(bid)
+            else:
+                insort(self._ids, bid)
+        if t >= self._latest:
+            self._latest = t
+            b[key] = flow
+        else:
+            self._insert_in_order(b, key, flow)
+        self._where[key] = bid
+        if old is None and len(self._where) > self.capacity:
+            self._evict()
+
+    @staticmethod
+    def _insert_in_order(b: OrderedDict[FlowKey, Flow], key: FlowKey, flow: Flow) -> None:
+        # An event older than the newest stored (another CPU's, a little late): the records after it
+        # move behind it. They are few, the ring buffer keeps events nearly in order.
+        later = []
+        for k in reversed(b):
+            if b[k].time_ns <= flow.time_ns:
+                break
+            later.append(k)
+        b[key] = flow
+        for k in reversed(later):
+            b.move_to_end(k)
+
+    def _evict(self) -> None:
+        bid = self._ids[0]
+        b = self._buckets[bid]
+        key, flow = b.popitem(last=False)
+        del self._where[key]
+        self.evicted += 1
+        self._evicted_upto = max(self._evicted_upto, flow.time_ns)
+        if not b:
+            self._drop_bucket(bid)
+
+    def _drop_bucket(self, bid: int) -> None:
+        del self._buckets[bid]
+        del self._ids[bisect_left(self._ids, bid)]
+
+    # -- reading (exporter.store.FlowSource) -----------------------------------------------------------
+
+    def query(
+        self,
+        q: Matcher | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        limit: int = 0,
+        cursor: str | None = None,
+    ) -> Page:
+        """Newest first. `q` is a FlowQuery (or any predicate); limit <= 0: no limit."""
+        hi = until_ns
+        after_t, skip = _parse_cursor(cursor) if cursor else (None, 0)
+        if after_t is not None:
+            hi = after_t if hi is None else min(hi, after_t)
         with self._lock:
-            snapshot = list(self._flows.values())
+            ids = list(self._ids)
+        top = len(ids) if hi is None else bisect_right(ids, hi // BUCKET_NS)
+        low = None if since_ns is None else since_ns // BUCKET_NS
+        want = limit + 1 if limit > 0 else 0  # one more than asked says whether there is a next page
         out: list[Flow] = []
-        for flow in reversed(snapshot):
-            if match is None or match(flow):
-                out.append(flow)
-                if limit is not None and len(out) >= limit:
+        for i in range(top - 1, -1, -1):
+            if low is not None and ids[i] < low:
+                break
+            with self._lock:
+                b = self._buckets.get(ids[i])
+                flows = list(b.values()) if b else []
+            for f in reversed(flows):  # each bucket is in time order: newest last
+                t = f.time_ns
+                if hi is not None and t > hi:
+                    continue
+                if since_ns is not None and t < since_ns:
                     break
-        out.reverse()
-        return out
+                if q is not None and not q(f):
+                    continue
+                if skip and t == after_t:
+                    skip -= 1  # returned on an earlier page
+                    continue
+                out.append(f)
+                if want and len(out) >= want:
+                    break
+            if want and len(out) >= want:
+                break
+        next_cursor = None
+        if want and len(out) >= want:
+            out.pop()
+            last = out[-1].time_ns
+            same = sum(1 for f in out if f.time_ns == last)
+            if last == after_t:
+                same += _parse_cursor(cursor)[1] if cursor else 0
+            next_cursor = _cursor(last, same)
+        complete = since_ns is not None and since_ns >= self.covers_from_ns
+        return Page(out, next_cursor, complete)
 
-    def subscribe(self, loop: asyncio.AbstractEventLoop, match: Matcher) -> Subscription:
-        sub = Subscription(loop, match)
+    def subscribe(
+        self, q: Matcher | None = None, loop: asyncio.AbstractEventLoop | None = None
+    ) -> Subscription:
+        """A live reader of the flows matching `q` from now on (call on the reader's event loop)."""
+        sub = Subscription(loop or asyncio.get_running_loop(), q)
         with self._lock:
-            # Copy-on-write: add() iterates its snapshot of the list without the lock.
+            # Copy-on-write: on_flows iterates its snapshot of the list without the lock.
             self._subscribers = [*self._subscribers, sub]
         return sub
 

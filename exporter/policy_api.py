@@ -12,11 +12,13 @@ from typing import Any, Protocol
 
 from fastapi import APIRouter, HTTPException, Request
 
-from exporter.flows import Flow, FlowStore
-from exporter.policy.engine import CONNECTION_PROTOCOLS, PORTED, Engine, Verdict
+from bpf.vocab import CONNECTION_PROTOCOLS, PORTED_PROTOCOLS
+from exporter.flows import Flow
+from exporter.policy.engine import Engine, Verdict
 from exporter.policy.errors import PolicyError
 from exporter.policy.explain import FlowRecord, explain, whatif
 from exporter.policy.manifests import Manifests, load_text
+from exporter.store import FlowSource
 
 MAX_BODY = 4 * 1024 * 1024
 
@@ -44,7 +46,7 @@ def verdict_dict(v: Verdict) -> dict[str, Any]:
 
 
 def flow_record(flow: Flow) -> FlowRecord:
-    port = flow.destination.port if flow.protocol in PORTED else None
+    port = flow.destination.port if flow.protocol in PORTED_PROTOCOLS else None
     return FlowRecord(
         flow.protocol,
         port,
@@ -57,7 +59,7 @@ def flow_record(flow: Flow) -> FlowRecord:
     )
 
 
-def router(view: Callable[[], PolicyView | None], store: FlowStore) -> APIRouter:
+def router(view: Callable[[], PolicyView | None], store: FlowSource) -> APIRouter:
     api = APIRouter(tags=["policy"])
 
     def _view() -> PolicyView:
@@ -93,9 +95,8 @@ def router(view: Callable[[], PolicyView | None], store: FlowStore) -> APIRouter
         except PolicyError as e:
             raise HTTPException(400, str(e)) from None
         engine = _view().engine
-        records = [
-            flow_record(f) for f in store.query() if not f.is_reply and f.protocol in CONNECTION_PROTOCOLS
-        ]
+        stored = store.query().flows
+        records = [flow_record(f) for f in stored if not f.is_reply and f.protocol in CONNECTION_PROTOCOLS]
         unique = list(dict.fromkeys(records))
         try:
             changes = whatif(unique, engine.policies, proposed.policies, engine.cluster)

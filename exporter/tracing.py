@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
@@ -90,6 +91,17 @@ class FlowTracer:
         self.tracer = self.provider.get_tracer("lumen.flows")
         self._spanned: OrderedDict[tuple[Any, int], None] = OrderedDict()
         self.spans = 0
+
+    name = "tracer"
+
+    def on_flows(self, flows: Sequence[Flow]) -> None:
+        """The pipeline's sink: a span per finished flow of the batch."""
+        for flow in flows:
+            if flow.finished:
+                self.on_flow(flow)
+
+    def close(self) -> None:
+        self.shutdown()
 
     def on_flow(self, flow: Flow) -> None:
         if not flow.finished:

@@ -17,8 +17,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from bpf import vocab
 from exporter import api, filters, servicemap
-from exporter.api import PAGING_PARAMS, parse_query
+from exporter.api import PAGING_PARAMS, parse_request
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
@@ -30,11 +31,20 @@ PAGES = {
 
 
 def _filter_help() -> list[dict[str, str]]:
-    return [{"name": name, "help": crit.help} for name, crit in filters.CRITERIA.items()]
+    """Every name the filter bar accepts: the criteria (also as not_<name>) and the time range."""
+    out = [{"name": name, "help": crit.help, "deny": "yes"} for name, crit in filters.CRITERIA.items()]
+    out += [
+        {"name": "since", "help": "flows seen at or after: RFC 3339, unix seconds, or 5m (ago)", "deny": ""},
+        {"name": "until", "help": "flows seen at or before: same forms as since", "deny": ""},
+    ]
+    return out
 
 
-def hook(token: str | None = None, web_dir: Path = WEB_DIR) -> Callable[[FastAPI], None]:
-    """The `ui` argument of exporter.api.create_app."""
+def hook(
+    token: str | None = None, web_dir: Path = WEB_DIR, with_map: bool = True
+) -> Callable[[FastAPI], None]:
+    """The `ui` argument of exporter.api.create_app (and of the relay's, which serves its own /api/map:
+    with_map=False)."""
 
     require_token = api.token_check(token)
 
@@ -47,7 +57,7 @@ def hook(token: str | None = None, web_dir: Path = WEB_DIR) -> Callable[[FastAPI
                 return templates.TemplateResponse(
                     request,
                     f"{name}.html",
-                    {"page": name, "pages": PAGES, "criteria": _filter_help()},
+                    {"page": name, "pages": PAGES, "criteria": _filter_help(), "vocab": vocab.as_json()},
                 )
 
             render.__name__ = f"page_{name}"
@@ -60,6 +70,9 @@ def hook(token: str | None = None, web_dir: Path = WEB_DIR) -> Callable[[FastAPI
         def index() -> RedirectResponse:
             return RedirectResponse("/flows")
 
+        if not with_map:
+            return
+
         @app.get("/api/map", tags=["flows"], dependencies=[Depends(require_token)])
         def service_map(request: Request) -> dict[str, Any]:
             """Pods and the traffic between them, aggregated from the stored flows (same filters as
@@ -68,8 +81,9 @@ def hook(token: str | None = None, web_dir: Path = WEB_DIR) -> Callable[[FastAPI
             for key, value in request.query_params.multi_items():
                 if key not in PAGING_PARAMS:
                     params.setdefault(key, []).append(value)
+            req = parse_request(params)
             store = app.state.view.store
-            out = servicemap.build(store.query(parse_query(params)))
+            out = servicemap.build(store.query(req.query, req.since_ns, req.until_ns).flows)
             out["stored"] = len(store)
             return out
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from plugin.config import Env, NetConf
 from plugin.errors import INVALID_CONFIG, PLUGIN_NOT_AVAILABLE, CNIError
-from plugin.result import to_current
+from plugin.ip import Address, ip_interface
+from plugin.result import check_result, to_current
 
 TYPE_CHECKING = False  # typing costs ~3 ms of start-up; annotations are strings anyway
 if TYPE_CHECKING:
@@ -26,7 +25,7 @@ class Addressing:
         self.dns = dns
 
 
-def requested_ips(conf: NetConf, env: Env) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+def requested_ips(conf: NetConf, env: Env) -> list[Address]:
     """A static IP may come from CNI_ARGS IP= (podman re-adds), runtimeConfig ips, or args.cni.ips."""
     raw: list[str] = []
     if env.args.get("IP"):
@@ -39,7 +38,7 @@ def requested_ips(conf: NetConf, env: Env) -> list[ipaddress.IPv4Address | ipadd
     out = []
     for value in raw:
         try:
-            out.append(ipaddress.ip_interface(str(value).strip()).ip)
+            out.append(ip_interface(str(value).strip()).ip)
         except ValueError:
             raise CNIError(INVALID_CONFIG, "invalid requested IP", f"{value!r}") from None
     return list(dict.fromkeys(out))
@@ -64,6 +63,8 @@ def add(conf: NetConf, env: Env, environ: dict[str, str]) -> Addressing:
     from plugin import delegate
 
     result = delegate.exec_plugin(conf.ipam["type"], "ADD", conf.raw, environ, env.path)
+    if result is not None:
+        result = check_result(result, f"result of IPAM plugin {conf.ipam['type']!r}")
     if not result or not result.get("ips"):
         raise CNIError(INVALID_CONFIG, f"IPAM plugin {conf.ipam['type']!r} returned no IP addresses")
     current = to_current(result)
@@ -91,7 +92,7 @@ def check(conf: NetConf, env: Env, environ: dict[str, str], expected: list[str])
         return
     ipam, ipconf = _builtin(conf)
     held = sorted(str(a.address.ip) for a in ipam.get(ipconf, env.container_id, env.ifname))
-    want = sorted(str(ipaddress.ip_interface(a).ip) for a in expected)
+    want = sorted(str(ip_interface(a).ip) for a in expected)
     if held != want:
         raise CNIError(100, "IPAM allocations do not match", f"allocator holds {held}, pod has {want}")
 

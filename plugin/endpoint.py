@@ -30,8 +30,17 @@ def host_veth_name(container_id: str, ifname: str) -> str:
     return "lmn" + _sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:11]
 
 
+# NAME_MAX (255) less the ".tmp.<pid>" suffix write() adds while the record is being written.
+_MAX_NAME = 255 - len(".tmp.") - 7
+
+
 def record_path(state_dir: str, container_id: str, ifname: str) -> str:
-    return os.path.join(state_dir, ENDPOINTS_DIR, f"{container_id}_{ifname}.json")
+    name = f"{container_id}_{ifname}.json"
+    if len(name.encode()) > _MAX_NAME:
+        # A container ID may be up to 255 characters: too long for a file name with the ifname. Readers
+        # go by the record's content (all_records) or by this function, so the name only has to be stable.
+        name = f"{_sha256(f'{container_id}/{ifname}'.encode()).hexdigest()}_{ifname}.json"
+    return os.path.join(state_dir, ENDPOINTS_DIR, name)
 
 
 def write(state_dir: str, record: dict[str, Any]) -> None:

@@ -17,27 +17,44 @@ except ImportError:  # pragma: no cover - CPython always has it
     _json = None  # type: ignore[assignment]
 
 
+#: Deepest nesting accepted. CNI documents are a few levels deep; the limit keeps the plugin's own
+#: recursive walks (result merge, encoding) far from the interpreter's recursion limit.
+MAX_DEPTH = 128
+_INF = float("inf")
+
+
+def _parse_constant(name: str) -> float:
+    # json accepts NaN/Infinity (not JSON per RFC 8259); the plugin could not write them back out.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if value in (_INF, -_INF):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
 class _Context:
     """The attributes `_json.make_scanner` reads from a `json.JSONDecoder`."""
 
     strict = True
     object_hook = None
     object_pairs_hook = None
-    parse_float = float
+    parse_float = staticmethod(_parse_float)
     parse_int = int
+    parse_constant = staticmethod(_parse_constant)
     memo: dict[str, str] = {}
-
-    @staticmethod
-    def parse_constant(name: str) -> float:
-        return {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}[name]
 
 
 _WS = " \t\n\r"
 
 
 def loads(text: str | bytes) -> Any:
+    """The value of one JSON document (UTF-8 when given bytes). Every way the input can be wrong is a
+    ValueError: bad syntax, bad UTF-8, NaN/Infinity, numbers out of range, nesting past MAX_DEPTH."""
     if isinstance(text, bytes):
-        text = text.decode("utf-8")
+        text = text.decode("utf-8")  # UnicodeDecodeError is a ValueError
     if _json is None:  # pragma: no cover
         import json
 
@@ -45,12 +62,35 @@ def loads(text: str | bytes) -> Any:
     scan = _json.make_scanner(_Context)  # type: ignore[arg-type]  # duck-typed JSONDecoder
     start = len(text) - len(text.lstrip(_WS))
     try:
-        value, end = scan(text, start)
+        try:
+            value, end = scan(text, start)
+        except SystemError:
+            # The C scanner raises its syntax errors as json.decoder.JSONDecodeError, which it only
+            # looks up in sys.modules: without `import json` (kept off the hot path) it fails with a
+            # SystemError instead. Load it for the error path only; the rescan raises the real error.
+            import json.decoder  # noqa: F401
+
+            value, end = scan(text, start)
     except StopIteration as e:
         raise ValueError(f"Expecting value: char {e.value}") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
     if text[end:].strip(_WS):
         raise ValueError(f"Extra data: char {end}")
+    # Only a document with enough brackets can be too deep: skip the walk for everyday configs.
+    if text.count("[", start, end) + text.count("{", start, end) > MAX_DEPTH:
+        _check_depth(value)
     return value
+
+
+def _check_depth(value: Any) -> None:
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels")
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
 
 
 def dumps(value: Any) -> str:

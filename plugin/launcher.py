@@ -66,3 +66,18 @@ def main() -> int:
     from plugin.__main__ import main as run_here
 
     return run_here(stdin)
+
+
+def run_and_exit() -> None:
+    """The installed executable's whole life: main(), then exit without the interpreter's teardown.
+
+    Every file the call wrote is closed and every write flushed by then (the plugin writes with os.write
+    or closed `with` blocks); module teardown and the final collections only cost time. With the cyclic
+    GC off in the launcher script, about 2 ms of CPU per call on this machine (wait4 over 30 ADDs)."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # the runtime closed the pipe: nothing left to tell it
+    os._exit(code)

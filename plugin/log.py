@@ -29,7 +29,8 @@ def _emit(level: str, msg: str) -> None:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
-            os.write(fd, line.encode())
+            # A pod name from CNI_ARGS may hold undecodable bytes (surrogates): never fail on them.
+            os.write(fd, line.encode("utf-8", "backslashreplace"))
         finally:
             os.close(fd)
     except OSError as e:

@@ -6,9 +6,8 @@ socketPath, pciID; route mtu, advmss, priority, table, scope) that older readers
 
 from __future__ import annotations
 
-import ipaddress
-
-from plugin.errors import INCOMPATIBLE_VERSION, CNIError
+from plugin.errors import DECODE_FAILURE, INCOMPATIBLE_VERSION, CNIError
+from plugin.ip import ip_address, ip_interface, ip_network
 
 TYPE_CHECKING = False  # typing costs ~3 ms of start-up; annotations are strings anyway
 if TYPE_CHECKING:
@@ -30,6 +29,49 @@ def _clone(value: Any) -> Any:
 def _major_minor(version: str) -> tuple[int, int]:
     parts = version.split(".")
     return int(parts[0]), int(parts[1])
+
+
+def _parses(parse: Any, value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        parse(value)
+    except ValueError:
+        return False
+    return True
+
+
+def check_result(result: object, what: str, code: int = DECODE_FAILURE) -> dict[str, Any]:
+    """A result from outside (prevResult, a delegated IPAM plugin's answer) in the shape the verbs rely
+    on: lists of objects, parseable addresses, interface indexes in range. Else CNIError(code) naming
+    the field (the spec's 'failed to decode content' unless the caller says otherwise)."""
+
+    def bad(why: str) -> CNIError:
+        return CNIError(code, f"invalid {what}", why)
+
+    if not isinstance(result, dict):
+        raise bad("not a JSON object")
+    for key in ("interfaces", "ips", "routes"):
+        items = result.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise bad(f"{key} must be a list of objects")
+    if not isinstance(result.get("dns", {}), dict):
+        raise bad("dns must be an object")
+    interfaces = len(result.get("interfaces", []))
+    for i, ip in enumerate(result.get("ips", [])):
+        if not _parses(ip_interface, ip.get("address")):
+            raise bad(f"ips[{i}].address {ip.get('address')!r:.100} is not an address with a prefix")
+        if "gateway" in ip and not _parses(ip_address, ip["gateway"]):
+            raise bad(f"ips[{i}].gateway {ip['gateway']!r:.100} is not an IP address")
+        index = ip.get("interface")
+        if index is not None and (type(index) is not int or not 0 <= index < interfaces):
+            raise bad(f"ips[{i}].interface {index!r:.100} is not an index into interfaces")
+    for i, route in enumerate(result.get("routes", [])):
+        if not _parses(lambda v: ip_network(v, strict=False), route.get("dst")):
+            raise bad(f"routes[{i}].dst {route.get('dst')!r:.100} is not a network")
+        if "gw" in route and not _parses(ip_address, route["gw"]):
+            raise bad(f"routes[{i}].gw {route['gw']!r:.100} is not an IP address")
+    return result
 
 
 def to_current(result: dict[str, Any]) -> dict[str, Any]:
@@ -57,7 +99,7 @@ def convert(result: dict[str, Any], version: str) -> dict[str, Any]:
                 route.pop(key, None)
     if _major_minor(version) < (1, 0):
         for ip in out.get("ips", []):
-            ip["version"] = str(ipaddress.ip_interface(ip["address"]).version)
+            ip["version"] = str(ip_interface(ip["address"]).version)
     return out
 
 

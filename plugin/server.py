@@ -86,7 +86,7 @@ def handle(conn: socket.socket) -> None:
     sys.stderr = err
     code, out = run(env, stdin)
     body = (jsonio.dumps(out) + "\n").encode() if out is not None else b""
-    conn.sendall(encode_response(code, body, err.getvalue().encode()))
+    conn.sendall(encode_response(code, body, err.getvalue().encode("utf-8", "backslashreplace")))
 
 
 def serve(path: str) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 
+from plugin.ip import ip_network
 from plugin.netlink import IPAddr, IPInterface, IPNet, Link, Netlink, NetlinkError, in_netns, write_sysctl
 
 
@@ -114,5 +114,5 @@ def delete_host_veth(nl: Netlink, host_name: str) -> bool:
 def default_routes(gateways: list[IPAddr]) -> list[tuple[IPNet, IPAddr | None]]:
     out: list[tuple[IPNet, IPAddr | None]] = []
     for gw in gateways:
-        out.append((ipaddress.ip_network("0.0.0.0/0" if gw.version == 4 else "::/0"), gw))
+        out.append((ip_network("0.0.0.0/0" if gw.version == 4 else "::/0"), gw))
     return out

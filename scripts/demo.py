@@ -1,5 +1,10 @@
-"""`make demo`: a local Lumen node. Pods wired by the plugin (exec'd exactly as a runtime does), live
-traffic between them, and the node agent with its API and UI when it is available. Ctrl-C cleans up.
+"""`make demo`: a Lumen cluster on this machine. Three simulated nodes (network namespaces on a shared
+underlay, tests/cluster_harness.py), each with its own agent; pods spread over them, wired by the plugin
+run inside their node; live traffic within and across nodes and to an "internet" address (masqueraded);
+a policy that visibly drops a cross-node connection; `lumen relay` serving one UI and API for all nodes.
+
+`--nodes 1` runs the one-node demo instead (pods on a bridge of this machine, the agent on loopback).
+Ctrl-C, SIGINT (also when started in the background) and SIGTERM stop it and clean up.
 """
 
 from __future__ import annotations
@@ -13,9 +18,12 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.cluster_harness import Cluster, ClusterPod, PortForward  # noqa: E402
 from tests.cni_harness import Node, Pod, install_plugin  # noqa: E402
 
 SYS_PY = "/usr/bin/python3"
@@ -23,6 +31,8 @@ TRAFFIC = str(REPO / "scripts" / "traffic.py")
 POLICIES = REPO / "deploy" / "policies" / "demo"
 
 # (k8s namespace, pod name)
+DEFAULT_WORKDIR = "/tmp/lumen-demo"
+
 PODS = [("shop", "frontend"), ("shop", "cart"), ("shop", "catalog"), ("ops", "monitor"), ("ops", "probe")]
 
 
@@ -180,6 +190,144 @@ class Demo:
         print("demo: cleaned up pods, bridge, pinned maps and processes")
 
 
+class ClusterDemo:
+    """The three-node demo: every namespace and link is named `<prefix><hex>...`; only the UI's port is
+    opened on this machine's loopback (a port-forward into the underlay, where the relay listens)."""
+
+    # (namespace, pod, node index): cross-node by design
+    PLACEMENT = [
+        ("shop", "frontend", 1),
+        ("shop", "cart", 2),
+        ("shop", "catalog", 3),
+        ("ops", "monitor", 2),
+        ("ops", "probe", 3),
+    ]
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.cluster: Cluster | None = None
+        self.forwards: list[PortForward] = []
+
+    def run(self) -> None:
+        args = self.args
+        workdir = Path(args.workdir)
+        shutil.rmtree(workdir, ignore_errors=True)
+        c = self.cluster = Cluster(
+            nodes=args.nodes, mode=args.mode, prefix=args.prefix, octet=args.octet, workdir=workdir
+        )
+        c.build()
+        print(f"demo: {args.nodes} nodes, {args.mode} routing, underlay 192.168.{c.octet}.0/24, {c.prefix}*")
+        pods_doc = _pod_specs()
+        c.write_manifest("00-namespaces.yaml", [d for d in _docs() if d.get("kind") == "Namespace"])
+        shutil.copy(POLICIES / "10-shop.yaml", c.manifests / "10-shop.yaml")
+        if not args.no_agent:
+            c.start_agents()
+        pods: dict[str, ClusterPod] = {}
+        for ns, name, i in self.PLACEMENT:
+            node = c.nodes[(i - 1) % len(c.nodes)]
+            labels, containers = pods_doc[(ns, name)]
+            pods[name] = node.add_pod(name, ns, labels, containers)
+        print(f"\n{'NAMESPACE':<10} {'POD':<10} {'NODE':<16} {'IPv4':<14} IPv6")
+        for ns, name, _ in self.PLACEMENT:
+            p = pods[name]
+            print(f"{ns:<10} {name:<10} {p.node.name:<16} {p.ip(4):<14} {p.ip(6)}")
+        for n in c.nodes:
+            print(f"node {n.name}: {n.address4}, pods {n.pod_cidr4} {n.pod_cidr6}, agent {n.url}")
+
+        logs = workdir
+        for p in pods.values():
+            c.run(
+                p.ns,
+                [SYS_PY, TRAFFIC, "server", "--tcp", "8080", "--tcp", "9090", "--udp", "5353"],
+                logs / "srv.log",
+            )
+        c.run(c.internet, [SYS_PY, TRAFFIC, "server", "--tcp", "443"], logs / "internet.log")
+        time.sleep(0.5)
+        f, k, m, pr = (pods[n] for n in ("frontend", "catalog", "monitor", "probe"))
+        cart = pods["cart"]
+        run = c.run
+        run(
+            f.ns,
+            [SYS_PY, TRAFFIC, "client", f"{cart.ip(4)}:8080:tcp", f"{k.ip(4)}:8080:tcp"],
+            logs / "cli.log",
+        )
+        run(
+            cart.ns,
+            [SYS_PY, TRAFFIC, "client", f"{k.ip(4)}:5353:udp", f"{k.ip(6)}:8080:tcp"],
+            logs / "cli.log",
+        )
+        run(pr.ns, [SYS_PY, TRAFFIC, "client", "--interval", "2", f"{f.ip(4)}:9090:tcp"], logs / "cli.log")
+        run(k.ns, [SYS_PY, TRAFFIC, "client", "--interval", "3", f"{c.internet4}:443:tcp"], logs / "cli.log")
+        for target in (f, cart, k):
+            run(m.ns, ["ping", "-q", "-i", "2", target.ip(4)], logs / "ping.log")
+
+        print("\ndemo: traffic: frontend(n1) -> cart(n2), catalog(n3) tcp/8080; cart -> catalog udp/5353 and")
+        print("      tcp/8080 over IPv6; catalog -> the internet (masqueraded to its node's address);")
+        print("      probe(n3) -> frontend(n1) tcp/9090 and monitor(n2)'s pings of frontend: DROPPED")
+        print("      (shop/frontend admits its own namespace only): `lumen observe --verdict dropped`")
+        if not args.no_agent:
+            url = self.start_ui()
+            print(f"demo: web UI     {url}/   (one view of all nodes)")
+            print(f"demo: flows      LUMEN_TOKEN={c.token} .venv/bin/lumen observe --server {url} -f")
+            print(f"demo: policies   {c.manifests} (watched by every node: edit them live)")
+        print(f"demo: logs in {workdir}; Ctrl-C stops and cleans up\n")
+        deadline = time.monotonic() + args.duration if args.duration else None
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(min(5.0, max(0.1, (deadline or 1e18) - time.monotonic())))
+            print(
+                f"demo: {time.strftime('%H:%M:%S')} {len(c.pods)} pods on {len(c.nodes)} nodes running",
+                flush=True,
+            )
+
+    def start_ui(self) -> str:
+        """The relay on the underlay, forwarded to 127.0.0.1:<port>; without a relay, node 1's agent."""
+        c = self.cluster
+        assert c is not None
+        try:
+            c.start_relay()
+            target = (c.underlay, c.underlay4, c.relay_port)
+        except RuntimeError as e:
+            print(f"demo: no relay ({str(e).splitlines()[0]}); the UI shows node 1 only", file=sys.stderr)
+            n1 = c.nodes[0]
+            target = (n1.ns, n1.address4, c.agent_port)
+        fwd = PortForward(*target, listen_port=self.args.port)
+        self.forwards.append(fwd)
+        return f"http://127.0.0.1:{fwd.listen_port}"
+
+    def cleanup(self) -> None:
+        for fwd in self.forwards:
+            fwd.close()
+        if self.cluster is not None:
+            self.cluster.cleanup()
+        print("demo: cleaned up nodes, pods, underlay, pinned maps and processes")
+
+
+def _docs() -> list[dict]:
+    return [d for d in yaml.safe_load_all((POLICIES / "00-cluster.yaml").read_text()) if d]
+
+
+def _pod_specs() -> dict[tuple[str, str], tuple[dict[str, str], list[dict]]]:
+    """Labels and containers (named ports) of the demo's pods, as declared in deploy/policies/demo."""
+    out = {}
+    for d in _docs():
+        if d.get("kind") == "Pod":
+            meta = d["metadata"]
+            out[(meta["namespace"], meta["name"])] = (meta.get("labels") or {}, d["spec"]["containers"])
+    return out
+
+
+def stop_on_signals() -> None:
+    """Ctrl-C, SIGINT and SIGTERM all raise KeyboardInterrupt, so `finally` cleans up. SIGINT's handler is
+    set explicitly: a background job of a non-interactive shell starts with SIGINT ignored, and Python
+    then keeps it ignored."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument(
@@ -188,20 +336,41 @@ def main() -> None:
         default=float(os.environ.get("DEMO_DURATION", "0")),
         help="seconds to run (0: until Ctrl-C)",
     )
+    ap.add_argument("--nodes", type=int, default=3, help="simulated nodes (1: the one-node demo)")
+    ap.add_argument("--mode", choices=["direct", "vxlan"], default="direct", help="routing between nodes")
+    ap.add_argument(
+        "--prefix", default="ld", help="name prefix of every namespace and link (random hex follows)"
+    )
+    ap.add_argument(
+        "--octet", type=int, default=244, help="subnets: underlay 192.168.N.0/24, pods 10.N.<node>.0/24"
+    )
     ap.add_argument("--bridge", default="lumen0")
     # The demo is a node of its own: its state and pinned maps are made fresh and removed on exit.
     ap.add_argument("--state-dir", default="/run/lumen-demo")
     ap.add_argument("--pin-dir", default="/sys/fs/bpf/lumen-demo")
     ap.add_argument("--port", type=int, default=int(os.environ.get("LUMEN_PORT", "9465")))
-    ap.add_argument("--workdir", default="/tmp/lumen-demo")
+    ap.add_argument("--workdir", default=DEFAULT_WORKDIR)
     ap.add_argument("--no-agent", action="store_true")
     args = ap.parse_args()
+    if not 1 <= args.nodes <= 9 or not 1 <= args.octet <= 254 or not 1 <= len(args.prefix) <= 6:
+        ap.error("--nodes is 1..9, --octet 1..254, --prefix 1..6 characters (link names are short)")
     if os.geteuid() != 0:
         sys.exit("demo: needs root (network namespaces, veths, bpf)")
+    stop_on_signals()  # before anything is built: a signal from now on cleans up
+    if args.nodes > 1:
+        if args.workdir == DEFAULT_WORKDIR:
+            args.workdir = f"/tmp/lumen-demo-{args.prefix}-{os.getpid()}"
+        cluster_demo = ClusterDemo(args)
+        try:
+            cluster_demo.run()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            cluster_demo.cleanup()
+        return
     for stale in (Path(args.workdir) / "node", Path(args.pin_dir), Path(args.state_dir)):
         shutil.rmtree(stale, ignore_errors=True)  # a previous demo killed before its clean-up
     demo = Demo(args)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         demo.run()
     except KeyboardInterrupt:

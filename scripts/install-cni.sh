@@ -22,10 +22,11 @@ trap - EXIT
 cat > "$dest/.lumen.tmp" <<'PY'
 #!/usr/bin/python3 -IS
 # Lumen CNI plugin launcher (installed by `make cni-bin`).
-import os, sys
+import gc, os, sys
+gc.disable()  # a process that lives for one call: cyclic collections during imports are wasted work
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), "lumen.d"))
-from plugin.launcher import main
-sys.exit(main())
+from plugin.launcher import run_and_exit
+run_and_exit()
 PY
 chmod 0755 "$dest/.lumen.tmp"
 mv "$dest/.lumen.tmp" "$dest/lumen"

@@ -19,6 +19,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_CNI_DIR = "/usr/lib/cni"
+#: first letters of every netns, bridge and pin dir a test or bench creates (several sessions can share
+#: a host: each sets its own)
+PREFIX = os.environ.get("LUMEN_TEST_PREFIX", "lt")
 
 
 def install_plugin(dest: str | Path) -> Path:
@@ -49,7 +52,9 @@ def invoke(
     cni_args: str = "",
     extra_env: dict[str, str] | None = None,
     timeout: float = 30,
+    wrap: list[str] | None = None,
 ) -> Invocation:
+    """`wrap` runs the plugin under a command, e.g. `ip netns exec <node>` for a simulated node."""
     env = {
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
         "CNI_COMMAND": command,
@@ -64,7 +69,11 @@ def invoke(
         env["CNI_ARGS"] = cni_args
     env.update(extra_env or {})
     proc = subprocess.run(
-        [str(binary)], input=json.dumps(conf).encode(), env=env, capture_output=True, timeout=timeout
+        [*(wrap or []), str(binary)],
+        input=json.dumps(conf).encode(),
+        env=env,
+        capture_output=True,
+        timeout=timeout,
     )
     out = json.loads(proc.stdout) if proc.stdout.strip() else None
     return Invocation(proc.returncode, out, proc.stderr.decode())
@@ -125,7 +134,7 @@ class Node:
     def __post_init__(self) -> None:
         if not self.subnet_octet:
             self.subnet_octet = 100 + secrets.randbelow(150)
-        self.bridge = f"ltb{self.tag}"
+        self.bridge = f"{PREFIX}b{self.tag}"
         self.subnet4 = f"10.{self.subnet_octet}.{int(self.tag[:2], 16)}.0/24"
         self.gateway4 = self.subnet4.replace(".0/24", ".1")
         # Canonical text form: results carry addresses the way the kernel prints them. A tag that is not
@@ -177,7 +186,7 @@ class Node:
         return invoke(self.binary, command, conf or self.conf(), **kw)
 
     def add_pod(self, name: str, namespace: str = "default", **kw: Any) -> Pod:
-        ns = f"lt{self.tag}{name}"[:15]
+        ns = f"{PREFIX}{self.tag}{name}"[:15]
         netns = netns_add(ns)
         cid = secrets.token_hex(32)
         uid = secrets.token_hex(8)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bpf.loader import Datapath, DatapathConfig, unpin_all
-from tests.cni_harness import Node, install_plugin
+from tests.cni_harness import PREFIX, Node, install_plugin
 
 BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 
@@ -42,7 +42,7 @@ class Bed:
 @contextmanager
 def bed(name: str) -> Iterator[Bed]:
     work = Path(tempfile.mkdtemp(prefix=f"lumen-bench-{name}-"))
-    pin = f"/sys/fs/bpf/lt_{name}_{secrets.token_hex(3)}"
+    pin = f"/sys/fs/bpf/{PREFIX}_{name}_{secrets.token_hex(3)}"
     node = Node(
         binary=install_plugin(work / "bin"), ipv6=False, extra={"bpfPinDir": pin}, workdir=work / "node"
     )

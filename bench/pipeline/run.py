@@ -32,20 +32,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-BPF_PROG_TEST_RUN = 10
-SYSCALL_BPF = {"x86_64": 321, "aarch64": 280}[platform.machine()]
 
 PRODUCER = r"""
-import ctypes, os, struct, sys, time
+import sys, time
 sys.path.insert(0, sys.argv[1])
 from plugin import bpfsys
 prog_fd = bpfsys.obj_get(sys.argv[2])
 seconds, rate = float(sys.argv[3]), float(sys.argv[4])
-pkt = bytes.fromhex(sys.argv[5])
-libc = ctypes.CDLL(None, use_errno=True)
-buf = ctypes.create_string_buffer(pkt, len(pkt))
-out = ctypes.create_string_buffer(len(pkt) + 256)
 batch = 1000
+run = bpfsys.TestRun(prog_fd, bytes.fromhex(sys.argv[5]), repeat=batch)
 runs = 0
 start = time.monotonic()
 while True:
@@ -55,11 +50,7 @@ while True:
     if rate and runs > rate * now:
         time.sleep(0.0005)
         continue
-    attr = struct.pack("=IIIIQQIIIIQQIII4x", prog_fd, 0, len(pkt), len(out), ctypes.addressof(buf),
-                       ctypes.addressof(out), batch, 0, 0, 0, 0, 0, 0, 0, 0)
-    a = ctypes.create_string_buffer(attr, len(attr))
-    if libc.syscall(int(sys.argv[6]), 10, a, len(attr)) < 0:
-        raise OSError(ctypes.get_errno(), "BPF_PROG_TEST_RUN")
+    run()
     runs += batch
 print(runs, flush=True)
 """
@@ -102,7 +93,6 @@ def throughput(agent, pin: str, seconds: float, rate: float) -> dict:  # noqa: A
                 str(seconds),
                 str(rate),
                 udp_frame().hex(),
-                str(SYSCALL_BPF),
             ],
             capture_output=True,
             text=True,

@@ -26,6 +26,12 @@
 #ifndef LUMEN_CIDR_MAP_SIZE
 #define LUMEN_CIDR_MAP_SIZE 32768
 #endif
+#ifndef LUMEN_POD_SLOTS
+#define LUMEN_POD_SLOTS 256
+#endif
+#ifndef LUMEN_POLICY_COUNT_SIZE
+#define LUMEN_POLICY_COUNT_SIZE 16384
+#endif
 #ifndef LUMEN_RINGBUF_PAGES
 #define LUMEN_RINGBUF_PAGES 256
 #endif
@@ -35,8 +41,9 @@
 BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow_stats, lumen_flows, LUMEN_FLOW_TABLE_SIZE,
                  LUMEN_PIN_DIR "/lumen_flows");
 
-/* Per-source counters, pinned. Key: struct endpoint_key (source address). Value: struct source_counters,
- * one per CPU (no atomics on the packet path). */
+/* Per-source counters of sources that are not a local pod with a counter slot (host, other nodes, the
+ * world; those pods' are tx in lumen_pods), pinned. Key: struct endpoint_key (source address).
+ * Value: struct source_counters, one per CPU (no atomics on the packet path). */
 BPF_TABLE_PINNED("percpu_hash", struct endpoint_key, struct source_counters, lumen_sources,
                  LUMEN_SOURCE_TABLE_SIZE, LUMEN_PIN_DIR "/lumen_sources");
 
@@ -58,6 +65,41 @@ BPF_TABLE_PINNED("lpm_trie", struct cidr_key, u32, lumen_cidrs, LUMEN_CIDR_MAP_S
  * peer, proto, port prefix). Per-packet cost does not depend on the number of rules. */
 BPF_TABLE_PINNED("lpm_trie", struct policy_key, struct policy_value, lumen_policy, LUMEN_POLICY_MAP_SIZE,
                  LUMEN_PIN_DIR "/lumen_policy", BPF_F_NO_PREALLOC);
+
+/* The counters below are keyed by what they count, never read from flow entries: the LRU may evict a
+ * flow at any time and its packets must stay counted. Arrays (lookups inlined by the JIT) on the
+ * per-packet path; a hash only where a flow is decided. */
+
+/* Counter slots, pinned. Key: u32 slot (1 .. LUMEN_POD_SLOTS-1). Value: u32 endpoint id of its pod.
+ * Claimed by the plugin at ADD with BPF_NOEXIST (the one atomic claim bpf(2) offers), deleted at DEL;
+ * the programs never read it. */
+BPF_TABLE_PINNED("hash", u32, u32, lumen_slots, LUMEN_POD_SLOTS, LUMEN_PIN_DIR "/lumen_slots");
+
+/* Endpoint generation, pinned. Key: u32 0. Value: u32, bumped by the plugin after every change to
+ * lumen_endpoints (read, then write the read value + 1, after the change: concurrent bumps may merge,
+ * never hide a change). A flow entry resolves its endpoints and slots again when it differs. */
+BPF_TABLE_PINNED("array", u32, u32, lumen_endpoint_gen, 1, LUMEN_PIN_DIR "/lumen_endpoint_gen");
+
+/* Per-pod counters, pinned. Key: u32 slot. Value: struct pod_counters, one per CPU. */
+BPF_TABLE_PINNED("percpu_array", u32, struct pod_counters, lumen_pods, LUMEN_POD_SLOTS,
+                 LUMEN_PIN_DIR "/lumen_pods");
+
+/* Pod-to-pod bytes, pinned. Key: u32 src_slot * LUMEN_POD_SLOTS + dst_slot. Value: struct pair_counters
+ * (shared by CPUs, atomic adds: per CPU it would cost LUMEN_POD_SLOTS^2 x 32 bytes per CPU). */
+BPF_TABLE_PINNED("array", u32, struct pair_counters, lumen_pairs, LUMEN_POD_SLOTS * LUMEN_POD_SLOTS,
+                 LUMEN_PIN_DIR "/lumen_pairs");
+
+/* Flows created, pinned. Key: u32 proto << 3 | verdict << 1 | (direction - 1) (lumen_flow_count_index).
+ * Value: u64 per CPU. The verdict is the one decided on the flow's first packet. */
+BPF_TABLE_PINNED("percpu_array", u32, u64, lumen_flow_counts, 256 << 3, LUMEN_PIN_DIR "/lumen_flow_counts");
+
+/* Dropped packets, pinned. Key: u32 drop reason << 8 | proto. Value: u64 per CPU. */
+BPF_TABLE_PINNED("percpu_array", u32, u64, lumen_drops, LUMEN_DROP_MAX << 8, LUMEN_PIN_DIR "/lumen_drops");
+
+/* Policy decisions, pinned: a flow's first decision and each later one that changed a side's verdict or
+ * policy. Key: struct policy_count_key. Value: u64 flows per CPU. */
+BPF_TABLE_PINNED("percpu_hash", struct policy_count_key, u64, lumen_policy_counts, LUMEN_POLICY_COUNT_SIZE,
+                 LUMEN_PIN_DIR "/lumen_policy_counts");
 
 /* Datapath counters, pinned. Key: u32 enum lumen_stat. Value: u64 per CPU. */
 BPF_TABLE_PINNED("percpu_array", u32, u64, lumen_stats, LUMEN_STAT_MAX, LUMEN_PIN_DIR "/lumen_stats");

@@ -1,5 +1,5 @@
 /* Packet parsing: Ethernet, one VLAN tag (802.1Q/802.1ad), IPv4, IPv6 (no extension headers),
- * TCP, UDP, SCTP, ICMP, ICMPv6. Fills a flow key; returns the offset of the L4 payload, or a negative
+ * TCP, UDP, SCTP, ICMP, ICMPv6 (type, code and echo identifier). Fills a flow key; returns the offset of the L4 payload, or a negative
  * LUMEN_PARSE_* code. */
 #ifndef LUMEN_PARSE_H
 #define LUMEN_PARSE_H
@@ -23,6 +23,14 @@ struct lumen_vlan_hdr {
     __be16 tci;
     __be16 proto;
 };
+
+/* Echo request or reply: the messages that carry an identifier and form a connection. */
+static __always_inline int lumen_icmp_echo(__u8 proto, __u8 type)
+{
+    if (proto == IPPROTO_ICMP)
+        return type == LUMEN_ICMP_ECHO_REQUEST || type == LUMEN_ICMP_ECHO_REPLY;
+    return type == LUMEN_ICMP6_ECHO_REQUEST || type == LUMEN_ICMP6_ECHO_REPLY;
+}
 
 static __always_inline int lumen_parse(struct __sk_buff *skb, struct flow_key *key, __u8 *tcp_flags)
 {
@@ -89,11 +97,13 @@ static __always_inline int lumen_parse(struct __sk_buff *skb, struct flow_key *k
         return off + 12;
     }
     if (l4 == IPPROTO_ICMP || l4 == IPPROTO_ICMPV6) {
+        /* type, code, checksum, then for echo messages the identifier: the session, as a port is */
         __u8 *icmp = data + off;
         if ((void *)(icmp + 2) > end)
             return off;
-        key->sport = icmp[0]; /* type */
-        key->dport = icmp[1]; /* code */
+        key->dport = (__u16)icmp[0] << 8 | icmp[1];
+        if (lumen_icmp_echo(l4, icmp[0]) && (void *)(icmp + 6) <= end)
+            key->sport = (__u16)icmp[4] << 8 | icmp[5];
         return off + 8;
     }
     return off;

@@ -26,6 +26,7 @@ enum lumen_verdict {
 enum lumen_drop_reason {
     LUMEN_DROP_NONE = 0,
     LUMEN_DROP_POLICY_DENIED = 1,
+    LUMEN_DROP_MAX = 2, /* lumen_drops holds LUMEN_DROP_MAX x 256 protocols */
 };
 
 enum lumen_aggregation {
@@ -43,7 +44,21 @@ enum lumen_stat {
     LUMEN_STAT_UNPARSED = 5,          /* IP packets whose headers were not linear: not accounted */
     LUMEN_STAT_POLICY_DROPPED = 6,    /* packets dropped by policy */
     LUMEN_STAT_POLICY_AUDIT = 7,      /* packets policy would drop, forwarded in audit mode */
-    LUMEN_STAT_MAX = 8,
+    LUMEN_STAT_SOURCES_FULL_PACKETS = 8, /* packets of a new source address with lumen_sources full */
+    LUMEN_STAT_SOURCES_FULL_BYTES = 9,   /* and their bytes: other sources stay exact */
+    LUMEN_STAT_MAX = 10,
+};
+
+/* ICMP and ICMPv6 message types the datapath tells apart. An echo request and its reply are one
+ * connection; separate ping sessions between the same two addresses differ by the echo identifier. */
+enum lumen_icmp_type {
+    LUMEN_ICMP_ECHO_REPLY = 0,
+    LUMEN_ICMP_ECHO_REQUEST = 8,
+    LUMEN_ICMP6_ECHO_REQUEST = 128,
+    LUMEN_ICMP6_ECHO_REPLY = 129,
+    LUMEN_ICMP6_MLD_QUERY = 130,    /* 130-137: MLD, router and neighbour discovery, redirect */
+    LUMEN_ICMP6_REDIRECT = 137,
+    LUMEN_ICMP6_MLD2_REPORT = 143,
 };
 
 /* Flow flags (flow_stats.flags, flow_event.flags). */
@@ -73,8 +88,8 @@ enum lumen_policy_kind {
 struct flow_key {
     __u8 saddr[16];    /* IPv4 in the first 4 bytes, rest zero */
     __u8 daddr[16];
-    __u16 sport;       /* host byte order; ICMP: type */
-    __u16 dport;       /* host byte order; ICMP: code */
+    __u16 sport;       /* host byte order; ICMP/ICMPv6: echo identifier (0 for other messages) */
+    __u16 dport;       /* host byte order; ICMP/ICMPv6: type << 8 | code */
     __u8 proto;        /* IPPROTO_* */
     __u8 family;       /* 4 or 6 */
     __u8 direction;    /* enum lumen_direction */
@@ -98,11 +113,16 @@ struct flow_stats {
     __u32 egress_policy;  /* id of the policy admitting the source's egress; 0 none isolates it;
                            * LUMEN_POLICY_DENIED_ID none admits it */
     __u32 ingress_policy; /* the same for the destination's ingress */
-    /* Per-packet shortcuts, refreshed once per kernel tick (jiffy) of a flow (bpf/lumen.c, step 3): */
-    __u32 tick;           /* low 32 bits of jiffies when last_seen_ns and fwd_* were last refreshed */
-    __u32 fwd_ifindex;    /* redirect target (destination's host veth) as of `tick`; 0 none */
-    __u8 fwd_mac[6];      /* the destination pod's MAC, as of `tick` */
-    __u8 pad[2];
+    /* Per-packet shortcuts (bpf/lumen.c, step 3): the clock once per kernel tick (jiffy), the ends
+     * once per endpoint generation. */
+    __u32 tick;           /* low 32 bits of jiffies when last_seen_ns was last refreshed */
+    __u32 fwd_ifindex;    /* redirect target (destination's host veth) as of `ep_gen`; 0 none */
+    __u8 fwd_mac[6];      /* the destination pod's MAC, as of `ep_gen` */
+    __u16 src_slot;       /* counter slot (lumen_pods) of src_ep, 0 none */
+    __u16 dst_slot;       /* counter slot of dst_ep, 0 none */
+    __u16 pad;
+    __u32 ep_gen;         /* lumen_endpoint_gen (low 31 bits; top bit: redirect on) when src/dst (ep, slot)
+                           * and fwd_* were resolved */
 };
 
 struct flow_event {
@@ -126,19 +146,47 @@ struct flow_event {
     __u8 pad[7];
 };
 
-/* Endpoint map: a local pod, by one of its addresses. Written by the plugin at ADD. */
+/* Endpoint map: a local pod, by each of its addresses and by its host veth (family
+ * LUMEN_EP_BY_IFINDEX, the ifindex in the first 4 bytes of addr: what tc ingress knows of the sender
+ * whatever source address it uses). Written by the plugin at ADD. */
+#define LUMEN_EP_BY_IFINDEX 0
 struct endpoint_key {
     __u8 addr[16];        /* IPv4 in the first 4 bytes */
-    __u8 family;          /* 4 or 6 */
+    __u8 family;          /* 4 or 6; LUMEN_EP_BY_IFINDEX */
     __u8 pad[3];
 };
 
 struct endpoint_info {
     __u32 ifindex;        /* host veth: bpf_redirect_peer target */
-    __u32 endpoint_id;
+    __u32 endpoint_id;    /* the host veth's ifindex too (the plugin's choice) */
     __u8 mac[6];          /* the pod interface's MAC, written on redirect */
-    __u8 pad[2];
+    __u16 slot;           /* the pod's counter slot (lumen_pods, lumen_pairs); 0 none */
     __u32 identity;       /* enum lumen_identity or a label identity */
+};
+
+/* Per-pod counters, one slot per local pod (lumen_pods, per CPU). A slot is claimed in lumen_slots at
+ * ADD, which writes endpoint_id and zeroes the slot's counters (and its pairs) before the pod's endpoint
+ * entries exist: a counter never carries a previous pod's traffic. */
+struct pod_counters {
+    __u32 endpoint_id;    /* the pod the slot was last claimed for */
+    __u32 pad;
+    __u64 tx_packets;     /* every packet accounted at the pod's veth (tc ingress), any verdict */
+    __u64 tx_bytes;       /* bytes, as in flow_stats */
+    __u64 rx_packets;     /* packets for the pod's addresses that were not dropped */
+    __u64 rx_bytes;
+};
+
+/* Pod-to-pod bytes (lumen_pairs): index src_slot * LUMEN_POD_SLOTS + dst_slot. */
+struct pair_counters {
+    __u64 bytes[4];       /* by enum lumen_verdict (index 0 unused) */
+};
+
+/* Flows decided by policy, per isolated side (lumen_policy_counts). */
+struct policy_count_key {
+    __u32 policy_id;      /* as in flow_stats.*_policy */
+    __u8 verdict;         /* enum lumen_verdict */
+    __u8 direction;       /* enum lumen_direction: the side (egress of the source, ingress of the dest) */
+    __u8 pad[2];
 };
 
 /* ipBlock prefixes (LPM trie) -> CIDR identity; prefixlen counts slot+family+pad (32) + address bits. */

@@ -24,10 +24,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bpf import abi
+from bpf.vocab import PROTOCOL_NUMBERS
 from exporter.policy.cluster import NAMESPACE_NAME_LABEL, ContainerPort
 from exporter.policy.model import Direction, IPBlock, IPNetwork, NetworkPolicy, Peer, PolicyPort
 
-PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 ANY = int(abi.Identity.ANY)  # peer identity: any peer
 
 
@@ -240,7 +240,7 @@ class Compiler:
             return [PolicyEntry(direction, subject_id, peer_id)]
         out = []
         for pp in ports:
-            proto = PROTO_NUMBERS[pp.protocol]
+            proto = PROTOCOL_NUMBERS[pp.protocol]
             if pp.port is None:
                 out.append(PolicyEntry(direction, subject_id, peer_id, proto, 0, 0))
                 continue

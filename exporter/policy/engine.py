@@ -19,11 +19,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from bpf.vocab import CONNECTION_PROTOCOLS, PORTED_PROTOCOLS
 from exporter.policy.cluster import Cluster, Endpoint, Pod
 from exporter.policy.model import Direction, NetworkPolicy, Peer, PolicyPort, Rule
-
-CONNECTION_PROTOCOLS = ("TCP", "UDP", "SCTP", "ICMP", "ICMPv6")
-PORTED = ("TCP", "UDP", "SCTP")
 
 
 @dataclass(frozen=True)
@@ -40,8 +38,9 @@ class Connection:
             raise ValueError(
                 f"protocol must be one of {', '.join(CONNECTION_PROTOCOLS)}, got {self.protocol!r}"
             )
-        if (self.protocol in PORTED) != (self.port is not None):
-            raise ValueError(f"{self.protocol} {'needs' if self.protocol in PORTED else 'has no'} port")
+        if (self.protocol in PORTED_PROTOCOLS) != (self.port is not None):
+            needs = "needs" if self.protocol in PORTED_PROTOCOLS else "has no"
+            raise ValueError(f"{self.protocol} {needs} port")
         if self.port is not None and not 1 <= self.port <= 65535:
             raise ValueError(f"port must be 1-65535, got {self.port}")
 

@@ -1,5 +1,7 @@
 """A directory of the manifests you would `kubectl apply`: NetworkPolicies, and outside a cluster the
-Namespaces (labels, audit annotation) and Pods (labels, named container ports) they talk about.
+Namespaces (labels, audit annotation) and Pods (labels, named container ports; `spec.nodeName` and
+`status.podIPs` for pods on other nodes) they talk about, and the Nodes (name, InternalIP, pod CIDRs)
+the agent routes to (exporter/nodes.py).
 
 All or nothing, like model.load_policies: one invalid document raises a PolicyError naming the file,
 the document and the field, and the caller keeps what is in force. Other kinds (Deployments, Services)
@@ -8,10 +10,13 @@ are skipped: the directory may hold a whole application's manifests.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bpf.vocab import PORTED_PROTOCOLS
+from exporter.nodes import NodeInfo, parse_node
 from exporter.policy.cluster import ContainerPort
 from exporter.policy.errors import PolicyError
 from exporter.policy.model import NetworkPolicy, parse_policy, yaml_objects
@@ -28,6 +33,9 @@ class PodManifest:
     name: str
     labels: dict[str, str] = field(default_factory=dict)
     ports: tuple[ContainerPort, ...] = ()
+    #: where it runs and its addresses, when given: a pod on another node is routed and named by them
+    node: str = ""
+    ips: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -46,6 +54,7 @@ class Manifests:
     policies: list[NetworkPolicy] = field(default_factory=list)
     pods: dict[str, PodManifest] = field(default_factory=dict)
     namespaces: dict[str, NamespaceManifest] = field(default_factory=dict)
+    nodes: dict[str, NodeInfo] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
 
 
@@ -83,10 +92,30 @@ def parse_pod(doc: dict, default_namespace: str = "default") -> PodManifest:
             if not isinstance(number, int) or not 1 <= number <= 65535:
                 raise PolicyError(f"{path}.containerPort", f"must be 1-65535, got {number!r}")
             protocol = p.get("protocol", "TCP")
-            if protocol not in ("TCP", "UDP", "SCTP"):
-                raise PolicyError(f"{path}.protocol", f"must be TCP, UDP or SCTP, got {protocol!r}")
+            if protocol not in PORTED_PROTOCOLS:
+                allowed = ", ".join(PORTED_PROTOCOLS)
+                raise PolicyError(f"{path}.protocol", f"must be {allowed}, got {protocol!r}")
             ports.append(ContainerPort(number, protocol, p.get("name")))
-    return PodManifest(namespace, name, _labels(meta, "metadata"), tuple(ports))
+    node = spec.get("nodeName") or ""
+    if not isinstance(node, str):
+        raise PolicyError("spec.nodeName", "must be a string")
+    return PodManifest(namespace, name, _labels(meta, "metadata"), tuple(ports), node, _pod_ips(doc))
+
+
+def _pod_ips(doc: dict) -> tuple[str, ...]:
+    status = doc.get("status") or {}
+    if not isinstance(status, dict):
+        raise PolicyError("status", "must be a mapping")
+    raw = [p.get("ip") if isinstance(p, dict) else p for p in status.get("podIPs") or []]
+    if not raw and status.get("podIP"):
+        raw = [status["podIP"]]
+    out = []
+    for i, ip in enumerate(raw):
+        try:
+            out.append(str(ipaddress.ip_address(str(ip))))
+        except ValueError:
+            raise PolicyError(f"status.podIPs[{i}].ip", f"not an IP address: {ip!r}") from None
+    return tuple(out)
 
 
 def parse_namespace(doc: dict) -> NamespaceManifest:
@@ -120,6 +149,9 @@ def load_text(text: str, source: str, into: Manifests, default_namespace: str = 
             elif kind == "Namespace":
                 ns = parse_namespace(obj)
                 into.namespaces[ns.name] = ns
+            elif kind == "Node":
+                node = parse_node(obj)
+                into.nodes[node.name] = node
             elif not isinstance(kind, str) or not kind:
                 raise PolicyError("kind", "required")
         except PolicyError as e:

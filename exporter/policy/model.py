@@ -18,6 +18,7 @@ from typing import Literal
 
 import yaml  # type: ignore[import-untyped]
 
+from bpf.vocab import PORTED_PROTOCOLS
 from exporter.policy.errors import PolicyError
 from exporter.policy.selectors import LabelSelector, parse_selector
 
@@ -28,7 +29,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 API_VERSION = "networking.k8s.io/v1"
 #: libyaml's safe loader when PyYAML has it (10x faster on thousands of policies), else the pure one
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-PROTOCOLS = ("TCP", "UDP", "SCTP")
+PROTOCOLS = PORTED_PROTOCOLS  # what a NetworkPolicy port may name
 POLICY_TYPES = {"Ingress": "ingress", "Egress": "egress"}
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

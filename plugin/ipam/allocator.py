@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from plugin.config import check_container_id, check_ifname
 from plugin.errors import ALREADY_EXISTS, INVALID_CONFIG, IPAM_EXHAUSTED, CNIError
+from plugin.ip import Address, Interface, ip_interface
 from plugin.ipam.config import IPAddress, IPAMConfig, Range
 
 TYPE_CHECKING = False
@@ -20,9 +19,7 @@ class IPConfig:
 
     __slots__ = ("address", "gateway")
 
-    def __init__(
-        self, address: ipaddress.IPv4Interface | ipaddress.IPv6Interface, gateway: IPAddress | None
-    ) -> None:
+    def __init__(self, address: Interface, gateway: IPAddress | None) -> None:
         self.address = address
         self.gateway = gateway
 
@@ -39,7 +36,7 @@ def _range_of(ip: IPAddress, rset: list[Range], loose: bool = False) -> Range | 
 
 
 def _config_for(ip: IPAddress, r: Range) -> IPConfig:
-    return IPConfig(ipaddress.ip_interface(f"{ip}/{r.subnet.prefixlen}"), r.gateway)
+    return IPConfig(Interface(ip, r.subnet.prefixlen), r.gateway)
 
 
 def _candidates(rset: list[Range], last: IPAddress | None) -> Iterator[tuple[IPAddress, Range]]:
@@ -60,9 +57,9 @@ def _candidates(rset: list[Range], last: IPAddress | None) -> Iterator[tuple[IPA
             if start_at is None:
                 return
             hi = start_at - 1  # the wrapped part of the first range
-        family = type(r.start)
+        version = r.start.version
         for value in range(lo, hi + 1):
-            yield family(value), r
+            yield Address(version, value), r
 
 
 def _pick(rset: list[Range], taken: set[IPAddress], last: IPAddress | None) -> IPAddress | None:
@@ -160,7 +157,7 @@ def get(conf: IPAMConfig, store: Store, container_id: str, ifname: str) -> list[
     out = [_config_for(ip, r) for ip, (_, r) in sorted(placed.items(), key=lambda kv: kv[1][0])]
     for ip in held:
         if ip not in placed:
-            out.append(IPConfig(ipaddress.ip_interface(ip), None))
+            out.append(IPConfig(ip_interface((ip, ip.max_prefixlen)), None))
     return out
 
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from plugin.errors import INVALID_CONFIG, CNIError
+from plugin.ip import Address, Network, ip_address, ip_network
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = Address
+IPNetwork = Network
 
 DEFAULT_DATA_DIR = "/var/lib/cni/lumen"
 
@@ -63,7 +62,7 @@ def _bad(field: str, why: str) -> CNIError:
 
 def _address(value: object, field: str) -> IPAddress:
     try:
-        return ipaddress.ip_address(str(value))
+        return ip_address(str(value))
     except ValueError:
         raise _bad(field, f"{value!r} is not an IP address") from None
 
@@ -81,11 +80,19 @@ def _check_network_name(network: object) -> str:
     return network
 
 
+def _unencodable(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def parse_range(raw: object, where: str) -> Range:
     if not isinstance(raw, dict) or "subnet" not in raw:
         raise _bad(f"{where}.subnet", "each range needs a subnet")
     try:
-        subnet = ipaddress.ip_network(str(raw["subnet"]), strict=False)
+        subnet = ip_network(str(raw["subnet"]), strict=False)
     except ValueError:
         raise _bad(f"{where}.subnet", f"{raw['subnet']!r} is not a subnet") from None
     # Like host-local: /31, /32, /127 and /128 leave no room for a gateway and a pod.
@@ -113,7 +120,7 @@ def _parse_route(raw: object, where: str) -> Route:
     if not isinstance(raw, dict) or "dst" not in raw:
         raise _bad(where, "a route needs dst")
     try:
-        dst = ipaddress.ip_network(str(raw["dst"]), strict=False)
+        dst = ip_network(str(raw["dst"]), strict=False)
     except ValueError:
         raise _bad(f"{where}.dst", f"{raw['dst']!r} is not a network") from None
     gw = _address(raw["gw"], f"{where}.gw") if raw.get("gw") else None
@@ -158,6 +165,11 @@ def parse_ipam_config(network: str, ipam: dict[str, Any]) -> IPAMConfig:
         raise _bad("routes", "routes must be a list")
     routes = [_parse_route(r, f"routes[{k}]") for k, r in enumerate(raw_routes)]
     data_dir = ipam.get("dataDir") or DEFAULT_DATA_DIR
-    if not isinstance(data_dir, str) or not data_dir.startswith("/"):
+    if (
+        not isinstance(data_dir, str)
+        or not data_dir.startswith("/")
+        or "\0" in data_dir
+        or _unencodable(data_dir)
+    ):
         raise _bad("dataDir", f"{data_dir!r} must be an absolute path")
     return IPAMConfig(network, sets, routes, data_dir)

@@ -1,24 +1,25 @@
 """The disk store: one file per allocated IP under <dataDir>/<network>/, all changes under an flock.
 
-A record appears only by `link()` of a fully written, fsync'd temp file, so a process killed at any point
-leaves either no record or a whole one (which GC then releases), never a torn one, and two writers can
-never both own an address even without the lock. Directory entries are not fsync'd: after a power loss
-every pod is gone anyway, and GC reconciles the rest.
+A record appears only by `link()` of a fully written temp file, so a process killed at any point leaves
+either no record or a whole one (which GC then releases), never a torn one, and two writers can never both
+own an address even without the lock. Nothing is fsync'd: a record only has to outlive the processes of
+this boot, and the page cache shows it to them at once; after a power loss every pod is gone anyway and GC
+reconciles the rest (host-local does not fsync either). Measured on this ext4 root: an fsync costs 3.7 ms,
+a fifth of a cold ADD. A full file system still fails the write itself (ENOSPC), checked below.
 """
 
 from __future__ import annotations
 
 import fcntl
-import ipaddress
 import os
-from contextlib import contextmanager
 
 from plugin.errors import IO_FAILURE, CNIError
+from plugin.ip import ip_address
 from plugin.ipam.config import IPAddress
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    pass
 
 LOCK_FILE = "lock"
 LAST_RESERVED = "last_reserved_ip."
@@ -26,20 +27,57 @@ TEMP_MARK = ".tmp."
 CURSOR_WIDTH = 40  # the longest IPv6 text is 39 characters; padding keeps every write the same size
 
 
-@contextmanager
-def _io(what: str, path: str) -> Iterator[None]:
-    """Disk trouble (ENOSPC, EROFS, EACCES...) becomes the spec's I/O error instead of a traceback."""
-    try:
-        yield
-    except OSError as e:
-        raise CNIError(IO_FAILURE, f"IPAM store: cannot {what}", f"{path}: {e.strerror or e}") from None
+class _io:  # noqa: N801 - used as `with _io(...)`, like the function it replaces
+    """Disk trouble (ENOSPC, EROFS, EACCES...) becomes the spec's I/O error instead of a traceback.
+
+    A class, not @contextlib.contextmanager: contextlib imports functools and collections (~3 ms of CPU
+    per cold ADD, see plugin/ip.py)."""
+
+    __slots__ = ("what", "path")
+
+    def __init__(self, what: str, path: str) -> None:
+        self.what = what
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: object) -> None:
+        if isinstance(e, OSError):
+            raise CNIError(
+                IO_FAILURE, f"IPAM store: cannot {self.what}", f"{self.path}: {e.strerror or e}"
+            ) from None
+
+
+class _Lock:
+    """The store's flock, held for the body of a `with`."""
+
+    __slots__ = ("path", "fd")
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, LOCK_FILE)
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        with _io("open the lock file", self.path):
+            os.makedirs(os.path.dirname(self.path), mode=0o755, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            # The kernel drops the lock when the holder dies, so a SIGKILL never wedges the node.
+            with _io("lock", self.path):
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
 
 
 def _parse_name(name: str) -> IPAddress | None:
     """The address a record is named for; None for the lock, cursors and temp files."""
     try:
-        # Picking the family first skips ip_address()'s failed IPv4 attempt on every IPv6 name.
-        return ipaddress.IPv6Address(name) if ":" in name else ipaddress.IPv4Address(name)
+        return ip_address(name)
     except ValueError:
         return None
 
@@ -50,19 +88,8 @@ class DiskStore:
         assert network and "/" not in network and network not in (".", ".."), network
         self.dir = os.path.join(data_dir, network)
 
-    @contextmanager
-    def lock(self) -> Iterator[None]:
-        path = os.path.join(self.dir, LOCK_FILE)
-        with _io("open the lock file", path):
-            os.makedirs(self.dir, mode=0o755, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            # The kernel drops the lock when the holder dies, so a SIGKILL never wedges the node.
-            with _io("lock", path):
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def lock(self) -> _Lock:
+        return _Lock(self.dir)
 
     def _path(self, ip: IPAddress) -> str:
         return os.path.join(self.dir, str(ip))
@@ -73,7 +100,6 @@ class DiskStore:
         try:
             if os.write(fd, data) != len(data):
                 raise OSError(28, "short write")  # ENOSPC in all but name
-            os.fsync(fd)
         except BaseException:
             os.close(fd)
             os.unlink(tmp)
@@ -169,7 +195,7 @@ class DiskStore:
     def last_reserved(self, set_index: int) -> IPAddress | None:
         try:
             with open(os.path.join(self.dir, f"{LAST_RESERVED}{set_index}")) as f:
-                return ipaddress.ip_address(f.read().strip())
+                return ip_address(f.read().strip())
         except (OSError, ValueError):
             return None  # only a hint: without it round robin restarts at rangeStart
 

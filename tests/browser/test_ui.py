@@ -276,7 +276,7 @@ def test_endpoints_show_identity_attach_state_and_counters(browser, server, node
     web, api = cells["shop/web"], cells["shop/api"]
     assert web[:6] == ["shop/web", "10.22.0.5", "263", "lmn0web (#7)", "ready", "attached"]
     assert api[5] == "not attached"
-    sent = node.store.query()
+    sent = node.store.query().flows
     tx = sum(f.packets for f in sent if f.source.namespace == "shop" and f.source.pod == "web")
     assert web[6].startswith(f"{tx} pkts")
     assert console_errors(browser) == []

@@ -26,7 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from prometheus_client.parser import text_string_to_metric_families
 
 from bpf.loader import unpin_all
-from exporter.api import iter_sse
+from exporter.sse import iter_sse
 from tests.cni_harness import REPO, Node, Pod
 from tests.privileged import dp_tools as t
 
@@ -137,15 +137,6 @@ class Env:
     b: Pod
 
 
-def quiet(pod: Pod) -> None:
-    """No IPv6 in the pod: router solicitations and MLD reports would add packets the test did not send."""
-    for conf in ("all", "default", "eth0"):
-        subprocess.run(
-            ["ip", "netns", "exec", pod.ns, "sysctl", "-qw", f"net.ipv6.conf.{conf}.disable_ipv6=1"],
-            check=True,
-        )
-
-
 @contextmanager
 def agent_with_pods(
     workdir: Path, pods: list[tuple[str, str]], env: dict[str, str] | None = None, args: Sequence[str] = ()
@@ -161,7 +152,7 @@ def agent_with_pods(
         agent.start()
         added = [node.add_pod(name, namespace=ns) for name, ns in pods]
         for pod in added:
-            quiet(pod)
+            t.quiet(pod)
         yield node, agent, added
     finally:
         if agent.proc and agent.proc.poll() is None:
@@ -326,7 +317,7 @@ def test_restart_loses_no_counter_and_sigterm_stops_cleanly(env: Env):
 
 def test_a_deleted_pod_loses_its_series(env: Env):
     gamma = env.node.add_pod("gamma", namespace="ops")
-    quiet(gamma)
+    t.quiet(gamma)
     before = env.agent.metrics()
     assert t.udp(gamma, env.a, 4, 10, 100, port=5104) == 10
     m = env.agent.metrics()

@@ -136,6 +136,48 @@ def tcp(src: Pod, dst: Pod, version: int, nbytes: int, port: int = 5006) -> tupl
             server.wait()
 
 
+UDP_FLOWS_CLIENT = """
+import socket, sys, time
+dst, port, first, flows, per_flow, size = sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:])
+payload = b"z" * size
+for sport in range(first, first + flows):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", sport))
+    for _ in range(per_flow):
+        s.sendto(payload, (dst, port))
+    s.close()
+    if sport % 20 == 19:
+        time.sleep(0.01)  # the server's socket buffer must not overflow
+"""
+
+
+def udp_flows(src: Pod, dst: Pod, flows: int, per_flow: int, size: int, port: int, first_sport: int) -> int:
+    """`flows` IPv4 UDP flows (source ports first_sport...) of `per_flow` datagrams of `size` bytes each;
+    returns how many datagrams the server received."""
+    total = flows * per_flow
+    server = _serve(dst, UDP_SERVER, dst.ip(4), str(port), str(total))
+    try:
+        args = [dst.ip(4), str(port), str(first_sport), str(flows), str(per_flow), str(size)]
+        client = ["ip", "netns", "exec", src.ns, PY, "-c", UDP_FLOWS_CLIENT, *args]
+        subprocess.run(client, check=True, timeout=60)
+        out, _ = server.communicate(timeout=30)
+        return int(out.strip())
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def quiet(pod: Pod) -> None:
+    """No IPv6 in the pod: router solicitations and MLD reports would add packets the test did not send."""
+    for conf in ("all", "default", "eth0"):
+        subprocess.run(
+            ["ip", "netns", "exec", pod.ns, "sysctl", "-qw", f"net.ipv6.conf.{conf}.disable_ipv6=1"],
+            check=True,
+        )
+
+
 def flows(dp: Datapath) -> dict[tuple[str, str, int, int, int, int], abi.FlowStats]:
     """(src, dst, proto, sport, dport, direction) -> stats."""
     out = {}

@@ -289,9 +289,9 @@ for line in sys.stdin:
 def test_metrics_carry_policy_verdicts(lab: Lab):
     from prometheus_client import CollectorRegistry
 
-    from exporter.events import DatapathSource
     from exporter.flows import FlowStore
-    from exporter.metrics import AgentHealth, LumenCollector, Retired
+    from exporter.mapsource import DatapathSource
+    from exporter.metrics import AgentHealth, LumenCollector
 
     lab.apply(
         netpol("deny-all", "y", "  podSelector: {}\n  policyTypes: [Ingress]"),
@@ -303,7 +303,6 @@ def test_metrics_carry_policy_verdicts(lab: Lab):
         LumenCollector(
             DatapathSource(lab.dp),
             lab.enforcer.directory,
-            Retired(),
             AgentHealth(),
             FlowStore(8),
             lab.enforcer.policy_names,

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from exporter.flows import Endpoint, Flow, FlowStore
-from exporter.metrics import FlowTotals
+from exporter.metrics import PodCounts
 
 NOW_NS = 1_800_000_000 * 10**9
 
@@ -95,16 +95,36 @@ def remove_record(state_dir: str, container_id: str) -> None:
 
 
 class FakeMaps:
-    """metrics.MapSource over in-memory tables, shaped like the kernel maps."""
+    """metrics.MapSource over in-memory tables, shaped like the kernel's counter maps."""
 
     def __init__(self, capacity: int = 1024) -> None:
         self.flow_capacity = capacity
-        self.flows: list[FlowTotals] = []
+        self.entries = 0
+        self.flows: dict[tuple[str, str, str], int] = {}  # (verdict, protocol, direction) -> flows
+        self.drop_packets: dict[tuple[str, str], int] = {}
+        self.decisions: dict[tuple[int, str, str], int] = {}
+        self.pods: dict[int, PodCounts] = {}
+        self.pairs: dict[tuple[int, int, str], int] = {}
         self.sources: dict[str, tuple[int, int]] = {}
         self.stats: dict[str, int] = {}
 
-    def flow_totals(self) -> list[FlowTotals]:
-        return list(self.flows)
+    def flow_table_entries(self) -> int:
+        return self.entries
+
+    def flow_counts(self) -> dict[tuple[str, str, str], int]:
+        return dict(self.flows)
+
+    def drops(self) -> dict[tuple[str, str], int]:
+        return dict(self.drop_packets)
+
+    def policy_counts(self) -> dict[tuple[int, str, str], int]:
+        return dict(self.decisions)
+
+    def pod_counters(self) -> dict[int, PodCounts]:
+        return dict(self.pods)
+
+    def pair_bytes(self) -> dict[tuple[int, int, str], int]:
+        return dict(self.pairs)
 
     def source_counters(self) -> list[tuple[str, int, int]]:
         return [(ip, p, b) for ip, (p, b) in self.sources.items()]

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from bpf import abi
-from plugin import attach, bpfsys
+from plugin import pinned, slots
 
 pytestmark = pytest.mark.bpf
 
@@ -114,20 +114,24 @@ def test_pinned_map_layouts_match_what_the_compile_step_expects():
 
 
 def test_plugin_packs_endpoint_entries_like_the_c(probe):
-    """The plugin (stdlib only) packs endpoint map entries itself; its bytes must be the C layout."""
-    assert bpfsys.ENDPOINT_KEY.size == ct.sizeof(probe[b"probe_endpoint_key"].Leaf)
-    assert bpfsys.ENDPOINT_INFO.size == ct.sizeof(probe[b"probe_endpoint_info"].Leaf)
+    """plugin/pinned.py (stdlib only) is the one packer of endpoint map entries, for the plugin and the
+    agent; its bytes must be the C layout."""
+    assert pinned.ENDPOINT_KEY.size == ct.sizeof(probe[b"probe_endpoint_key"].Leaf)
+    assert pinned.ENDPOINT_INFO.size == ct.sizeof(probe[b"probe_endpoint_info"].Leaf)
     for ip in ("10.1.2.3", "fd00::7"):
-        assert bpfsys.endpoint_key(ip) == bytes(abi.endpoint_key(ip))
-    info = abi.EndpointInfo(ifindex=7, endpoint_id=9, identity=300)
+        key = abi.EndpointKey.from_buffer_copy(pinned.endpoint_key(ip))
+        assert abi.addr_str(key.addr, key.family) == ip
+    info = abi.EndpointInfo(ifindex=7, endpoint_id=9, identity=300, slot=12)
     ct.memmove(info.mac, bytes([0x0A, 0x58, 1, 2, 3, 4]), 6)
-    assert bpfsys.endpoint_info(7, 9, "0a:58:01:02:03:04", 300) == bytes(info)
-    assert bpfsys.IDENTITY_UNMANAGED == abi.Identity.UNMANAGED
+    assert pinned.endpoint_info(7, 9, "0a:58:01:02:03:04", 300, 12) == bytes(info)
+    assert pinned.with_identity(bytes(info), 301) == pinned.endpoint_info(7, 9, "0a:58:01:02:03:04", 301, 12)
+    key = abi.EndpointKey.from_buffer_copy(pinned.endpoint_key_ifindex(1234))
+    assert (key.family, bytes(key.addr)[:4]) == (abi.EP_BY_IFINDEX, (1234).to_bytes(4, "little"))
+    assert pinned.IDENTITY_UNMANAGED == abi.Identity.UNMANAGED
 
 
-def test_pin_names_agree_between_agent_and_plugin():
-    from bpf.loader import PROG_PINS
-
-    assert attach.PIN_PROG_INGRESS == PROG_PINS[abi.PROG_INGRESS]
-    assert attach.PIN_PROG_EGRESS == PROG_PINS[abi.PROG_EGRESS]
-    assert attach.PIN_ENDPOINTS == abi.MAP_ENDPOINTS
+def test_plugin_packs_counter_slots_like_the_c(probe):
+    assert slots.POD_COUNTERS.size == ct.sizeof(probe[b"probe_pod_counters"].Leaf)
+    assert slots.PAIR_COUNTERS_SIZE == ct.sizeof(probe[b"probe_pair_counters"].Leaf)
+    pc = abi.PodCounters(endpoint_id=9, tx_packets=1, tx_bytes=2, rx_packets=3, rx_bytes=4)
+    assert slots.POD_COUNTERS.pack(9, 1, 2, 3, 4) == bytes(pc)

@@ -17,8 +17,9 @@ import uvicorn
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, Counter
 
-from exporter.api import create_app, is_loopback, iter_sse
+from exporter.api import create_app, is_loopback
 from exporter.flows import FlowStore
+from exporter.sse import iter_sse
 from tests.unit.exporter_fixtures import View, make_flow
 
 

@@ -205,23 +205,17 @@ def exported_metric_names(tmp_path: Path) -> set[str]:
 
     from exporter.enrich import EndpointDirectory
     from exporter.flows import FlowStore
-    from exporter.metrics import AgentHealth, FlowTotals, LumenCollector, Retired
+    from exporter.metrics import AgentHealth, LumenCollector
+    from tests.unit.exporter_fixtures import FakeMaps
 
-    class Maps:
-        flow_capacity = 1024
-
-        def flow_totals(self) -> list[FlowTotals]:
-            return [FlowTotals("TCP", "EGRESS", "DROPPED", "policy_denied", 0, 0, 3, 180, 0, 0xFFFFFFFF)]
-
-        def source_counters(self) -> list[tuple[str, int, int]]:
-            return [("192.0.2.1", 1, 60)]
-
-        def datapath_stats(self) -> dict[str, int]:
-            return {}
-
+    maps = FakeMaps()
+    maps.flows = {("DROPPED", "TCP", "egress"): 1}
+    maps.drop_packets = {("policy_denied", "TCP"): 3}
+    maps.decisions = {(0xFFFFFFFF, "DROPPED", "egress"): 1}
+    maps.sources = {"192.0.2.1": (1, 60)}
     registry = CollectorRegistry(auto_describe=False)
     directory = EndpointDirectory(str(tmp_path), None)
-    registry.register(LumenCollector(Maps(), directory, Retired(), AgentHealth(), FlowStore(16)))
+    registry.register(LumenCollector(maps, directory, AgentHealth(), FlowStore(16)))
     text = generate_latest(registry).decode()
     names = set(re.findall(r"^# TYPE (\w+) ", text, re.M))
     # counters are exposed with the _total suffix

@@ -120,6 +120,23 @@ def test_single_stack_without_portmap(tmp_path: Path) -> None:
     _check_with_plugin_parsers(conflist)
 
 
+def test_vxlan_mode_reaches_the_conflist_mtu_and_the_agent_unit(tmp_path: Path) -> None:
+    res = _install(tmp_path, "--pod-cidr", "10.9.0.0/24", "--routing-mode", "vxlan", "--no-start")
+    assert res.returncode == 0, res.stderr
+    conflist = json.loads((tmp_path / "etc/cni/net.d/10-lumen.conflist").read_text())
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cniconf", CNICONF)
+    assert spec and spec.loader
+    cniconf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cniconf)
+    assert conflist["plugins"][0]["mtu"] == cniconf.uplink_mtu() - 50
+    unit = (tmp_path / "etc/systemd/system/lumen-agent.service").read_text()
+    assert "--routing-mode vxlan" in unit
+    bad = _install(tmp_path / "x", "--pod-cidr", "10.9.0.0/24", "--routing-mode", "bgp")
+    assert bad.returncode == 2 and "direct or vxlan" in bad.stderr
+
+
 # -- cniconf --from-node ------------------------------------------------------------------------
 
 

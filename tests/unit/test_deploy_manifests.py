@@ -30,10 +30,14 @@ def _all(directory: Path) -> list[tuple[Path, dict[str, Any]]]:
     return [(p, d) for p in sorted(directory.glob("*.yaml")) for d in _docs(p)]
 
 
-def _one(kind: str, directory: Path = K8S) -> dict[str, Any]:
-    found = [d for _, d in _all(directory) if d["kind"] == kind]
-    assert len(found) == 1, f"want one {kind}, found {len(found)}"
+def _one(kind: str, directory: Path = K8S, name: str | None = None) -> dict[str, Any]:
+    found = [d for _, d in _all(directory) if d["kind"] == kind and name in (None, d["metadata"].get("name"))]
+    assert len(found) == 1, f"want one {kind} {name or ''}, found {len(found)}"
     return found[0]
+
+
+AGENT = "lumen-agent"
+RELAY = "lumen-relay"
 
 
 CORE = [(p, d) for p, d in _all(K8S) if d["kind"] != "Kustomization"]
@@ -61,7 +65,7 @@ def test_kustomization_lists_every_core_manifest() -> None:
 
 
 def test_rbac_reads_what_the_agent_and_init_need_and_nothing_more() -> None:
-    role = _one("ClusterRole")
+    role = _one("ClusterRole", name=AGENT)
     grants = {
         (group, res): set(rule["verbs"])
         for rule in role["rules"]
@@ -71,8 +75,8 @@ def test_rbac_reads_what_the_agent_and_init_need_and_nothing_more() -> None:
     for need in [("", "pods"), ("", "namespaces"), ("", "nodes"), ("networking.k8s.io", "networkpolicies")]:
         assert grants.get(need) == {"get", "list", "watch"}, need
     assert all(verbs <= {"get", "list", "watch"} for verbs in grants.values()), "read-only"
-    binding = _one("ClusterRoleBinding")
-    sa = _one("ServiceAccount")
+    binding = _one("ClusterRoleBinding", name=AGENT)
+    sa = _one("ServiceAccount", name=AGENT)
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert {
         "kind": "ServiceAccount",
@@ -90,7 +94,7 @@ def test_daemonset_pod_shape() -> None:
     ds = _one("DaemonSet")
     pod = _pod()
     assert pod["hostNetwork"] is True
-    assert pod["serviceAccountName"] == _one("ServiceAccount")["metadata"]["name"]
+    assert pod["serviceAccountName"] == _one("ServiceAccount", name=AGENT)["metadata"]["name"]
     assert (
         ds["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
     )
@@ -165,7 +169,7 @@ def test_agent_conflist_paths_match_the_agent() -> None:
 
 
 def test_service_and_servicemonitor_reach_the_agent() -> None:
-    svc = _one("Service")
+    svc = _one("Service", name=AGENT)
     pod_labels = _one("DaemonSet")["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= pod_labels.items()
     (agent,) = _pod()["containers"]
@@ -207,6 +211,7 @@ def test_kind_config_disables_the_default_cni_and_mounts_headers() -> None:
     cfg = yaml.safe_load((REPO / "deploy/kind/kind-config.yaml").read_text())
     assert cfg["kind"] == "Cluster" and cfg["apiVersion"] == "kind.x-k8s.io/v1alpha4"
     assert cfg["networking"]["disableDefaultCNI"] is True
+    assert len(cfg["nodes"]) == 3, "a cluster: pods cross nodes (docs/install.md)"
     for node in cfg["nodes"]:
         mounts = {m["containerPath"] for m in node["extraMounts"]}
         assert {"/lib/modules", "/usr/src"} <= mounts
@@ -220,3 +225,66 @@ def test_dockerfile_builds_from_bookworm_with_bcc_and_copies_what_exists() -> No
         *sources, _dest = line.split()
         for src in sources:
             assert (REPO / src).exists(), f"COPY {src}: not in the repository"
+
+
+# -- the relay (deploy/kubernetes/relay.yaml) ------------------------------------------------------------
+
+
+def _relay_container() -> dict[str, Any]:
+    (relay,) = _one("Deployment", name=RELAY)["spec"]["template"]["spec"]["containers"]
+    return relay
+
+
+def test_relay_reads_only_nodes_with_its_own_account() -> None:
+    role = _one("ClusterRole", name=RELAY)
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}]
+    binding = _one("ClusterRoleBinding", name=RELAY)
+    sa = _one("ServiceAccount", name=RELAY)
+    assert binding["roleRef"]["name"] == RELAY
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": RELAY, "namespace": sa["metadata"]["namespace"]}
+    ]
+    pod = _one("Deployment", name=RELAY)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == RELAY and not pod.get("hostNetwork")
+
+
+def test_relay_flags_exist_and_tokens_come_from_secrets() -> None:
+    from exporter.cli import build_parser
+
+    relay = _relay_container()
+    assert relay["command"][:2] == ["lumen", "relay"]
+    args = dict(a.split("=", 1) for a in relay["command"][2:])
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    known = {s for a in sub.choices["relay"]._actions for s in a.option_strings}
+    assert set(args) <= known, set(args) - known
+    # it binds every address, so it must demand a token from clients; and it is the agents' client
+    mounts = {m["mountPath"]: m["name"] for m in relay["volumeMounts"]}
+    volumes = _one("Deployment", name=RELAY)["spec"]["template"]["spec"]["volumes"]
+    secrets = {v["name"]: v["secret"]["secretName"] for v in volumes if "secret" in v}
+    for flag, secret in (("--token-file", "lumen-relay-token"), ("--agent-token-file", "lumen-agent-token")):
+        directory = args[flag].rsplit("/", 1)[0]
+        assert secrets[mounts[directory]] == secret, flag
+    ds_volumes = _pod()["volumes"]
+    assert any(v.get("secret", {}).get("secretName") == "lumen-agent-token" for v in ds_volumes)
+    # the agents' port is the one the DaemonSet serves
+    (agent,) = _pod()["containers"]
+    assert int(args["--agent-port"]) == next(
+        p["containerPort"] for p in agent["ports"] if p["name"] == "metrics"
+    )
+    assert args["--discover"] == "nodes"
+
+
+def test_relay_runs_unprivileged_and_its_service_reaches_it() -> None:
+    relay = _relay_container()
+    sc = relay["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["readOnlyRootFilesystem"] is True
+    svc = _one("Service", name=RELAY)
+    labels = _one("Deployment", name=RELAY)["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= labels.items()
+    (port,) = svc["spec"]["ports"]
+    ports = {p["name"]: p["containerPort"] for p in relay["ports"]}
+    assert ports[port["targetPort"]] == port["port"]
+    assert f"--port={port['port']}" in relay["command"]
+    probes = {relay["readinessProbe"]["httpGet"]["path"], relay["livenessProbe"]["httpGet"]["path"]}
+    assert probes == {"/readyz", "/healthz"}

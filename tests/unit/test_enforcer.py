@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from exporter.enforcer import Enforcer
-from exporter.enrich import EndpointDirectory, KubeLabels
+from exporter.enrich import EndpointDirectory
+from exporter.kube import KubeWatch
 from exporter.policy.cluster import Cluster, ContainerPort, Namespace, Pod
 from exporter.policy.compiler import Compiled, Compiler, LabelSet, port_prefixes
 from exporter.policy.engine import Engine
@@ -239,7 +240,7 @@ def test_a_refused_change_keeps_the_policies_in_force(setup):
 
 
 def test_policies_from_the_api_server_watch():
-    kube = KubeLabels("node-1")
+    kube = KubeWatch("node-1")
     served = {
         "metadata": {"name": "deny", "namespace": "shop", "resourceVersion": "12", "uid": "x"},
         "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
@@ -257,7 +258,7 @@ class FakeKube:
     """exporter.enforcer.ClusterSource as the API-server watch fills it."""
 
     def __init__(self) -> None:
-        self.kube = KubeLabels("node-1")
+        self.kube = KubeWatch("node-1")
         meta = type("Meta", (), {})
 
         def m(ns: str, name: str, labels: dict[str, str]) -> object:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from bpf import abi
-from exporter import events
-from exporter.enrich import EndpointDirectory
+from exporter import decode, mapsource
+from exporter.enrich import EndpointDirectory, Enricher
 from tests.unit.exporter_fixtures import write_record
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -24,16 +24,16 @@ def golden(name: str) -> bytes:
 def decoder(tmp_path):
     write_record(str(tmp_path), "c1", "shop", "client", ["10.22.0.5/24", "fd00:22::4/64"], 7)
     write_record(str(tmp_path), "c2", "shop", "server", ["10.22.0.6/24", "fd00:22::5/64"], 8)
-    d = events.Decoder(EndpointDirectory(str(tmp_path)), node="node-a")
+    d = decode.Decoder(Enricher(EndpointDirectory(str(tmp_path)), node="node-a"))
     d.mono_to_wall_ns = 1_700_000_000 * 10**9  # a fixed boot time makes times exact
     return d
 
 
 def test_struct_format_reads_what_the_ctypes_mirror_reads():
     raw = golden("flow_event_tcp4_end.hex")
-    assert len(raw) == ct.sizeof(abi.FlowEvent) == events.EVENT.size
+    assert len(raw) == ct.sizeof(abi.FlowEvent) == decode.EVENT.size
     ev = abi.FlowEvent.from_buffer_copy(raw)
-    (saddr, daddr, sport, dport, proto, family, direction, *rest) = events.EVENT.unpack(raw)
+    (saddr, daddr, sport, dport, proto, family, direction, *rest) = decode.EVENT.unpack(raw)
     assert saddr == bytes(ev.key.saddr) and daddr == bytes(ev.key.daddr)
     assert (sport, dport, proto, family, direction) == (
         ev.key.sport, ev.key.dport, ev.key.proto, ev.key.family, ev.key.direction,
@@ -62,7 +62,7 @@ def test_tcp4_end_event(decoder):
     assert flow.finished and flow.node == "node-a"
     # egress not isolated (None), ingress admitted by policy id 42, whose name the enforcer knows
     assert (flow.egress_policy, flow.ingress_policy, flow.is_reply) == (None, "#42", False)
-    decoder.policy_names = {42: "shop/allow-client"}
+    decoder.enricher.policy_names = {42: "shop/allow-client"}
     named = decoder.flow(golden("flow_event_tcp4_end.hex"))
     assert named.policies == ["shop/allow-client"]
     assert named.to_dict()["policy"]["summary"] == "allowed by shop/allow-client"
@@ -84,18 +84,16 @@ def test_decodes_the_mirror_object_the_loader_hands_over(decoder):
 
 
 def test_a_pod_added_after_start_is_named_on_its_first_event(tmp_path):
-    d = events.Decoder(EndpointDirectory(str(tmp_path)))
+    d = decode.Decoder(Enricher(EndpointDirectory(str(tmp_path))))
     write_record(str(tmp_path), "c2", "shop", "server", ["fd00:22::5/64"], 8)
     assert d.flow(golden("flow_event_udp6_new.hex")).destination.pod == "server"
 
 
-def test_totals_and_swept_flow_from_table_entries(decoder):
+def test_swept_flow_from_a_table_entry(decoder):
     key = abi.FlowKey(sport=40000, dport=80, proto=6, family=4, direction=int(abi.Direction.EGRESS))
     ct.memmove(key.saddr, bytes([10, 22, 0, 5]), 4)
     ct.memmove(key.daddr, bytes([10, 22, 0, 6]), 4)
     st = abi.FlowStats(packets=5, bytes=500, first_seen_ns=10, last_seen_ns=20, src_ep=7, dst_ep=8, verdict=1)
-    t = events.totals(key, st)
-    assert t == ("TCP", "egress", "FORWARDED", "none", 7, 8, 5, 500, 0, 0)
     flow = decoder.ended(key, st, now_mono_ns=30)
     assert flow.type == "END" and flow.source.pod == "client" and flow.packets == 5
 
@@ -108,3 +106,32 @@ def test_swept_entries_may_come_as_bcc_generated_classes(decoder):
     ct.memmove(key.saddr, bytes([10, 22, 0, 5]), 4)
     flow = decoder.ended(key, abi.FlowStats(packets=3, src_ep=7), now_mono_ns=30)
     assert flow.key == (4, 17, "10.22.0.5", "0.0.0.0", 1, 2, "egress") and flow.source.pod == "client"
+
+
+def test_the_map_source_names_the_kernels_numbers():
+    from types import SimpleNamespace
+
+    class Maps:
+        cfg = SimpleNamespace(flow_table_size=64)
+
+        def flow_counts(self) -> dict:
+            return {(17, int(abi.Verdict.FORWARDED), int(abi.Direction.EGRESS)): 9, (200, 2, 2): 1}
+
+        def drops(self) -> dict:
+            return {(int(abi.DropReason.POLICY_DENIED), 6): 3}
+
+        def policy_counts(self) -> dict:
+            return {(5, int(abi.Verdict.DROPPED), int(abi.Direction.INGRESS)): 2}
+
+        def pod_counters(self) -> dict:
+            return {7: (1, 2, 3, 4)}
+
+        def pair_bytes(self) -> dict:
+            return {(7, 8, int(abi.Verdict.AUDIT)): 100}
+
+    source = mapsource.DatapathSource(Maps())  # type: ignore[arg-type]
+    assert source.flow_counts() == {("FORWARDED", "UDP", "egress"): 9, ("DROPPED", "200", "ingress"): 1}
+    assert source.drops() == {("policy_denied", "TCP"): 3}
+    assert source.policy_counts() == {(5, "DROPPED", "ingress"): 2}
+    assert source.pod_counters()[7].rx_bytes == 4
+    assert source.pair_bytes() == {(7, 8, "AUDIT"): 100}

@@ -1,4 +1,5 @@
-"""The recent-flows store: bounded, evicts the least recently updated flow and counts it, live readers."""
+"""The in-memory flow store: bounded, evicts the oldest record and counts it, queries by time window with
+filters and cursors (newest first), live readers."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import asyncio
 
 import pytest
 
-from exporter.flows import FlowStore
+from exporter import filters
+from exporter.flows import FlowStore, reverse_key
 from tests.unit.exporter_fixtures import NOW_NS, make_flow
 
 
@@ -15,9 +17,9 @@ def test_events_of_one_flow_update_one_record_and_make_it_newest():
     store.add(make_flow(sport=1, type="NEW", packets=1))
     store.add(make_flow(sport=2))
     store.add(make_flow(sport=1, type="END", packets=9))
-    flows = store.query()
-    assert [f.source.port for f in flows] == [2, 1]
-    assert flows[-1].type == "END" and flows[-1].packets == 9
+    flows = store.query().flows
+    assert [f.source.port for f in flows] == [1, 2]  # newest first
+    assert flows[0].type == "END" and flows[0].packets == 9
     assert store.added == 3 and len(store) == 2
 
 
@@ -25,7 +27,7 @@ def test_full_store_evicts_oldest_first_and_counts_it():
     store = FlowStore(3)
     for port in range(1, 6):
         store.add(make_flow(sport=port))
-    assert [f.source.port for f in store.query()] == [3, 4, 5]
+    assert [f.source.port for f in store.query().flows] == [5, 4, 3]
     assert store.evicted == 2
 
 
@@ -35,15 +37,66 @@ def test_an_updated_flow_is_not_the_one_evicted():
     store.add(make_flow(sport=2))
     store.add(make_flow(sport=1, type="REPORT"))
     store.add(make_flow(sport=3))
-    assert sorted(f.source.port for f in store.query()) == [1, 3]
+    assert sorted(f.source.port for f in store.query().flows) == [1, 3]
 
 
-def test_query_returns_newest_matches_oldest_first():
+def test_query_returns_newest_matches_first():
     store = FlowStore(100)
     for port in range(10):
         store.add(make_flow(sport=port, time_ns=NOW_NS + port))
-    got = store.query(lambda f: f.source.port % 2 == 0, limit=3)
-    assert [f.source.port for f in got] == [4, 6, 8]
+    got = store.query(lambda f: f.source.port % 2 == 0, limit=3).flows
+    assert [f.source.port for f in got] == [8, 6, 4]
+
+
+S = 10**9
+
+
+def test_time_window_filter_and_cursor_walk_back_page_by_page():
+    store = FlowStore(1000)
+    # 5 flows per second over 20 s, some in the same nanosecond, added slightly out of order
+    flows = [make_flow(sport=i, time_ns=NOW_NS + (i // 5) * S + (i % 5 // 2)) for i in range(100)]
+    for i in range(0, 100, 2):
+        store.add_many([flows[i + 1], flows[i]])
+    q = filters.parse({"not_port": ["3"]})
+    want = sorted(
+        (f for f in flows if NOW_NS + 2 * S <= f.time_ns <= NOW_NS + 15 * S and f.source.port != 3),
+        key=lambda f: f.time_ns,
+        reverse=True,
+    )
+    got, cursor, pages = [], None, 0
+    while True:
+        page = store.query(q, NOW_NS + 2 * S, NOW_NS + 15 * S, limit=7, cursor=cursor)
+        got += page.flows
+        pages += 1
+        cursor = page.cursor
+        if cursor is None:
+            break
+    assert [f.time_ns for f in got] == [f.time_ns for f in want]
+    assert {f.source.port for f in got} == {f.source.port for f in want} and len(got) == len(want)
+    assert pages == -(-len(want) // 7)
+
+
+def test_a_window_inside_what_memory_holds_is_complete():
+    store = FlowStore(2)
+    for i in range(3):
+        store.add(make_flow(sport=i, time_ns=NOW_NS + i * S))
+    assert store.evicted == 1 and store.covers_from_ns == NOW_NS + 1
+    assert store.query(since_ns=NOW_NS + S).complete
+    assert not store.query(since_ns=NOW_NS).complete
+    assert not store.query().complete  # no start: reaches back past what is held
+
+
+def test_a_foreign_cursor_is_refused():
+    from exporter.store import CursorError
+
+    with pytest.raises(CursorError):
+        FlowStore().query(cursor="x123")
+
+
+def test_reverse_key_pairs_request_and_reply():
+    f = make_flow(sport=40000, dport=80)
+    assert reverse_key(f.key) == (4, 6, "10.22.0.6", "10.22.0.5", 80, 40000, "egress")
+    assert reverse_key(reverse_key(f.key)) == f.key
 
 
 def test_capacity_must_be_positive():
@@ -54,7 +107,7 @@ def test_capacity_must_be_positive():
 def test_subscriber_gets_matching_flows_and_counts_what_it_could_not_take():
     async def run() -> tuple[list[int], int, bool]:
         store = FlowStore(100)
-        sub = store.subscribe(asyncio.get_running_loop(), lambda f: f.destination.port == 80)
+        sub = store.subscribe(lambda f: f.destination.port == 80)
         sub.maxsize = 2  # a reader that keeps two flows at most
         for port in (80, 443, 80, 80):
             store.add(make_flow(sport=port, dport=port))
@@ -76,7 +129,7 @@ def test_a_burst_wakes_the_reader_once_and_is_taken_in_batches():
     async def run() -> tuple[int, list[int]]:
         loop = asyncio.get_running_loop()
         store = FlowStore(10000)
-        sub = store.subscribe(loop, lambda f: True)
+        sub = store.subscribe(None, loop)
         wakes = 0
         real_set = sub.ready.set
 
@@ -105,6 +158,7 @@ def test_flow_json_shape():
         "namespace": "default",
         "pod": "client",
         "labels": {},
+        "node": "",
     }
     assert d["tcp_flags"] == ["SYN", "ACK"]
     assert d["duration_ms"] == 1000.0

@@ -1,10 +1,9 @@
 """The built-in allocator over the fake store: ranges, dual stack, requested IPs, round robin, exhaustion."""
 
-import ipaddress
-
 import pytest
 
 from plugin import errors, ipam
+from plugin import ip as ipaddress  # the plugin's own address type (plugin/ip.py)
 from plugin.errors import CNIError
 from plugin.ipam.fake import FakeStore
 

@@ -1,11 +1,10 @@
 """The `ipam` section of `"type": "lumen"`: host-local's defaults, legacy form, and a code-7 error naming
 the field for every mistake."""
 
-import ipaddress
-
 import pytest
 
 from plugin import errors, ipam
+from plugin import ip as ipaddress  # the plugin's own address type (plugin/ip.py)
 from plugin.errors import CNIError
 from plugin.ipam.config import DEFAULT_DATA_DIR
 

@@ -1,6 +1,5 @@
 """The disk store under real processes: flock serialisation, atomic records, crash debris."""
 
-import ipaddress
 import os
 import signal
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from plugin import errors, ipam
+from plugin import ip as ipaddress  # the plugin's own address type (plugin/ip.py)
 from plugin.errors import CNIError
 from plugin.ipam.disk import DiskStore
 

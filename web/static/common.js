@@ -4,6 +4,9 @@
 
 const Lumen = (() => {
   const TOKEN_KEY = "lumen-token";
+  // Directions, event types, verdicts, drop reasons, protocols, TCP flags: as the agent defines them
+  // (bpf/vocab.py, also at /api/vocabulary), rendered into the page so no script retypes them.
+  const vocab = JSON.parse(document.getElementById("lumen-vocab").textContent);
 
   function headers() {
     const token = sessionStorage.getItem(TOKEN_KEY);
@@ -36,8 +39,29 @@ const Lumen = (() => {
     throw new Error(`${resp.status}: ${detail}`);
   }
 
+  // Through `lumen relay`, an answer names the nodes that did not answer (`unreachable` in JSON objects,
+  // the X-Lumen-Unreachable header on lists, a `nodes` event in a stream): say so above the page, so
+  // that fewer flows are not taken for all of them.
+  function showUnreachable(info) {
+    const box = document.getElementById("partial");
+    const names = (info && info.unreachable) || [];
+    if (!names.length) {
+      box.hidden = true;
+      return;
+    }
+    const errors = info.errors || {};
+    const why = names.map((n) => (errors[n] ? `${n} (${errors[n]})` : n)).join(", ");
+    box.textContent = `Not shown: flows of ${names.length === 1 ? "node" : "nodes"} ${why}: not reachable.`;
+    box.hidden = false;
+  }
+
   async function getJSON(url) {
-    return (await check(await fetch(url, { headers: headers() }))).json();
+    const resp = await check(await fetch(url, { headers: headers() }));
+    const body = await resp.json();
+    const header = resp.headers.get("X-Lumen-Unreachable");
+    if (header !== null) showUnreachable({ unreachable: header.split(",").filter(Boolean) });
+    else if (body && Array.isArray(body.unreachable)) showUnreachable(body);
+    return body;
   }
 
   function setConn(text) {
@@ -130,5 +154,8 @@ const Lumen = (() => {
     return el("span", { class: `badge v-${verdict.toLowerCase()}` }, verdict);
   }
 
-  return { getJSON, stream, urlFilters, query, bytes, endpoint, time, el, verdictBadge, showError, setConn };
+  return {
+    getJSON, stream, urlFilters, query, bytes, endpoint, time, el, verdictBadge, showError, setConn, showUnreachable,
+    vocab,
+  };
 })();

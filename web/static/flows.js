@@ -130,6 +130,10 @@
   }
 
   function onEvent(name, data) {
+    if (name === "nodes") {
+      Lumen.showUnreachable(JSON.parse(data)); // from `lumen relay`: which nodes feed this stream
+      return;
+    }
     if (name === "lost") {
       lost = JSON.parse(data).dropped;
       return;
@@ -209,13 +213,24 @@
       const e = Lumen.endpoint(ep);
       put(dl, side, e.name ? `${e.name} (${e.addr})` : `${e.addr} (not a pod on this node)`);
       put(dl, `${side} labels`, labels(ep.labels));
+      if (ep.node) put(dl, `${side} node`, ep.node); // a cross-node flow names both nodes
     }
     put(dl, "TCP flags seen", f.tcp_flags.join(" "));
     put(dl, "Packets", f.packets);
     put(dl, "Bytes", `${f.bytes} (${Lumen.bytes(f.bytes)})`);
     put(dl, "Payload bytes", f.payload_bytes);
     put(dl, "Interface index", f.ifindex);
-    put(dl, "Node", f.node);
+    // Through the relay, a cross-node flow is one row for both ends: each node counted its own end.
+    if (f.paired) {
+      put(dl, "Nodes", `${f.source_node} → ${f.destination_node}`);
+      for (const [end, e] of Object.entries(f.ends)) {
+        put(dl, `${end === "egress" ? "Egress" : "Ingress"} end`,
+          `${e.node}: ${e.verdict}${e.drop_reason && e.drop_reason !== "none" ? ` (${e.drop_reason})` : ""}, ` +
+          `${e.packets} pkts, ${Lumen.bytes(e.bytes)}, ${e.type}`);
+      }
+    } else {
+      put(dl, "Node", f.node);
+    }
     document.getElementById("detail-body").replaceWith(dl);
     detail.hidden = false;
   }

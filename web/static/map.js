@@ -82,7 +82,7 @@
     const edges = s("g", { class: "edges" });
     for (const e of data.edges) {
       // Edges of one pair with different verdicts run side by side instead of on top of each other.
-      const shift = { FORWARDED: 0, DROPPED: 5, AUDIT: -5 }[e.verdict] || 0;
+      const shift = [0, 5, -5][Lumen.vocab.verdicts.indexOf(e.verdict)] || 0;
       const a = { ...pos.get(e.source) };
       const b = { ...pos.get(e.destination) };
       a.y += shift;

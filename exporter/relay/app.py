@@ -1,0 +1,176 @@
+"""The relay's HTTP app: the agent's API routes and web UI, answered from every agent.
+
+Same paths, parameters and JSON as exporter.api, so `lumen observe --server <relay>` and the browser work
+unchanged; answers add `nodes`, `unreachable` and `errors` (lists answered as JSON arrays, such as
+/api/endpoints, carry the unreachable nodes in the X-Lumen-Unreachable header instead). `cursor` pages
+/api/flows back in time across agents. The bearer-token rules are the agent's (exporter.api.token_check).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from exporter import filters
+from exporter.api import DEFAULT_LIMIT, PAGING_PARAMS, parse_query, token_check
+from exporter.relay import merge
+from exporter.relay.service import Relay
+from exporter.relay.wire import iso_us, time_us
+
+MAX_LIMIT = 1_000_000
+UNREACHABLE_HEADER = "X-Lumen-Unreachable"
+RELAY_PARAMS = ("cursor",)
+
+
+def _params(request: Request) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for key, value in request.query_params.multi_items():
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def _count(params: Mapping[str, Sequence[str]], name: str, default: int) -> int:
+    raw = params.get(name)
+    if not raw:
+        return default
+    value = raw[-1]
+    if not value.isdigit() or int(value) > MAX_LIMIT:
+        raise HTTPException(400, f"{name} {value!r}: expected a number from 0 to {MAX_LIMIT}")
+    return int(value)
+
+
+def _filter(params: Mapping[str, Sequence[str]]) -> tuple[list[tuple[str, str]], str | None]:
+    """The client's filter, checked here (a bad one is the client's 400, not every agent's), as the
+    parameters to forward. `since` and `until` are made absolute (`5m` means the same instant on every
+    node), and `until` is returned apart, so the relay can tighten it with a cursor."""
+    criteria = {k: list(v) for k, v in params.items() if k not in PAGING_PARAMS and k not in RELAY_PARAMS}
+    parse_query(criteria)
+    times: dict[str, str] = {}
+    for name in ("since", "until"):
+        if name in criteria:
+            times[name] = _absolute(criteria.pop(name)[-1])
+    forward = [(k, v) for k, values in criteria.items() for v in values]
+    if "since" in times:
+        forward.append(("since", times["since"]))
+    return forward, times.get("until")
+
+
+def _absolute(value: str) -> str:
+    """A time as RFC 3339 in microseconds: a timestamp as given (exactly: parse_time goes through a
+    float, which at today's epoch is off by up to 256 ns), a duration or unix seconds resolved now."""
+    if "T" in value:
+        try:
+            return iso_us(time_us(value))
+        except ValueError:
+            pass  # parse_time says what is wrong with it
+    try:
+        return iso_us(filters.parse_time(value) // 1000)
+    except filters.FilterError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
+def _unreachable_headers(missing: dict[str, Any]) -> dict[str, str]:
+    return {UNREACHABLE_HEADER: ",".join(missing["unreachable"])} if missing["unreachable"] else {}
+
+
+def create_app(
+    relay: Relay,
+    token: str | None = None,
+    ui: Callable[[FastAPI], None] | None = None,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await relay.fanout.aclose()
+
+    app = FastAPI(
+        title="Lumen relay",
+        description="Flows, endpoints and status of every Lumen node, through one API.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.relay = relay
+    check_token = token_check(token)
+
+    async def require_token(request: Request) -> None:
+        # the agent's check, awaited in the loop: a sync dependency would cost a thread hop per request
+        check_token(request)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """The process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "no agent answers"}})
+    async def readyz() -> JSONResponse:
+        """At least one agent answers."""
+        ok, reason = await relay.ready()
+        return JSONResponse({"ready": ok, "reason": reason}, status_code=200 if ok else 503)
+
+    api = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
+
+    @api.get("/flows", tags=["flows"], responses={400: {"description": "a bad filter, limit or cursor"}})
+    async def flows(request: Request) -> JSONResponse:
+        """Recent flows of every node, oldest first: the newest `limit` across nodes, the two ends of a
+        cross-node flow in one row. `cursor` (from an answer) continues with older flows."""
+        params = _params(request)
+        forward, until = _filter(params)
+        limit = _count(params, "limit", DEFAULT_LIMIT)
+        after = None
+        if params.get("cursor"):
+            try:
+                after = merge.decode_cursor(params["cursor"][-1])
+            except ValueError as exc:
+                raise HTTPException(400, str(exc)) from None
+        # JSONResponse: the answer is plain JSON already; FastAPI's encoder would walk every flow again
+        return JSONResponse(await relay.flows(forward, limit, after, until))
+
+    @api.get("/flows/stream", tags=["flows"], response_class=StreamingResponse)
+    async def stream(request: Request) -> StreamingResponse:
+        """Every node's live flows interleaved (`event: flow`); `event: nodes` says which nodes feed
+        the stream and which cannot be reached; `event: lost` counts flows dropped for a slow reader."""
+        params = _params(request)
+        forward, until = _filter(params)
+        if until is not None:
+            forward.append(("until", until))
+        last = _count(params, "last", 0)
+        return StreamingResponse(
+            relay.stream(forward, last, request.is_disconnected),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @api.get("/endpoints", tags=["endpoints"])
+    async def endpoints() -> JSONResponse:
+        """Every node's pods, each with its `node`; unreachable nodes in the X-Lumen-Unreachable header."""
+        eps, missing = await relay.endpoints()
+        return JSONResponse(eps, headers=_unreachable_headers(missing.to_dict()))
+
+    @api.get("/status", tags=["status"])
+    async def status() -> dict[str, Any]:
+        """The relay, each agent (up, or the error) and each reachable agent's own status."""
+        return await relay.status()
+
+    @api.get("/map", tags=["flows"])
+    async def service_map(request: Request) -> JSONResponse:
+        """The service map over every node's flows (same filters as /api/flows)."""
+        forward, until = _filter(_params(request))
+        if until is not None:
+            forward.append(("until", until))
+        return JSONResponse(await relay.service_map(forward))
+
+    app.include_router(api)
+
+    @app.get("/metrics", tags=["metrics"], dependencies=[Depends(require_token)], response_class=Response)
+    def metrics() -> Response:
+        """The relay's own health: agents up, fan-out latency, agent errors."""
+        return Response(generate_latest(relay.fanout.registry), media_type=CONTENT_TYPE_LATEST)
+
+    if ui is not None:
+        ui(app)
+    return app

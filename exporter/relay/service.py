@@ -1,0 +1,364 @@
+"""What the relay answers, independent of HTTP routing: each API route's body, built by asking every
+agent (exporter.relay.fanout) and merging (exporter.relay.merge).
+
+Every answer names the agents that did not answer (`unreachable`, with the reason in `errors`), so a
+partial view is never mistaken for the whole cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from exporter import servicemap
+from exporter.relay import merge
+from exporter.relay.discovery import Target
+from exporter.relay.fanout import Fanout, Result, StreamError, describe
+from exporter.relay.wire import flow_from_dict, time_us
+
+MAX_ROUNDS = 4  # fetch rounds for one page: each doubles what truncated agents are asked for
+STREAM_QUEUE = 16384  # events waiting for a slow viewer, beyond which they are counted lost
+STREAM_BATCH = 512
+KEEPALIVE_S = 15.0
+RETRY_S = (0.5, 1.0, 2.0, 5.0)  # reconnect delays of a lost agent stream
+MAP_TTL_S = 2.0
+
+
+@dataclass
+class Missing:
+    """Agents that gave no answer, and why."""
+
+    errors: dict[str, str]
+
+    @classmethod
+    def of(cls, results: Sequence[Result]) -> Missing:
+        return cls({r.target.name: r.error for r in results if r.error is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"unreachable": sorted(self.errors), "errors": dict(sorted(self.errors.items()))}
+
+
+class Relay:
+    def __init__(self, fanout: Fanout, pair: bool = True, pair_wait_s: float = 0.25) -> None:
+        self.fanout = fanout
+        self.pair = pair
+        self.pair_wait_s = pair_wait_s
+        self.started_at = time.time()
+        self._maps: dict[tuple[tuple[str, str], ...], tuple[float, dict[str, Any]]] = {}
+
+    # -- /api/flows --------------------------------------------------------------------------------
+
+    async def flows(
+        self,
+        forward: Sequence[tuple[str, str]],
+        limit: int,
+        after: merge.Position | None = None,
+        until: str | None = None,
+    ) -> dict[str, Any]:
+        """The newest `limit` rows older than the cursor `after`, oldest first, as /api/flows answers.
+        `forward` is the client's filter as query parameters, passed to every agent unchanged; `until`
+        the client's upper time bound (absolute), tightened here by the cursor."""
+        if after is not None:
+            bound = merge.until_for(after)
+            until = bound if until is None else min(until, bound, key=_iso_key)
+        base = [*forward, *([("until", until)] if until else [])]
+        targets = await self.fanout.targets()
+        # One more than the page: when the extra one is older than the page's oldest, nothing was cut
+        # inside the page's last microsecond, and one round is enough.
+        ask = {t.name: self._fit(t.name, limit + 1) if limit else 0 for t in targets}
+        results: dict[str, Result] = {}
+        todo = list(targets)
+        page = merge.Page([], None, short=False)
+        for _ in range(MAX_ROUNDS):
+            started = time.perf_counter()
+            for r in await asyncio.gather(*(self._flows_of(t, base, ask) for t in todo)):
+                results[r.target.name] = r
+            self.fanout.metrics.fanout.labels("/api/flows").observe(time.perf_counter() - started)
+            page = self._merge(results, ask, limit, after)
+            if not page.short:
+                break
+            todo = [t for t in targets if self._truncated(results[t.name], ask[t.name])]
+            if not todo:
+                break
+            for t in todo:
+                ask[t.name] = self._more(t.name, ask[t.name])
+        else:
+            if page.short and not page.rows:
+                # Many records in one microsecond: a page must move on, so ask for all that remains.
+                for t in todo:
+                    ask[t.name] = 0
+                for r in await asyncio.gather(*(self._flows_of(t, base, ask) for t in todo)):
+                    results[r.target.name] = r
+                page = self._merge(results, ask, limit, after)
+        ok = [r.data for r in results.values() if r.error is None]
+        return {
+            "flows": list(reversed(page.rows)),
+            "cursor": merge.encode_cursor(page.cursor) if page.cursor is not None else None,
+            "stored": sum(d.get("stored", 0) for d in ok),
+            "capacity": sum(d.get("capacity", 0) for d in ok),
+            "evicted": sum(d.get("evicted", 0) for d in ok),
+            # False when an agent says the time window reaches back past what it holds
+            "complete": all(d.get("complete", True) for d in ok),
+            "nodes": sorted(t.name for t in targets),
+            **Missing.of(list(results.values())).to_dict(),
+        }
+
+    async def _flows_of(self, t: Target, base: Sequence[tuple[str, str]], ask: dict[str, int]) -> Result:
+        r = await self.fanout.get(t, "/api/flows", [*base, ("limit", str(ask[t.name]))])
+        if r.status == 400 and ask[t.name] and "limit" in (r.error or ""):
+            ask[t.name] = 0  # asked for more than the agent holds: then everything it holds is the answer
+            r = await self.fanout.get(t, "/api/flows", [*base, ("limit", "0")])
+        if r.error is None and not (isinstance(r.data, dict) and isinstance(r.data.get("flows"), list)):
+            self.fanout.mark(t, "not a flows answer", "format")
+            return Result(t, error="not a flows answer", status=r.status)
+        if r.error is None and isinstance(r.data.get("capacity"), int):
+            self.fanout.capacity[t.name] = r.data["capacity"]
+        return r
+
+    def _merge(
+        self, results: dict[str, Result], ask: dict[str, int], limit: int, after: merge.Position | None
+    ) -> merge.Page:
+        while True:
+            try:
+                return merge.merge_page(self._answers(results, ask), limit, after, self.pair)
+            except merge.MalformedAnswer as exc:
+                bad = results[exc.node]
+                self.fanout.mark(bad.target, str(exc), "format")
+                results[exc.node] = Result(bad.target, error=str(exc), status=bad.status)
+
+    def _answers(self, results: dict[str, Result], ask: dict[str, int]) -> list[merge.Answer]:
+        return [
+            merge.Answer(name, r.data["flows"], self._truncated(r, ask[name]))
+            for name, r in results.items()
+            if r.error is None
+        ]
+
+    @staticmethod
+    def _truncated(r: Result, asked: int) -> bool:
+        return r.error is None and asked > 0 and len(r.data["flows"]) >= asked
+
+    def _fit(self, name: str, n: int) -> int:
+        """n, or 0 (all it holds) when n reaches the agent's store size (it refuses a larger limit)."""
+        capacity = self.fanout.capacity.get(name)
+        return 0 if capacity is not None and n >= capacity else n
+
+    def _more(self, name: str, asked: int) -> int:
+        return self._fit(name, asked * 2)
+
+    # -- /api/flows/stream ---------------------------------------------------------------------------
+
+    async def stream(
+        self,
+        forward: Sequence[tuple[str, str]],
+        last: int,
+        disconnected: Callable[[], Awaitable[bool]],
+    ) -> AsyncIterator[str]:
+        """SSE text: a `nodes` event (which agents feed the stream, which do not and why) first and on
+        every change, the newest `last` rows, then every agent's live flows interleaved as they come."""
+        targets = await self.fanout.targets()
+        queue: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue(STREAM_QUEUE)
+        state = _StreamState({t.name: "connecting" for t in targets})
+        pumps = [asyncio.create_task(self._pump(t, forward, queue, state)) for t in targets]
+        pairer = merge.StreamPairer(self.pair_wait_s if self.pair and len(targets) > 1 else 0.0)
+        self.fanout.metrics.streams.inc()
+        try:
+            yield ": lumen relay\n\n"
+            backlog = await self.flows(forward, last) if last else None
+            seen: set[merge.Position] = set()
+            if backlog is not None:
+                for name, error in backlog["errors"].items():
+                    state.errors.setdefault(name, error)
+                for row in backlog["flows"]:
+                    seen.add(merge.record(row.get("node", ""), row).pos)
+            try:  # the first word on the nodes once each agent's stream is open or has failed
+                await asyncio.wait_for(state.settled.wait(), self.fanout.timeout_s)
+            except TimeoutError:
+                pass
+            yield state.event()
+            if backlog is not None:
+                yield "".join(_sse_flow(row) for row in backlog["flows"])
+            reported_lost = 0
+            while True:
+                deadline = pairer.next_deadline()
+                wait = KEEPALIVE_S if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    first = await asyncio.wait_for(queue.get(), min(wait, KEEPALIVE_S))
+                    items = [first]
+                    while len(items) < STREAM_BATCH and not queue.empty():
+                        items.append(queue.get_nowait())
+                except TimeoutError:
+                    items = []
+                chunk: list[str] = []
+                for kind, node, data in items:
+                    if kind != "flow":
+                        continue
+                    rec = merge.record(node, json.loads(data))
+                    if seen and rec.pos in seen:
+                        continue  # in the backlog already
+                    chunk.extend(map(_sse_flow, pairer.add(rec, time.monotonic())))
+                chunk.extend(map(_sse_flow, pairer.due(time.monotonic())))
+                if state.changed:
+                    chunk.insert(0, state.event())
+                lost = state.lost + sum(state.upstream_lost.values())
+                if lost != reported_lost:
+                    reported_lost = lost
+                    chunk.insert(0, f"event: lost\ndata: {json.dumps({'dropped': lost})}\n\n")
+                if chunk:
+                    yield "".join(chunk)
+                elif not items:
+                    if await disconnected():
+                        return
+                    yield ": keepalive\n\n"
+        finally:
+            for p in pumps:
+                p.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            self.fanout.metrics.streams.dec()
+
+    async def _pump(
+        self,
+        target: Target,
+        forward: Sequence[tuple[str, str]],
+        queue: asyncio.Queue[tuple[str, str, str]],
+        state: _StreamState,
+    ) -> None:
+        """One agent's live flows into the viewer's queue; reconnects while the viewer stays."""
+        attempt = 0
+        while True:
+            try:
+                async for event, data in self.fanout.stream(
+                    target, "/api/flows/stream", [*forward, ("last", "0")]
+                ):
+                    if event == "open":
+                        attempt = 0
+                        if state.set(target.name, None):
+                            _wake(queue, target.name)
+                    elif event == "flow":
+                        try:
+                            queue.put_nowait(("flow", target.name, data))
+                        except asyncio.QueueFull:
+                            state.lost += 1
+                    elif event == "lost":
+                        state.upstream_lost[target.name] = int(json.loads(data).get("dropped", 0))
+                error, label = "stream ended", "eof"
+            except StreamError as exc:
+                error, label = str(exc), exc.label
+            except httpx.HTTPError as exc:
+                label, error = describe(exc)
+            self.fanout.mark(target, error, label)
+            if state.set(target.name, error):
+                _wake(queue, target.name)
+            await asyncio.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
+            attempt += 1
+
+    # -- the other routes ----------------------------------------------------------------------------
+
+    async def endpoints(self) -> tuple[list[dict[str, Any]], Missing]:
+        results = await self.fanout.gather("/api/endpoints", route="/api/endpoints")
+        out: list[dict[str, Any]] = []
+        for r in results:
+            if r.error is None:
+                out.extend({**ep, "node": r.target.name} for ep in r.data)
+        return out, Missing.of(results)
+
+    async def status(self) -> dict[str, Any]:
+        results = await self.fanout.gather("/api/status", route="/api/status")
+        missing = Missing.of(results)
+        return {
+            "relay": True,
+            "version": "0.1.0",
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "ready": any(r.error is None for r in results),
+            "agents": [
+                {"node": r.target.name, "url": r.target.url, "up": r.error is None, "error": r.error}
+                for r in results
+            ],
+            "nodes": {r.target.name: r.data for r in results if r.error is None},
+            **missing.to_dict(),
+        }
+
+    async def service_map(self, forward: Sequence[tuple[str, str]]) -> dict[str, Any]:
+        """The agent's service map over every node's flows, cross-node flows counted once (paired).
+        Built from every stored flow, so one answer serves every viewer asking within MAP_TTL_S (the
+        UI's map and endpoints pages poll it)."""
+        key = tuple(forward)
+        cached = self._maps.get(key)
+        if cached is not None and time.monotonic() - cached[0] < MAP_TTL_S:
+            return cached[1]
+        page = await self.flows(forward, 0)
+        out = servicemap.build(flow_from_dict(f) for f in page["flows"])
+        out["stored"] = page["stored"]
+        out["unreachable"], out["errors"] = page["unreachable"], page["errors"]
+        self._maps = {k: v for k, v in self._maps.items() if time.monotonic() - v[0] < MAP_TTL_S}
+        self._maps[key] = (time.monotonic(), out)
+        return out
+
+    async def ready(self) -> tuple[bool, str]:
+        targets = await self.fanout.targets()
+        if not targets:
+            return False, "no agents found"
+        results = await self.fanout.gather("/healthz", targets=targets, route="/healthz")
+        up = sum(r.error is None for r in results)
+        if not up:
+            return False, "no agent answers"
+        return True, f"{up}/{len(results)} agents answer"
+
+
+@dataclass
+class _StreamState:
+    errors: dict[str, str]  # agents not feeding the stream now, and why
+    changed: bool = True
+    lost: int = 0  # dropped here: the viewer read too slowly
+    upstream_lost: dict[str, int] = field(default_factory=dict)  # reported by each agent
+    settled: asyncio.Event = field(default_factory=asyncio.Event)  # no agent still "connecting"
+
+    def __post_init__(self) -> None:
+        if "connecting" not in self.errors.values():
+            self.settled.set()
+
+    def set(self, name: str, error: str | None) -> bool:
+        """Record an agent's state; True if it changed."""
+        old = self.errors.get(name)
+        if error is None:
+            if name not in self.errors:
+                return False
+            del self.errors[name]
+        else:
+            if old == error:
+                return False
+            self.errors[name] = error
+        self.changed = True
+        if "connecting" not in self.errors.values():
+            self.settled.set()
+        return True
+
+    def event(self) -> str:
+        self.changed = False
+        body = {
+            "unreachable": sorted(n for n, e in self.errors.items() if e != "connecting"),
+            "connecting": sorted(n for n, e in self.errors.items() if e == "connecting"),
+            "errors": {n: e for n, e in sorted(self.errors.items()) if e != "connecting"},
+        }
+        return f"event: nodes\ndata: {json.dumps(body, separators=(',', ':'))}\n\n"
+
+
+def _wake(queue: asyncio.Queue[tuple[str, str, str]], name: str) -> None:
+    """Wake the writer so it tells the viewer an agent came or went (a full queue wakes it anyway)."""
+    try:
+        queue.put_nowait(("nodes", name, ""))
+    except asyncio.QueueFull:
+        pass
+
+
+def _sse_flow(row: dict[str, Any]) -> str:
+    return f"event: flow\ndata: {json.dumps(row, separators=(',', ':'))}\n\n"
+
+
+def _iso_key(iso: str) -> int:
+    return time_us(iso)

@@ -1,0 +1,118 @@
+"""Agents and relays on loopback for the relay tests: the agent's real API app over a real FlowStore that
+the test fills (the flow source is faked; HTTP, filters, merge and UI are real), served by uvicorn in a
+thread on a free 127.0.0.1 port."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from exporter import ui
+from exporter.api import create_app
+from exporter.flows import FlowStore
+from exporter.relay.app import create_app as create_relay_app
+from exporter.relay.discovery import Static, Target
+from exporter.relay.fanout import Fanout
+from exporter.relay.service import Relay
+from tests.unit.exporter_fixtures import View
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {cond}")
+        time.sleep(interval)
+
+
+class Served:
+    """An ASGI app under uvicorn in a daemon thread."""
+
+    def __init__(self, app: FastAPI, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Served:
+        self.thread.start()
+        wait_until(lambda: self.server.started, timeout=10)
+        return self
+
+    def stop(self) -> None:
+        # Open SSE streams would hold a graceful shutdown; nothing is left to flush.
+        self.server.should_exit = True
+        self.server.force_exit = True
+        self.thread.join(timeout=10)
+
+
+class Agent(View):
+    """A node: the agent's API over a FlowStore, named like the agent's --node."""
+
+    def __init__(self, name: str, capacity: int = 10000, token: str | None = None) -> None:
+        super().__init__()
+        self.store = FlowStore(capacity)  # (an empty store is falsy: View's default would replace it)
+        self.name = name
+        self.served = Served(create_app(self, token=token, ui=ui.hook(token)))
+
+    @property
+    def url(self) -> str:
+        return self.served.url
+
+    def status(self) -> dict[str, Any]:
+        store = {"flows": len(self.store), "capacity": self.store.capacity, "evicted": self.store.evicted}
+        return {**super().status(), "node": self.name, "flow_store": store, "endpoints": self.endpoints()}
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        return [
+            {"namespace": "default", "pod": f"pod-{self.name}", "ips": [], "attached": True, "state": "ready"}
+        ]
+
+
+@contextmanager
+def agents(names: Sequence[str], token: str | None = None, capacity: int = 10000) -> Iterator[list[Agent]]:
+    with ExitStack() as stack:
+        out = []
+        for name in names:
+            a = Agent(name, capacity, token)
+            a.served.start()
+            stack.callback(a.served.stop)
+            out.append(a)
+        yield out
+
+
+def relay_app(
+    targets: Sequence[Target], token: str | None = None, agent_token: str | None = None, **kw: Any
+) -> FastAPI:
+    relay = Relay(Fanout(Static(targets), agent_token, timeout_s=2.0), **kw)
+    return create_relay_app(relay, token=token, ui=ui.hook(token, with_map=False))
+
+
+@contextmanager
+def relay(targets: Sequence[Target], **kw: Any) -> Iterator[Served]:
+    served = Served(relay_app(targets, **kw)).start()
+    try:
+        yield served
+    finally:
+        served.stop()

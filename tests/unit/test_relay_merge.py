@@ -1,0 +1,276 @@
+"""The relay's merge across agents: order by time, limit after the merge, cursors that page through
+every agent's flows exactly once, and pairing of the two ends of a cross-node flow.
+
+The agents here are real FlowStores queried with the real filters (as the agent's /api/flows does),
+behind a Fanout whose HTTP request is replaced by that call; the relay's query loop is the real one."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from exporter.api import parse_request
+from exporter.flows import Flow, FlowStore
+from exporter.relay import merge
+from exporter.relay.discovery import Static, Target
+from exporter.relay.fanout import Fanout, Result
+from exporter.relay.service import Relay
+from exporter.relay.wire import flow_from_dict
+from tests.unit.exporter_fixtures import NOW_NS, make_flow
+
+
+class StoreFanout(Fanout):
+    """Each target answers from its own FlowStore, as the agent's /api/flows would."""
+
+    def __init__(self, stores: dict[str, FlowStore], down: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        super().__init__(Static([Target(n, f"http://{n}") for n in stores]))
+        self.stores, self.down = stores, down
+        self.asked: list[tuple[str, int]] = []
+
+    async def get(self, target, path, params=(), timeout=None) -> Result:
+        if target.name in self.down:
+            self.mark(target, "cannot connect", "connect")
+            return Result(target, error="cannot connect")
+        store = self.stores[target.name]
+        criteria: dict[str, list[str]] = {}
+        for k, v in params:
+            criteria.setdefault(k, []).append(v)
+        limit = int(criteria.get("limit", ["100"])[-1])
+        if limit > store.capacity:
+            return Result(target, error="HTTP 400: limit: expected a number from 0", status=400)
+        self.asked.append((target.name, limit))
+        req = parse_request(criteria)
+        found = reversed(store.query(req.query, req.since_ns, req.until_ns, limit).flows)  # oldest first
+        self.mark(target, None)
+        data = {"flows": [f.to_dict() for f in found], "stored": len(store), "capacity": store.capacity,
+                "evicted": 0}  # fmt: skip
+        return Result(target, data=data, status=200)
+
+
+def pos(node: str, f: Flow) -> merge.Position:
+    return merge.record(node, f.to_dict()).pos
+
+
+def fill(times: dict[str, list[int]], capacity: int = 10000) -> tuple[dict[str, FlowStore], list]:
+    """A store per node, flows added in time order (as events arrive); and every record's position."""
+    stores, every = {}, []
+    for node, ts in times.items():
+        stores[node] = FlowStore(capacity)
+        for i, t in enumerate(sorted(ts)):
+            f = make_flow(sport=1000 + i, time_ns=t, src=f"10.0.{len(stores)}.1")
+            stores[node].add(f)
+        every.extend(pos(node, f) for f in stores[node].query().flows)  # what it holds, past evictions
+    return stores, sorted(every, reverse=True)
+
+
+def run_pages(relay: Relay, limit: int, forward=()) -> list[list[dict[str, Any]]]:
+    pages, cursor = [], None
+    for _ in range(1000):
+        answer = asyncio.run(relay.flows(list(forward), limit, cursor))
+        pages.append(answer["flows"])
+        if answer["cursor"] is None:
+            return pages
+        cursor = merge.decode_cursor(answer["cursor"])
+    raise AssertionError("paging did not end")
+
+
+def positions(rows: list[dict[str, Any]]) -> list[merge.Position]:
+    return [merge.record(r["node"], r).pos for r in rows]
+
+
+# Times close together (many share a microsecond, some a nanosecond) are the hard case for cursors.
+times = st.lists(st.integers(NOW_NS, NOW_NS + 5_000), min_size=0, max_size=40)
+nodes = st.dictionaries(st.sampled_from(["a", "b", "c"]), times, min_size=1, max_size=3)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(per_node=nodes, limit=st.integers(1, 30))
+def test_a_page_is_the_newest_limit_across_agents_oldest_first(per_node, limit):
+    stores, every = fill(per_node)
+    answer = asyncio.run(Relay(StoreFanout(stores), pair=False).flows([], limit))
+    got = positions(answer["flows"])
+    assert got == sorted(got), "oldest first, as the agent answers"
+    assert list(reversed(got)) == every[:limit]
+    assert (answer["cursor"] is None) == (len(every) <= limit) or len(got) == limit
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(per_node=nodes, limit=st.integers(1, 12), capacity=st.sampled_from([16, 10000]))
+def test_cursors_page_through_every_record_once_in_order(per_node, limit, capacity):
+    stores, every = fill(per_node, capacity)
+    pages = run_pages(Relay(StoreFanout(stores), pair=False), limit)
+    seen = [p for page in pages for p in reversed(positions(page))]
+    assert seen == every
+    assert all(len(page) <= limit for page in pages)
+
+
+def test_limit_is_applied_after_the_merge_not_per_agent():
+    # Node a holds the 5 newest flows: the page is all a's, although each agent was asked for as many.
+    stores, _ = fill(
+        {"a": [NOW_NS + (100 + i) * 1000 for i in range(6)], "b": [NOW_NS + i * 1000 for i in range(6)]}
+    )
+    fan = StoreFanout(stores)
+    answer = asyncio.run(Relay(fan).flows([], 5))
+    assert [f["node"] for f in answer["flows"]] == ["a"] * 5
+    assert sorted(fan.asked) == [("a", 6), ("b", 6)], "one round was enough"
+
+
+def test_filters_are_forwarded_to_every_agent():
+    a, b = FlowStore(100), FlowStore(100)
+    a.add(make_flow(sport=1, dport=80))
+    a.add(make_flow(sport=2, dport=53, proto="UDP"))
+    b.add(make_flow(sport=3, dport=80, verdict="DROPPED", type="DROP"))
+    answer = asyncio.run(Relay(StoreFanout({"a": a, "b": b})).flows([("to_port", "80")], 10))
+    assert sorted(f["source"]["port"] for f in answer["flows"]) == [1, 3]
+    answer = asyncio.run(Relay(StoreFanout({"a": a, "b": b})).flows([("not_verdict", "dropped")], 10))
+    assert sorted(f["source"]["port"] for f in answer["flows"]) == [1, 2]
+
+
+def test_an_unreachable_agent_is_named_and_the_others_are_served():
+    stores, _ = fill({"a": [NOW_NS], "b": [NOW_NS + 1], "c": [NOW_NS + 2]})
+    answer = asyncio.run(Relay(StoreFanout(stores, down={"c"})).flows([], 10))
+    assert sorted(f["node"] for f in answer["flows"]) == ["a", "b"]
+    assert answer["unreachable"] == ["c"] and answer["errors"] == {"c": "cannot connect"}
+    assert answer["nodes"] == ["a", "b", "c"]
+
+
+# -- pairing ---------------------------------------------------------------------------------------------
+
+
+def cross(
+    direction: str, node_pod: str, verdict: str = "FORWARDED", t: int = NOW_NS, sport: int = 40000, **kw
+) -> Flow:
+    """One end of shop/web (10.1.0.5, node a) -> db/pg (10.2.0.7, node b), as one node's agent names it:
+    its own pod only."""
+    f = make_flow(
+        src="10.1.0.5", dst="10.2.0.7", sport=sport, dport=5432, direction=direction,
+        src_pod=("shop", "web") if node_pod == "src" else None,
+        dst_pod=("db", "pg") if node_pod == "dst" else None,
+        verdict=verdict, type="DROP" if verdict == "DROPPED" else "NEW", time_ns=t, **kw,
+    )  # fmt: skip
+    f.node = "a" if direction == "egress" else "b"
+    return f
+
+
+def test_the_two_ends_of_a_cross_node_flow_are_one_row_naming_both_nodes_and_pods():
+    a, b = FlowStore(100), FlowStore(100)
+    a.add(cross("egress", "src", packets=3, nbytes=180))
+    b.add(cross("ingress", "dst", verdict="DROPPED", t=NOW_NS + 40_000, packets=3, nbytes=180))
+    (row,) = asyncio.run(Relay(StoreFanout({"a": a, "b": b})).flows([], 10))["flows"]
+    assert row["paired"] is True
+    assert (row["source_node"], row["destination_node"]) == ("a", "b")
+    assert (row["source"]["pod"], row["destination"]["pod"]) == ("web", "pg")
+    assert row["verdict"] == "DROPPED" and row["drop_reason"] == "policy_denied"
+    assert row["ends"]["egress"]["verdict"] == "FORWARDED" and row["ends"]["ingress"]["node"] == "b"
+    assert row["policy"]["summary"] == "no policy allows ingress"
+    assert (row["packets"], row["bytes"]) == (3, 180)
+    assert row["time"] == b.query().flows[0].to_dict()["time"], "as of the newer end"
+
+
+def test_unrelated_records_do_not_pair():
+    a, b = FlowStore(100), FlowStore(100)
+    a.add(cross("egress", "src"))
+    b.add(cross("egress", "src"))  # same direction
+    c = FlowStore(100)
+    far = cross("ingress", "dst", t=NOW_NS + merge.PAIR_WINDOW_US * 1000 + 10**9 * 2)
+    c.add(far)
+    rows = asyncio.run(Relay(StoreFanout({"a": a, "b": b, "c": c})).flows([], 10))["flows"]
+    assert len(rows) == 3 and not any(r.get("paired") for r in rows)
+    one = FlowStore(100)
+    one.add(cross("egress", "src"))
+    one.add(cross("ingress", "dst"))  # one node: not a cross-node flow
+    assert len(asyncio.run(Relay(StoreFanout({"a": one})).flows([], 10))["flows"]) == 2
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 25), limit=st.integers(1, 7), seed=st.integers(0, 2**16))
+def test_with_pairing_pages_hold_every_record_once(n, limit, seed):
+    rnd = random.Random(seed)
+    ends: dict[str, list[Flow]] = {"a": [], "b": []}
+    for i in range(n):
+        t = NOW_NS + rnd.randrange(0, 3_000)
+        ends["a"].append(cross("egress", "src", t=t, sport=i))
+        if rnd.random() < 0.7:
+            ends["b"].append(cross("ingress", "dst", t=t + rnd.randrange(0, 2_000), sport=i))
+    a, b = FlowStore(1000), FlowStore(1000)
+    for store, node in ((a, "a"), (b, "b")):
+        store.add_many(sorted(ends[node], key=lambda f: f.time_ns))  # in the order events arrive
+    expected = [pos(node, f) for node, fs in ends.items() for f in fs]
+    pages = run_pages(Relay(StoreFanout({"a": a, "b": b})), limit)
+    got = []
+    for page in pages:
+        assert len(page) <= limit
+        for row in page:
+            if row.get("paired"):
+                for end, node in (("egress", "a"), ("ingress", "b")):
+                    ends = {**row, "time": row["ends"][end]["time"], "direction": end}
+                    got.append((merge.record(node, ends).pos[0], node, merge.record(node, ends).pos[2]))
+            else:
+                got.append(merge.record(row["node"], row).pos)
+    assert sorted(got) == sorted(expected)
+
+
+def test_stream_pairer_waits_for_the_other_end_then_lets_a_half_go():
+    p = merge.StreamPairer(wait_s=0.25)
+    egress = merge.record("a", cross("egress", "src").to_dict())
+    ingress = merge.record("b", cross("ingress", "dst").to_dict())
+    assert p.add(egress, now=10.0) == []
+    (row,) = p.add(ingress, now=10.1)
+    assert row["paired"] and (row["source_node"], row["destination_node"]) == ("a", "b")
+    assert p.due(now=11.0) == [], "the waiting half left in the pair"
+    alone = merge.record("a", cross("egress", "src", sport=1).to_dict())
+    assert p.add(alone, now=20.0) == [] and p.next_deadline() == 20.25
+    assert p.due(now=20.2) == []
+    assert p.due(now=20.3) == [alone.flow]
+    assert merge.StreamPairer(wait_s=0).add(alone, now=0) == [alone.flow]
+
+
+@pytest.mark.parametrize("text", ["", "nope", "eyJ4Ijox", merge.encode_cursor((1, "a", "k"))[:-2] + "!!"])
+def test_a_bad_cursor_is_refused_with_the_reason(text):
+    with pytest.raises(ValueError, match="not a cursor from this relay"):
+        merge.decode_cursor(text)
+
+
+def test_cursor_round_trip_and_wire_round_trip():
+    p = (1_800_000_000_123_456, "node-1", "TCP|10.0.0.1|1|10.0.0.2|2|egress")
+    assert merge.decode_cursor(merge.encode_cursor(p)) == p
+    f = cross("ingress", "dst", verdict="DROPPED")
+    assert flow_from_dict(f.to_dict()).to_dict() == f.to_dict()
+
+
+class SkewedFanout(StoreFanout):
+    """Node b runs something else: its answer is JSON, but not the agent's flows."""
+
+    def __init__(self, stores, answer) -> None:
+        super().__init__(stores)
+        self.answer = answer
+
+    async def get(self, target, path, params=(), timeout=None) -> Result:
+        if target.name == "b":
+            self.mark(target, None)
+            return Result(target, data=self.answer, status=200)
+        return await super().get(target, path, params, timeout)
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        ({"flows": [{"time": "yesterday"}]}, "unreadable flow in the answer: KeyError"),
+        (
+            {"flows": [{**make_flow().to_dict(), "time": "yesterday"}]},
+            "unreadable flow in the answer: ValueError",
+        ),
+        ({"items": []}, "not a flows answer"),
+        ([1, 2], "not a flows answer"),
+    ],
+)
+def test_an_agent_with_an_unreadable_answer_is_named_and_left_out(answer, error):
+    stores, _ = fill({"a": [NOW_NS], "b": [NOW_NS]})
+    body = asyncio.run(Relay(SkewedFanout(stores, answer)).flows([], 10))
+    assert [f["node"] for f in body["flows"]] == ["a"]
+    assert body["unreachable"] == ["b"] and body["errors"]["b"].startswith(error)
