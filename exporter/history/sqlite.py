@@ -56,7 +56,19 @@ log = logging.getLogger("lumen.history")
 DEFAULT_FILE = "history.sqlite"
 TEN_MINUTES = 100  # `minute` 100 + n: the sums of minutes 10n to 10n+9 in edges_<hour>
 BLOCK_HOURS = 6  # edges_span also sums blocks of this many hours
-_SPAN_KEY = ("span", "start", "src", "dst", "verdict", "proto", "port", "reason", "node", "direction", "reply")
+_SPAN_KEY = (
+    "span",
+    "start",
+    "src",
+    "dst",
+    "verdict",
+    "proto",
+    "port",
+    "reason",
+    "node",
+    "direction",
+    "reply",
+)
 _SPAN_UPSERT = (
     f" ON CONFLICT ({', '.join(_SPAN_KEY)}) DO UPDATE SET flows = flows + excluded.flows, "
     "packets = packets + excluded.packets, bytes = bytes + excluded.bytes, "
@@ -354,9 +366,9 @@ class SqliteHistory:
         # and its block of BLOCK_HOURS in edges_span, so a day's map reads about ten sums per edge
         tens = _fold(edges, lambda k: (k[0], TEN_MINUTES + k[1] // 10, *k[2:]))
         totals = _fold(edges, lambda k: (1, k[0], k[2], k[3], k[6], k[5], k[10], k[7], k[4], k[8], k[9]))
-        for k, e in totals.items():  # spans hold absolute times
-            e[3] += _hour_start(k[1])
-            e[4] += _hour_start(k[1])
+        for tk, te in totals.items():  # spans hold absolute times
+            te[3] += _hour_start(tk[1])
+            te[4] += _hour_start(tk[1])
         totals.update(_fold(totals, lambda k: (BLOCK_HOURS, k[1] - k[1] % BLOCK_HOURS, *k[2:])))
         created: list[int] = []
         try:
@@ -507,7 +519,9 @@ class SqliteHistory:
             # the hour's sums and its block's (which now lacks an hour: queries no longer use it): a few
             # thousand rows, one per edge, the only rows retention deletes one by one
             c.execute("DELETE FROM edges_span WHERE span = 1 AND start = ?", (h,))
-            c.execute("DELETE FROM edges_span WHERE span = ? AND start = ?", (BLOCK_HOURS, h - h % BLOCK_HOURS))
+            c.execute(
+                "DELETE FROM edges_span WHERE span = ? AND start = ?", (BLOCK_HOURS, h - h % BLOCK_HOURS)
+            )
             horizon = max(self.horizon_ns, _hour_start(h + 1))
             c.execute("UPDATE meta SET value = ? WHERE key = 'horizon_ns'", (horizon,))
         self._hours.discard(h)

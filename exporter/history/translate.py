@@ -169,7 +169,7 @@ class Translator:
         """(SQL, exact, rollup_ok) of one AND-group."""
         parts, exact, rollup = [], True, True
         for name, values in g.criteria.items():
-            sql = self.criterion(name, values)
+            sql = self.criterion(name, tuple(values))
             if sql is None:
                 exact, rollup = False, False
                 continue

@@ -86,7 +86,7 @@ def flow_lists(draw: st.DrawFn, max_size: int = 40, span_ns: int = 3 * HOUR) -> 
 
 
 CRITERIA_VALUES = {
-    "pod": ["shop/web-1", "shop/", "shop/web", "ops/probe", "payments/"],
+    "pod": ["shop/web-1", "shop/", "web", "ops/probe", "payments/"],
     "namespace": ["shop", "ops", "payments", "kube-system"],
     "ip": ["10.1.0.0/24", "10.1.0.2", "203.0.113.0/24", "2001:db8::/32"],
     "port": ["53", "80", "443", "20001"],

@@ -377,7 +377,11 @@ def test_maps_over_many_hours_use_blocks_and_stay_exact_after_retention(tmp_path
         got.pop("complete")
         assert got == want
 
-    for since, until in [(T0, T0 + 20 * HOUR), (T0 + HOUR + 5, T0 + 19 * HOUR), (T0 + 6 * HOUR, T0 + 12 * HOUR - 1)]:
+    for since, until in [
+        (T0, T0 + 20 * HOUR),
+        (T0 + HOUR + 5, T0 + 19 * HOUR),
+        (T0 + 6 * HOUR, T0 + 12 * HOUR - 1),
+    ]:
         check(since, until)
     clock.now = T0 + 27 * HOUR + 10  # hours 0 to 6 expire: blocks 0-5 and 6-11 lose hours
     store.enforce_retention()
