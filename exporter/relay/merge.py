@@ -69,10 +69,13 @@ def record(node: str, flow: dict[str, Any]) -> Record:
     node, ingress at the destination's)."""
     if not flow.get("node"):
         flow["node"] = node
-    if flow.get("direction") == "egress":
-        flow.setdefault("source_node", flow["node"])
-    elif flow.get("direction") == "ingress":
-        flow.setdefault("destination_node", flow["node"])
+    side = {"egress": ("source", "source_node"), "ingress": ("destination", "destination_node")}
+    if flow.get("direction") in side:
+        end, key = side[flow["direction"]]
+        flow.setdefault(key, flow["node"])
+        ep = flow.get(end)
+        if isinstance(ep, dict) and ep.get("pod") and not ep.get("node"):
+            ep["node"] = flow[key]  # the pod on the node that counted this end
     tuple5 = five_tuple(flow)
     return Record(node, flow, (time_us(flow["time"]), node, f"{tuple5}|{flow['direction']}"), tuple5)
 
