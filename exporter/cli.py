@@ -306,6 +306,11 @@ def _relay_parser(sub: Any) -> None:
         default=0.25,
         help="seconds a live flow waits for its other end from another node",
     )
+    p.add_argument(
+        "--history",
+        metavar="URL",
+        help="clickhouse://host:port/db the agents write to: time ranges older than they hold come from it",
+    )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=cmd_relay)
 
@@ -344,6 +349,14 @@ def cmd_relay(args: argparse.Namespace) -> int:
             )
     except ValueError as exc:
         return usage(str(exc))
+    history = None
+    if args.history:
+        from exporter.relay.history import open_history
+
+        try:
+            history = open_history(args.history)
+        except ValueError as exc:
+            return usage(str(exc))
 
     import uvicorn
 
@@ -353,7 +366,12 @@ def cmd_relay(args: argparse.Namespace) -> int:
     from exporter.relay.service import Relay
 
     logs.setup(args.log_level)
-    relay = Relay(Fanout(found, agent_token, args.timeout), pair=not args.no_pair, pair_wait_s=args.pair_wait)
+    relay = Relay(
+        Fanout(found, agent_token, args.timeout),
+        pair=not args.no_pair,
+        pair_wait_s=args.pair_wait,
+        history=history,
+    )
     app = create_app(relay, token=token, ui=ui.hook(token, with_map=False))
     print(f"lumen relay: API on http://{args.host}:{args.port}/api/flows", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
