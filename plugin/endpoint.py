@@ -52,16 +52,30 @@ def write(state_dir: str, record: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _usable(record: object) -> bool:
+    """A record whose fields the verbs and the agent read have their types. A torn record cannot happen
+    (atomic replace) but a hand-edited or foreign one can: it is treated as unknown, never a traceback."""
+    if not isinstance(record, dict):
+        return False
+    if not all(isinstance(record.get(k), str) for k in ("containerId", "ifname", "hostVeth")):
+        return False
+    if not all(isinstance(record[k], str) for k in ("netns", "network", "state") if k in record):
+        return False
+    if "pid" in record and type(record["pid"]) is not int:
+        return False
+    lists = [record[k] for k in ("ips", "linkLocal") if k in record]
+    return all(isinstance(v, list) and all(isinstance(a, str) for a in v) for v in lists)
+
+
 def read(state_dir: str, container_id: str, ifname: str) -> dict[str, Any] | None:
     try:
-        with open(record_path(state_dir, container_id, ifname)) as f:
+        with open(record_path(state_dir, container_id, ifname), "rb") as f:
             record: dict[str, Any] = jsonio.loads(f.read())
-            return record
     except FileNotFoundError:
         return None
     except ValueError:
-        # A torn record cannot happen (atomic replace) but a hand-edited one can: treat it as unknown.
-        return None
+        return None  # not JSON (hand-edited): unknown
+    return record if _usable(record) else None
 
 
 def remove(state_dir: str, container_id: str, ifname: str) -> None:
@@ -82,8 +96,10 @@ def all_records(state_dir: str) -> list[dict[str, Any]]:
         if not name.endswith(".json"):
             continue
         try:
-            with open(os.path.join(directory, name)) as f:
-                out.append(jsonio.loads(f.read()))
+            with open(os.path.join(directory, name), "rb") as f:
+                record = jsonio.loads(f.read())
         except (OSError, ValueError):
             continue
+        if _usable(record):
+            out.append(record)
     return out
