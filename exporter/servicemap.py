@@ -1,6 +1,7 @@
 """The service map: flows from the store aggregated into nodes (pods, or bare IPs outside the node's pods;
-multicast, link-local and unspecified addresses as one node each) and edges (client -> server per verdict,
-connections folded: exporter/connections.py), so the browser draws a summary instead of every event.
+multicast, link-local and unspecified addresses as one node each)
+and edges (client -> server per verdict: a reply is drawn on its request's edge, which names the server's
+ports only), so the browser draws a summary instead of every event.
 
 Each stored flow is one 5-tuple as of its latest event, with cumulative packets and bytes. An edge's rate
 is its bytes over the time its flows were seen (first start to last event, at least one second), so a
@@ -14,7 +15,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter import connections
 from exporter.flows import Endpoint, Flow, address_kind
 
 EXTERNAL = ""  # namespace of nodes that are not pods on this node
@@ -60,7 +60,7 @@ class Edge:
     first_ns: int = 0
     last_ns: int = 0
     protocols: set[str] = field(default_factory=set)
-    ports: set[int] = field(default_factory=set)  # the server's (destination) ports
+    ports: set[int] = field(default_factory=set)  # the server's (destination of requests) ports
     messages: set[str] = field(default_factory=set)  # ICMP/ICMPv6/IGMP message names
     drop_reasons: set[str] = field(default_factory=set)
 
@@ -73,8 +73,7 @@ class Edge:
             "source": self.source,
             "destination": self.destination,
             "verdict": self.verdict,
-            "flows": self.flows,  # connections (a request and its reply count once)
-            "connections": self.flows,
+            "flows": self.flows,
             "packets": self.packets,
             "bytes": self.bytes,
             "bytes_per_s": round(self.bytes_per_s, 1),
@@ -86,7 +85,6 @@ class Edge:
 
 
 def _node(nodes: dict[str, Node], ep: Endpoint) -> Node:
-    # Addresses that are no one's endpoint get one node each kind, not one per group or host.
     key = ep.name() if ep.pod else address_kind(ep.ip) or ep.ip
     node = nodes.get(key)
     if node is None:
@@ -95,47 +93,104 @@ def _node(nodes: dict[str, Node], ep: Endpoint) -> Node:
     return node
 
 
-def build(flows: Iterable[Flow]) -> dict[str, Any]:
-    """Nodes sorted by namespace then name (external last), edges sorted by source and destination.
+class MapBuilder:
+    """Adds flows, or sums of flows (a history store's aggregates), into nodes and edges."""
 
-    Flows are folded into connections first (exporter/connections.py): an edge goes from client to
-    server and lists the server's ports only, so replies do not draw a second edge full of ephemeral
-    ports; a connection's verdict is the worse of its halves."""
-    nodes: dict[str, Node] = {}
-    edges: dict[tuple[str, str, str], Edge] = {}
-    for conn in connections.fold(flows):
-        client, server = _node(nodes, conn.client), _node(nodes, conn.server)
+    def __init__(self) -> None:
+        self.nodes: dict[str, Node] = {}
+        self.edges: dict[tuple[str, str, str], Edge] = {}
+        # endpoint object -> its node: a history's aggregates name the same few endpoints many times
+        self._node_of: dict[int, tuple[Endpoint, Node]] = {}
+
+    def _node(self, ep: Endpoint) -> Node:
+        hit = self._node_of.get(id(ep))
+        if hit is not None and hit[0] is ep:
+            return hit[1]
+        node = _node(self.nodes, ep)
+        self._node_of[id(ep)] = (ep, node)
+        return node
+
+    def add(
+        self,
+        source: Endpoint,
+        destination: Endpoint,
+        verdict: str,
+        protocol: str,
+        port: int,
+        drop_reason: str,
+        flows: int,
+        packets: int,
+        nbytes: int,
+        first_ns: int,
+        last_ns: int,
+        reply: bool = False,
+        message: str = "",
+    ) -> None:
+        """`reply`: these flows answer connections opened the other way; their edge is drawn from client
+        to server like the requests' (one edge per connection, not two)."""
+        src, dst = self._node(source), self._node(destination)
         # The datapath accounts each flow once (where it enters the pod network): no record repeats another.
-        for half, (sender, receiver) in ((conn.request, (client, server)), (conn.reply, (server, client))):
-            if half is None:
-                continue
-            sender.tx_packets += half.packets
-            sender.tx_bytes += half.bytes
-            receiver.rx_packets += half.packets
-            receiver.rx_bytes += half.bytes
-        verdict = conn.verdict
-        dropped = verdict == "DROPPED"
-        for node in {client.id: client, server.id: server}.values():
-            node.flows += 1
+        src.tx_packets += packets
+        src.tx_bytes += nbytes
+        dst.rx_packets += packets
+        dst.rx_bytes += nbytes
+        dropped = flows if verdict == "DROPPED" else 0
+        for node in (src, dst):
+            node.flows += flows
             node.dropped += dropped
-        edge = edges.get((client.id, server.id, verdict))
+        if reply:
+            src, dst = dst, src
+        edge = self.edges.get((src.id, dst.id, verdict))
         if edge is None:
-            edge = edges[(client.id, server.id, verdict)] = Edge(
-                client.id, server.id, verdict, first_ns=conn.start_ns
-            )
-        edge.flows += 1
-        edge.packets += conn.packets
-        edge.bytes += conn.bytes
-        edge.first_ns = min(edge.first_ns, conn.start_ns)
-        edge.last_ns = max(edge.last_ns, conn.time_ns)
-        edge.protocols.add(conn.protocol)
-        if conn.server_port is not None:
-            edge.ports.add(conn.server_port)
-        if conn.first.message is not None:
-            edge.messages.add(conn.first.message_name())
-        edge.drop_reasons.add(conn.drop_reason)
-    ordered = sorted(nodes.values(), key=lambda n: (n.namespace == EXTERNAL, n.namespace, n.name))
-    return {
-        "nodes": [n.to_dict() for n in ordered],
-        "edges": [e.to_dict() for _, e in sorted(edges.items())],
-    }
+            edge = self.edges[(src.id, dst.id, verdict)] = Edge(src.id, dst.id, verdict, first_ns=first_ns)
+        edge.flows += flows
+        edge.packets += packets
+        edge.bytes += nbytes
+        edge.first_ns = min(edge.first_ns, first_ns)
+        edge.last_ns = max(edge.last_ns, last_ns)
+        edge.protocols.add(protocol)
+        if port:
+            edge.ports.add(port)
+        if message:
+            edge.messages.add(message)
+        edge.drop_reasons.add(drop_reason)
+
+    def add_flow(self, f: Flow) -> None:
+        self.add(
+            f.source,
+            f.destination,
+            f.verdict,
+            f.protocol,
+            service_port(f),
+            f.drop_reason,
+            1,
+            f.packets,
+            f.bytes,
+            f.start_ns,
+            f.time_ns,
+            f.is_reply,
+            f.message_name(),
+        )
+
+    def result(self) -> dict[str, Any]:
+        """Nodes sorted by namespace then name (external last), edges sorted by source and destination."""
+        ordered = sorted(self.nodes.values(), key=lambda n: (n.namespace == EXTERNAL, n.namespace, n.name))
+        return {
+            "nodes": [n.to_dict() for n in ordered],
+            "edges": [e.to_dict() for _, e in sorted(self.edges.items())],
+        }
+
+
+def service_port(f: Flow) -> int:
+    """The port an edge names: the destination port of a request. A reply's destination port is the
+    client's ephemeral one, which says nothing about the service (and would make every reply its own
+    aggregate in the history's rollups), so replies name none."""
+    return 0 if f.is_reply else f.destination.port
+
+
+def build(flows: Iterable[Flow]) -> dict[str, Any]:
+    """Nodes sorted by namespace then name (external last), edges sorted by source and destination."""
+    builder = MapBuilder()
+    for f in flows:
+        builder.add_flow(f)
+    return builder.result()

@@ -92,12 +92,12 @@ def test_the_service_map_draws_one_edge_from_client_to_server_with_the_server_po
     flows = [f for sport in (40000, 40001, 40002) for f in tcp_pair(sport)]
     m = servicemap.build(flows)
     (edge,) = m["edges"]
-    assert (edge["source"], edge["destination"], edge["ports"], edge["connections"]) == (
+    assert (edge["source"], edge["destination"], edge["ports"], edge["flows"]) == (
         "shop/web",
         "shop/api",
         [80],
-        3,
-    )
+        6,
+    ), "three connections, both halves on one edge, no ephemeral port"
     nodes = {n["id"]: n for n in m["nodes"]}
     assert nodes["shop/api"]["tx_bytes"] == 3 * 4000 and nodes["shop/web"]["tx_bytes"] == 3 * 500
 
