@@ -16,7 +16,8 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from exporter import filters
+from bpf import vocab
+from exporter import docs, filters
 from exporter.api import DEFAULT_LIMIT, PAGING_PARAMS, parse_query, token_check
 from exporter.relay import merge
 from exporter.relay.service import Relay
@@ -93,7 +94,10 @@ def create_app(
         description="Flows, endpoints and status of every Lumen node, through one API.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # exporter.docs serves /docs with local assets; ReDoc needs a CDN: off
+        redoc_url=None,
     )
+    docs.mount(app)
     app.state.relay = relay
     check_token = token_check(token)
 
@@ -150,6 +154,11 @@ def create_app(
         """Every node's pods, each with its `node`; unreachable nodes in the X-Lumen-Unreachable header."""
         eps, missing = await relay.endpoints()
         return JSONResponse(eps, headers=_unreachable_headers(missing.to_dict()))
+
+    @api.get("/vocabulary", tags=["flows"])
+    def vocabulary() -> dict[str, Any]:
+        """The words flows are described with, as the agents' datapath defines them (the same code)."""
+        return vocab.as_json()
 
     @api.get("/status", tags=["status"])
     async def status() -> dict[str, Any]:

@@ -77,6 +77,33 @@ def test_flows_from_every_agent_newest_limit_after_the_merge(served, three):
     assert times == sorted(times)
 
 
+def test_the_relay_serves_every_route_the_agent_does(served, three):
+    from exporter.api import create_app
+    from tests.unit.exporter_fixtures import View
+
+    def gets(app):
+        return {
+            r.path for r in app.routes if "GET" in getattr(r, "methods", ()) and r.path.startswith("/api")
+        }
+
+    agent_routes = gets(create_app(View()))
+    assert agent_routes <= gets(served.server.config.app) | {"/api/policy"}, "policy is per node"
+    assert (
+        httpx.get(f"{served.url}/api/vocabulary").json() == httpx.get(f"{three[0].url}/api/vocabulary").json()
+    )
+
+
+def test_a_filter_as_json_is_forwarded_as_it_came(served):
+    from exporter.filters import FilterGroup, FlowQuery
+
+    q = FlowQuery(allow=(FilterGroup({"from_port": ["1000"]}), FilterGroup({"from_port": ["3001"]})),
+                  deny=(FilterGroup({"from_ip": ["10.9.9.9"]}),))  # fmt: skip
+    body = httpx.get(f"{served.url}/api/flows", params={"filter": q.to_json(), "limit": 0}).json()
+    assert sorted(f["source"]["port"] for f in body["flows"]) == [1000, 3001]
+    bad = httpx.get(f"{served.url}/api/flows", params={"filter": '{"allow": 1}'})
+    assert bad.status_code == 400 and "filter" in bad.json()["detail"]
+
+
 def test_filters_and_bad_input_are_the_agents(served):
     body = httpx.get(f"{served.url}/api/flows?from_port=2000&from_port=3001&limit=0").json()
     assert sorted(f["source"]["port"] for f in body["flows"]) == [2000, 3001]
