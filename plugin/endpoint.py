@@ -17,17 +17,23 @@ if TYPE_CHECKING:
 ENDPOINTS_DIR = "endpoints"
 
 try:  # the builtin module: hashlib loads OpenSSL (~3 ms) for one short digest
-    from _sha2 import sha256 as _sha256  # type: ignore[import-not-found]  # Python >= 3.12
+    # Which of these exists depends on the Python version: each ignore may be unused on another one.
+    from _sha2 import sha256 as _sha256  # type: ignore[import-not-found,unused-ignore]  # Python >= 3.12
 except ImportError:
     try:
-        from _sha256 import sha256 as _sha256  # type: ignore[import-not-found,no-redef]
+        from _sha256 import sha256 as _sha256  # type: ignore[import-not-found,no-redef,unused-ignore]
     except ImportError:
-        from hashlib import sha256 as _sha256  # type: ignore[assignment]
+        from hashlib import sha256 as _sha256  # type: ignore[assignment,unused-ignore]
+
+
+def _hexdigest(data: bytes) -> str:
+    digest: str = _sha256(data).hexdigest()
+    return digest
 
 
 def host_veth_name(container_id: str, ifname: str) -> str:
     """Deterministic, so DEL and GC find the host side even when the pod's netns is gone."""
-    return "lmn" + _sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:11]
+    return "lmn" + _hexdigest(f"{container_id}/{ifname}".encode())[:11]
 
 
 # NAME_MAX (255) less the ".tmp.<pid>" suffix write() adds while the record is being written.
@@ -39,7 +45,7 @@ def record_path(state_dir: str, container_id: str, ifname: str) -> str:
     if len(name.encode()) > _MAX_NAME:
         # A container ID may be up to 255 characters: too long for a file name with the ifname. Readers
         # go by the record's content (all_records) or by this function, so the name only has to be stable.
-        name = f"{_sha256(f'{container_id}/{ifname}'.encode()).hexdigest()}_{ifname}.json"
+        name = f"{_hexdigest(f'{container_id}/{ifname}'.encode())}_{ifname}.json"
     return os.path.join(state_dir, ENDPOINTS_DIR, name)
 
 
