@@ -362,7 +362,7 @@ def test_broken_pins_leave_the_pod_wired_and_unobserved(cni_bin: Path, tmp_path:
     """Observability never costs a pod its network: files that are not BPF objects where pins should be."""
     pins = tmp_path / "pins"
     pins.mkdir()
-    for name in ("prog_lumen_ingress", "prog_lumen_egress", "lumen_endpoints"):
+    for name in (*abi.PROG_PINS.values(), abi.MAP_ENDPOINTS):
         (pins / name).write_text("not a bpf object")
     node = Node(binary=cni_bin, extra={"bpfPinDir": str(pins)})
     try:
