@@ -630,8 +630,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _no_empty_lists(args: argparse.Namespace) -> None:
+    """argparse turns the value `--` (`--pod=--`) into an empty list; make it the empty string, which every
+    command refuses with a reason, instead of a list where text is expected."""
+    for name, value in vars(args).items():
+        if value == []:
+            setattr(args, name, "")
+        elif isinstance(value, list):
+            setattr(args, name, ["" if v == [] else v for v in value])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _no_empty_lists(args)
     return int(args.func(args))
 
 

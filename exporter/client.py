@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 from exporter.sse import iter_sse
 
@@ -25,7 +23,10 @@ def open_url(
     timeout: float | None,
     data: bytes | None = None,
 ) -> Any:
-    url = server.rstrip("/") + path + ("?" + urllib.parse.urlencode(params) if params else "")
+    import urllib.error  # http.client, email, ssl: only when a request is made (not for --help)
+    import urllib.request
+
+    url = server.rstrip("/") + path + ("?" + urlencode(params) if params else "")
     try:
         req = urllib.request.Request(
             url, data=data, headers={"Accept": "application/json, text/event-stream"}
