@@ -39,6 +39,7 @@ from plugin.pinned import (  # noqa: F401
     MAP_SLOTS,
     MAP_SOURCES,
     MAP_STATS,
+    MAP_TCP_FLAGS,
     PINNED_MAPS,
     PROG_EGRESS,
     PROG_INGRESS,
@@ -282,7 +283,8 @@ class PolicyCountKey(ct.Structure):
         ("policy_id", ct.c_uint32),
         ("verdict", ct.c_uint8),
         ("direction", ct.c_uint8),
-        ("pad", ct.c_uint8 * 2),
+        ("denied", ct.c_uint8),
+        ("pad", ct.c_uint8),
     ]
 
 
@@ -320,6 +322,7 @@ PINNED_LAYOUTS: dict[str, tuple[type, type, bool]] = {
     MAP_FLOW_COUNTS: (ct.c_uint32, ct.c_uint64, True),
     MAP_DROPS: (ct.c_uint32, ct.c_uint64, True),
     MAP_POLICY_COUNTS: (PolicyCountKey, ct.c_uint64, True),
+    MAP_TCP_FLAGS: (ct.c_uint32, ct.c_uint64, True),
 }
 
 #: C struct name -> Python mirror, for the drift test

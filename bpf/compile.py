@@ -49,6 +49,7 @@ MAP_SIZES: dict[str, str | int | tuple[str, int]] = {
     abi.MAP_FLOW_COUNTS: 256 << 3,
     abi.MAP_DROPS: abi.DROP_MAX << 8,
     abi.MAP_POLICY_COUNTS: "LUMEN_POLICY_COUNT_SIZE",
+    abi.MAP_TCP_FLAGS: 2 << 8,
 }
 
 

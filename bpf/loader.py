@@ -414,13 +414,30 @@ class Datapath:
         """(drop reason, protocol number) -> packets dropped."""
         return {(i >> 8, i & 0xFF): n for i, n in enumerate(self._percpu_u64_array(abi.MAP_DROPS)) if n}
 
-    def policy_counts(self) -> dict[tuple[int, int, int], int]:
-        """(policy id, verdict, direction of the side) -> flow decisions."""
-        out: dict[tuple[int, int, int], int] = {}
+    def policy_decisions(self) -> dict[tuple[int, int, int, bool], int]:
+        """(policy id, verdict, direction of the side, denied) -> flow decisions. A denied side is named
+        by the policy isolating it (0: not known)."""
+        out: dict[tuple[int, int, int, bool], int] = {}
         for k, per_cpu in self._map(abi.MAP_POLICY_COUNTS).items():
-            key = (int(k.policy_id), int(k.verdict), int(k.direction))
+            denied = bool(k.denied) or k.policy_id == abi.POLICY_DENIED_ID  # the latter: an older build's
+            pid = 0 if k.policy_id == abi.POLICY_DENIED_ID else int(k.policy_id)
+            key = (pid, int(k.verdict), int(k.direction), denied)
             out[key] = out.get(key, 0) + sum(per_cpu)
         return out
+
+    def policy_counts(self) -> dict[tuple[int, int, int], int]:
+        """(policy id, verdict, direction of the side) -> flow decisions; POLICY_DENIED_ID for a side no
+        rule admitted."""
+        out: dict[tuple[int, int, int], int] = {}
+        for (pid, verdict, direction, denied), n in self.policy_decisions().items():
+            key = (abi.POLICY_DENIED_ID if denied else pid, verdict, direction)
+            out[key] = out.get(key, 0) + n
+        return out
+
+    def tcp_flags(self) -> dict[tuple[int, int], int]:
+        """(IP version, TCP flag byte) -> packets, for packets with SYN, FIN or RST."""
+        counts = self._percpu_u64_array(abi.MAP_TCP_FLAGS)
+        return {(6 if i >> 8 else 4, i & 0xFF): n for i, n in enumerate(counts) if n}
 
     def stat(self, which: abi.Stat) -> int:
         return int(sum(self._map(abi.MAP_STATS)[ct.c_uint32(int(which))]))

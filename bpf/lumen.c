@@ -33,6 +33,7 @@
 #include "parse.h"
 
 #define LUMEN_TCP_FIN 0x01
+#define LUMEN_TCP_SYN 0x02
 #define LUMEN_TCP_RST 0x04
 
 /* skb->tc_index of a packet accounted at a source pod's veth. A direct-action program sets it through
@@ -153,9 +154,10 @@ static __always_inline int lumen_admits(struct policy_value *v, __u32 *policy)
 
 /* One side of a connection: may `subject` (0: not a local pod) send (egress) or receive (ingress)?
  * At most four lookups, cheapest first: the isolation marker matches any key of the subject, so a miss
- * on the first means the pod is not isolated in this direction. */
+ * on the first means the pod is not isolated in this direction. A denied side leaves the isolating
+ * policy (the marker's) in `isolation`, for the decision counters. */
 static __always_inline int lumen_side(__u8 slot, __u8 direction, __u32 subject, struct lumen_peer *peer,
-                                      __u8 proto, __u16 port, __u32 *policy, __u8 *audit)
+                                      __u8 proto, __u16 port, __u32 *policy, __u32 *isolation, __u8 *audit)
 {
     *policy = 0;
     if (!subject || peer->id == LUMEN_ID_HOST)
@@ -166,6 +168,7 @@ static __always_inline int lumen_side(__u8 slot, __u8 direction, __u32 subject, 
     if (lumen_admits(v, policy))
         return 1;
     *audit = v->audit;
+    *isolation = v->policy_id;
     if (lumen_admits(lumen_policy_lookup(slot, direction, subject, LUMEN_ID_ANY, proto, port), policy))
         return 1;
     /* last, as it costs two lookups: the address's ipBlock prefix, then its entry */
@@ -179,6 +182,8 @@ static __always_inline int lumen_side(__u8 slot, __u8 direction, __u32 subject, 
 struct lumen_decision {
     __u32 egress_policy;
     __u32 ingress_policy;
+    __u32 egress_isolation;  /* the policy isolating a denied side */
+    __u32 ingress_isolation;
     __u8 verdict;
     __u8 drop_reason;
     __u8 flags;
@@ -250,9 +255,9 @@ static __always_inline void lumen_decide(struct lumen_config *cfg, struct flow_k
 
     __u8 audit_e = 0, audit_i = 0;
     int ok_e = lumen_side(slot, LUMEN_DIR_EGRESS, src_subject, &dstp, key->proto, port, &d->egress_policy,
-                          &audit_e);
+                          &d->egress_isolation, &audit_e);
     int ok_i = lumen_side(slot, LUMEN_DIR_INGRESS, dst_subject, &src, key->proto, port, &d->ingress_policy,
-                          &audit_i);
+                          &d->ingress_isolation, &audit_i);
     /* A flow is a reply if its reverse was there first; decided again later, it stays what it was
      * (the original direction of a connection never passes as the reply of its own answer). */
     struct flow_stats *rev = 0;
@@ -307,12 +312,16 @@ static __always_inline void lumen_set_dst(struct flow_stats *st, struct endpoint
     st->dst_slot = dst ? dst->slot : 0;
 }
 
-static __always_inline void lumen_count_decision(__u32 policy_id, __u8 verdict, __u8 side)
+static __always_inline void lumen_count_decision(__u32 policy_id, __u32 isolation, __u8 verdict, __u8 side)
 {
     if (!policy_id)
         return; /* this side is not isolated */
     struct policy_count_key k = {};
     k.policy_id = policy_id;
+    if (policy_id == LUMEN_POLICY_DENIED_ID) {
+        k.policy_id = isolation; /* named by the policy whose default deny it is */
+        k.denied = 1;
+    }
     k.verdict = verdict;
     k.direction = side;
     __u64 *v = lumen_policy_counts.lookup(&k);
@@ -461,9 +470,9 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
             lumen_decide(cfg, &key, direction, dst, st, &d);
             __u8 was = st->verdict;
             if (d.verdict != was || d.egress_policy != st->egress_policy)
-                lumen_count_decision(d.egress_policy, d.verdict, LUMEN_DIR_EGRESS);
+                lumen_count_decision(d.egress_policy, d.egress_isolation, d.verdict, LUMEN_DIR_EGRESS);
             if (d.verdict != was || d.ingress_policy != st->ingress_policy)
-                lumen_count_decision(d.ingress_policy, d.verdict, LUMEN_DIR_INGRESS);
+                lumen_count_decision(d.ingress_policy, d.ingress_isolation, d.verdict, LUMEN_DIR_INGRESS);
             st->policy_gen = cfg->policy_gen;
             st->verdict = d.verdict;
             st->drop_reason = d.drop_reason;
@@ -531,14 +540,20 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
             __u64 *n = lumen_flow_counts.lookup(&fc);
             if (n)
                 *n += 1;
-            lumen_count_decision(d.egress_policy, d.verdict, LUMEN_DIR_EGRESS);
-            lumen_count_decision(d.ingress_policy, d.verdict, LUMEN_DIR_INGRESS);
+            lumen_count_decision(d.egress_policy, d.egress_isolation, d.verdict, LUMEN_DIR_EGRESS);
+            lumen_count_decision(d.ingress_policy, d.ingress_isolation, d.verdict, LUMEN_DIR_INGRESS);
             st = lumen_flows.lookup(&key);
             ev_type = d.verdict == LUMEN_VERDICT_DROPPED ? LUMEN_EV_DROP : LUMEN_EV_NEW;
         }
     }
 
     lumen_count(&key, src_slot, dst_slot, verdict, drop_reason, len);
+    if (tcp_flags & (LUMEN_TCP_SYN | LUMEN_TCP_FIN | LUMEN_TCP_RST)) {
+        __u32 fi = (__u32)(key.family == 6) << 8 | tcp_flags;
+        __u64 *n = lumen_tcp_flags.lookup(&fi);
+        if (n)
+            *n += 1;
+    }
 
     /* 4. */
     if (st) {

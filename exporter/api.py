@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from bpf import vocab
-from exporter import filters
+from exporter import docs, filters
 from exporter.flows import Flow, Subscription
 from exporter.store import CursorError, FlowSource, Page
 
@@ -220,7 +220,10 @@ def create_app(
         title="Lumen agent",
         description="Flows, endpoints and metrics of one Lumen node.",
         version="0.1.0",
+        docs_url=None,  # exporter.docs serves /docs with local assets; ReDoc needs a CDN: off
+        redoc_url=None,
     )
+    docs.mount(app)
     app.state.view = view
 
     require_token = token_check(token)

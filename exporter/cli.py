@@ -1,12 +1,13 @@
 """`lumen`: the node agent and its clients.
 
     lumen agent [--host 127.0.0.1 --port 9465 --otel ...]   run the agent
-    lumen observe [filters] [-f] [--last N] [-o table|json|jsonl]   flows, like `hubble observe`
+    lumen observe [filters] [-f] [--last N] [-o compact|dict|table|jsonpb|json]   flows, like `hubble observe`
     lumen status                                            the agent, each pod's attach state, map fill
     lumen relay --agent URL ... | --discover nodes          one API and UI over every node's agent
 
-Filter flags are the API's query parameters with dashes (`--from-pod ns/name` is `from_pod=ns/name`);
-`--not-<filter>` puts a criterion on the deny-list; `--filter '<json>'` gives several groups. All go through
+Filter flags are the API's query parameters with dashes (`--from-pod ns/name` is `from_pod=ns/name`), plus
+hubble observe's spellings (exporter/observe_args.py); `--not` before a filter flag (or `--not-<filter>`)
+puts it on the deny-list; `--filter '<json>'` gives several groups. All go through
 exporter.filters, so a bad value is reported the same way here and by the API. The clients talk to the
 agent through exporter/client.py (urllib): `lumen observe` never imports the server's FastAPI.
 """
@@ -19,10 +20,9 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any, TextIO
 
-from exporter import client, filters
+from exporter import client, filters, observe_args, render
 
 DEFAULT_PORT = 9465
 DEFAULT_SERVER = f"http://127.0.0.1:{DEFAULT_PORT}"
@@ -262,6 +262,11 @@ def _relay_parser(sub: Any) -> None:
         default=0.25,
         help="seconds a live flow waits for its other end from another node",
     )
+    p.add_argument(
+        "--history",
+        metavar="URL",
+        help="clickhouse://host:port/db the agents write to: time ranges older than they hold come from it",
+    )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=cmd_relay)
 
@@ -300,6 +305,14 @@ def cmd_relay(args: argparse.Namespace) -> int:
             )
     except ValueError as exc:
         return usage(str(exc))
+    history = None
+    if args.history:
+        from exporter.relay.history import open_history
+
+        try:
+            history = open_history(args.history)
+        except ValueError as exc:
+            return usage(str(exc))
 
     import uvicorn
 
@@ -309,7 +322,12 @@ def cmd_relay(args: argparse.Namespace) -> int:
     from exporter.relay.service import Relay
 
     logs.setup(args.log_level)
-    relay = Relay(Fanout(found, agent_token, args.timeout), pair=not args.no_pair, pair_wait_s=args.pair_wait)
+    relay = Relay(
+        Fanout(found, agent_token, args.timeout),
+        pair=not args.no_pair,
+        pair_wait_s=args.pair_wait,
+        history=history,
+    )
     app = create_app(relay, token=token, ui=ui.hook(token, with_map=False))
     print(f"lumen relay: API on http://{args.host}:{args.port}/api/flows", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
@@ -319,11 +337,20 @@ def cmd_relay(args: argparse.Namespace) -> int:
 # -- clients ---------------------------------------------------------------------------------------
 
 
+def _server(value: str) -> str:
+    """argparse type of --server: `host:port` (as Hubble's --server takes it), `host` or a URL."""
+    try:
+        return observe_args.server_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--server",
+        type=_server,
         default=os.environ.get("LUMEN_SERVER", DEFAULT_SERVER),
-        help="agent URL (env LUMEN_SERVER)",
+        help="agent or relay: host:port or URL (env LUMEN_SERVER; default 127.0.0.1:9465)",
     )
     p.add_argument("--token", default=os.environ.get("LUMEN_TOKEN"), help="bearer token (env LUMEN_TOKEN)")
 
@@ -332,80 +359,25 @@ def _observe_parser(sub: Any) -> None:
     p = sub.add_parser(
         "observe",
         help="show flows (like hubble observe)",
-        description="Recent or live flows. Filters: AND across flags, OR within one flag's values.",
+        description="Recent or live flows, with hubble observe's flags. Filters: any value of one flag may "
+        "match, every flag must; `--not` before a filter flag leaves out the flows matching it.",
     )
     _client_args(p)
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing new flows")
-    p.add_argument("--last", type=_count, default=None, help="the newest N flows (default 20; with -f: 0)")
-    p.add_argument("-o", "--output", choices=["table", "json", "jsonl"], default="table")
-    p.add_argument("--since", metavar="TIME", help="flows seen at or after: RFC 3339, unix seconds, 5m (ago)")
-    p.add_argument("--until", metavar="TIME", help="flows seen at or before: same forms as --since")
     p.add_argument(
         "--filter",
         metavar="JSON",
         help='several groups: {"allow": [{"from_pod": ["a/b"]}, ...], "deny": [...]} (instead of flags)',
     )
-    group = p.add_argument_group("filters (each also as --not-<filter> for the deny-list)")
-    for name, crit in filters.CRITERIA.items():
-        flag = name.replace("_", "-")
-        group.add_argument(f"--{flag}", dest=f"f_{name}", action="append", metavar="V", help=crit.help)
-        group.add_argument(
-            f"--not-{flag}", dest=f"n_{name}", action="append", metavar="V", help=argparse.SUPPRESS
-        )
-    p.set_defaults(func=cmd_observe)
-
-
-def _count(value: str) -> int:
-    """argparse type of counts: a usage error, not a request the agent refuses."""
-    if not (value.isascii() and value.isdigit()):
-        raise argparse.ArgumentTypeError(f"{value!r}: expected a number from 0 up")
-    return int(value)
+    observe_args.add_arguments(p, [(name, crit.help) for name, crit in filters.CRITERIA.items()])
+    p.set_defaults(func=cmd_observe, observe_parser=p)
 
 
 def filter_params(args: argparse.Namespace) -> dict[str, list[str]]:
     """The filter flags as API query parameters (allow and `not_` deny, `filter` JSON)."""
-    out: dict[str, list[str]] = {}
-    for name in filters.CRITERIA:
-        if getattr(args, f"f_{name}", None):
-            out[name] = list(getattr(args, f"f_{name}"))
-        if getattr(args, f"n_{name}", None):
-            out[filters.DENY_PREFIX + name] = list(getattr(args, f"n_{name}"))
+    out = observe_args.filter_params(observe_args.entries(args))
     if getattr(args, "filter", None):
         out[filters.FILTER_PARAM] = [args.filter]
     return out
-
-
-def _endpoint_text(ep: dict[str, Any]) -> str:
-    who = f"{ep['namespace']}/{ep['pod']}" if ep.get("pod") else ep["ip"]
-    return f"{who}:{ep['port']}"
-
-
-def format_flow(flow: dict[str, Any]) -> str:
-    t = datetime.fromisoformat(flow["time"].replace("Z", "+00:00")).strftime("%b %d %H:%M:%S.%f")[:-3]
-    flags = f" [{','.join(flow['tcp_flags'])}]" if flow.get("tcp_flags") else ""
-    reason = f" ({flow['drop_reason']})" if flow.get("verdict") == "DROPPED" else ""
-    return (
-        f"{t}  {_endpoint_text(flow['source']):<36} -> {_endpoint_text(flow['destination']):<36} "
-        f"{flow['protocol']:<6} {flow['type']:<6} {flow['verdict']}{reason}  "
-        f"{flow['packets']} pkts {flow['bytes']} B{flags}{_policy_text(flow)}"
-    )
-
-
-def _policy_text(flow: dict[str, Any]) -> str:
-    pol = flow.get("policy") or {}
-    if pol.get("egress") is None and pol.get("ingress") is None:
-        return ""  # no policy isolates either side
-    return f"  policy: {pol.get('summary', '')}"
-
-
-def print_flows(flows: Sequence[dict[str, Any]], output: str, out: TextIO) -> None:
-    if output == "json":
-        json.dump(flows, out, indent=2)
-        out.write("\n")
-        return
-    for f in flows:
-        out.write((json.dumps(f) if output == "jsonl" else format_flow(f)) + "\n")
-    out.flush()
 
 
 def note_unreachable(answer: dict[str, Any], err: TextIO, before: Sequence[str] = ()) -> list[str]:
@@ -423,6 +395,7 @@ def note_unreachable(answer: dict[str, Any], err: TextIO, before: Sequence[str] 
 
 
 def cmd_observe(args: argparse.Namespace) -> int:
+    selection = observe_args.check(args.observe_parser, args)
     try:
         # the same checks the API makes, before we reach it
         query = filters.parse(filter_params(args))
@@ -432,20 +405,28 @@ def cmd_observe(args: argparse.Namespace) -> int:
         print(f"lumen observe: {exc}", file=sys.stderr)
         return 2
     params = [*query.to_params(), *((k, v[0]) for k, v in window.items())]
+    printer = render.Printer(
+        args.output,
+        sys.stdout,
+        time_format=args.time_format,
+        node_name=args.print_node_name,
+        follow=selection.follow,
+    )
     try:
-        if not args.follow:
-            last = 20 if args.last is None else args.last
-            answer = client.get_json(args.server, "/api/flows", [*params, ("limit", str(last))], args.token)
+        if not selection.follow:
+            limit = [("limit", str(selection.limit))]
+            answer = client.get_json(args.server, "/api/flows", [*params, *limit], args.token)
             note_unreachable(answer, sys.stderr)
-            print_flows(answer["flows"], args.output, sys.stdout)
+            flows = answer["flows"]  # oldest first
+            printer.write(flows if selection.first is None else flows[: selection.first])
+            printer.close()
             return 0
-        output = "jsonl" if args.output == "json" else args.output  # a stream has no closing bracket
         missing: list[str] = []
         for event, data in client.stream(
-            args.server, "/api/flows/stream", [*params, ("last", str(args.last or 0))], args.token
+            args.server, "/api/flows/stream", [*params, ("last", str(selection.limit))], args.token
         ):
             if event == "flow":
-                print_flows([json.loads(data)], output, sys.stdout)
+                printer.write([json.loads(data)])
             elif event == "nodes":
                 missing = note_unreachable(json.loads(data), sys.stderr, missing)
             elif event == "lost":

@@ -13,15 +13,21 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bpf import vocab
 from exporter import api, filters, servicemap
 from exporter.api import PAGING_PARAMS, parse_request
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+#: paths a program reads: their 404 stays JSON (`{"detail": "Not Found"}`); any other unknown path is
+#: a person's typo or an old bookmark and gets a page that links to the real ones
+MACHINE_PATHS = ("/api/", "/static/", "/docs/", "/metrics", "/healthz", "/readyz", "/openapi.json")
 
 PAGES = {
     "flows": "Flows",
@@ -69,6 +75,15 @@ def hook(
         @app.get("/", include_in_schema=False)
         def index() -> RedirectResponse:
             return RedirectResponse("/flows")
+
+        @app.exception_handler(StarletteHTTPException)
+        async def not_found(request: Request, exc: StarletteHTTPException) -> Response:
+            path = request.url.path
+            if exc.status_code != 404 or path.startswith(MACHINE_PATHS):
+                return await http_exception_handler(request, exc)
+            return templates.TemplateResponse(
+                request, "404.html", {"pages": PAGES, "path": path}, status_code=404
+            )
 
         if not with_map:
             return

@@ -30,6 +30,7 @@ MAP_PAIRS = "lumen_pairs"
 MAP_FLOW_COUNTS = "lumen_flow_counts"
 MAP_DROPS = "lumen_drops"
 MAP_POLICY_COUNTS = "lumen_policy_counts"
+MAP_TCP_FLAGS = "lumen_tcp_flags"
 MAP_BATCH = "lumen_batch"
 MAP_EVENTS = "lumen_events"
 #: maps pinned under the pin dir (file name = map name); they survive an agent restart
@@ -49,6 +50,7 @@ PINNED_MAPS = (
     MAP_FLOW_COUNTS,
     MAP_DROPS,
     MAP_POLICY_COUNTS,
+    MAP_TCP_FLAGS,
 )
 ALL_MAPS = (*PINNED_MAPS, MAP_BATCH, MAP_EVENTS)
 

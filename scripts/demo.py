@@ -10,6 +10,7 @@ Ctrl-C, SIGINT (also when started in the background) and SIGTERM stop it and cle
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import shutil
 import signal
@@ -274,10 +275,27 @@ class ClusterDemo:
         deadline = time.monotonic() + args.duration if args.duration else None
         while deadline is None or time.monotonic() < deadline:
             time.sleep(min(5.0, max(0.1, (deadline or 1e18) - time.monotonic())))
-            print(
-                f"demo: {time.strftime('%H:%M:%S')} {len(c.pods)} pods on {len(c.nodes)} nodes running",
-                flush=True,
-            )
+            print(f"demo: {time.strftime('%H:%M:%S')} {self.summary()}", flush=True)
+
+    def summary(self) -> str:
+        """Recent flows by verdict across the nodes, as the relay sees them."""
+        c = self.cluster
+        assert c is not None
+        text = f"{len(c.pods)} pods on {len(c.nodes)} nodes"
+        if c.relay is None:
+            return text
+        try:
+            status, body = c.relay_api("/api/flows?limit=1000", timeout=5)
+        except (OSError, http.client.HTTPException):
+            return text
+        if status != 200:
+            return text
+        verdicts: dict[str, int] = {}
+        for f in body.get("flows", []):
+            verdicts[f["verdict"]] = verdicts.get(f["verdict"], 0) + 1
+        cross = sum(1 for f in body.get("flows", []) if f.get("paired"))
+        shown = ", ".join(f"{n} {v}" for v, n in sorted(verdicts.items()))
+        return f"{text}; recent flows: {shown}; {cross} paired across nodes"
 
     def start_ui(self) -> str:
         """The relay on the underlay, forwarded to 127.0.0.1:<port>; without a relay, node 1's agent."""

@@ -101,6 +101,10 @@ BPF_TABLE_PINNED("percpu_array", u32, u64, lumen_drops, LUMEN_DROP_MAX << 8, LUM
 BPF_TABLE_PINNED("percpu_hash", struct policy_count_key, u64, lumen_policy_counts, LUMEN_POLICY_COUNT_SIZE,
                  LUMEN_PIN_DIR "/lumen_policy_counts");
 
+/* TCP packets with SYN, FIN or RST, pinned. Key: u32 (family == 6) << 8 | TCP flag byte. Value: u64
+ * per CPU. Data packets (none of these flags) cost one test. */
+BPF_TABLE_PINNED("percpu_array", u32, u64, lumen_tcp_flags, 2 << 8, LUMEN_PIN_DIR "/lumen_tcp_flags");
+
 /* Datapath counters, pinned. Key: u32 enum lumen_stat. Value: u64 per CPU. */
 BPF_TABLE_PINNED("percpu_array", u32, u64, lumen_stats, LUMEN_STAT_MAX, LUMEN_PIN_DIR "/lumen_stats");
 

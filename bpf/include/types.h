@@ -183,10 +183,12 @@ struct pair_counters {
 
 /* Flows decided by policy, per isolated side (lumen_policy_counts). */
 struct policy_count_key {
-    __u32 policy_id;      /* as in flow_stats.*_policy */
+    __u32 policy_id;      /* the policy that admitted this side; if `denied`, the one isolating it (its
+                           * isolation marker's), 0 if unknown */
     __u8 verdict;         /* enum lumen_verdict */
     __u8 direction;       /* enum lumen_direction: the side (egress of the source, ingress of the dest) */
-    __u8 pad[2];
+    __u8 denied;          /* 1: no rule admitted this side (the isolating policy's default deny) */
+    __u8 pad;
 };
 
 /* ipBlock prefixes (LPM trie) -> CIDR identity; prefixlen counts slot+family+pad (32) + address bits. */

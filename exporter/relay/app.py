@@ -16,11 +16,13 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from exporter import filters
-from exporter.api import DEFAULT_LIMIT, PAGING_PARAMS, parse_query, token_check
+from bpf import vocab
+from exporter import docs, filters
+from exporter.api import DEFAULT_LIMIT, PAGING_PARAMS, parse_request, token_check
 from exporter.relay import merge
-from exporter.relay.service import Relay
+from exporter.relay.service import HISTORY_CURSOR, Relay
 from exporter.relay.wire import iso_us, time_us
+from exporter.store import CursorError
 
 MAX_LIMIT = 1_000_000
 UNREACHABLE_HEADER = "X-Lumen-Unreachable"
@@ -49,7 +51,7 @@ def _filter(params: Mapping[str, Sequence[str]]) -> tuple[list[tuple[str, str]],
     parameters to forward. `since` and `until` are made absolute (`5m` means the same instant on every
     node), and `until` is returned apart, so the relay can tighten it with a cursor."""
     criteria = {k: list(v) for k, v in params.items() if k not in PAGING_PARAMS and k not in RELAY_PARAMS}
-    parse_query(criteria)
+    parse_request(criteria)
     times: dict[str, str] = {}
     for name in ("since", "until"):
         if name in criteria:
@@ -93,7 +95,10 @@ def create_app(
         description="Flows, endpoints and status of every Lumen node, through one API.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # exporter.docs serves /docs with local assets; ReDoc needs a CDN: off
+        redoc_url=None,
     )
+    docs.mount(app)
     app.state.relay = relay
     check_token = token_check(token)
 
@@ -121,14 +126,18 @@ def create_app(
         params = _params(request)
         forward, until = _filter(params)
         limit = _count(params, "limit", DEFAULT_LIMIT)
-        after = None
-        if params.get("cursor"):
-            try:
-                after = merge.decode_cursor(params["cursor"][-1])
-            except ValueError as exc:
-                raise HTTPException(400, str(exc)) from None
+        cursor = (params.get("cursor") or [""])[-1]
+        try:
+            after: merge.Position | str | None = None
+            if cursor.startswith(HISTORY_CURSOR):
+                after = cursor[len(HISTORY_CURSOR) :]
+            elif cursor:
+                after = merge.decode_cursor(cursor)
+            answer = await relay.flows(forward, limit, after, until, parse_request(params))
+        except (merge.CursorError, CursorError) as exc:
+            raise HTTPException(400, str(exc)) from None
         # JSONResponse: the answer is plain JSON already; FastAPI's encoder would walk every flow again
-        return JSONResponse(await relay.flows(forward, limit, after, until))
+        return JSONResponse(answer)
 
     @api.get("/flows/stream", tags=["flows"], response_class=StreamingResponse)
     async def stream(request: Request) -> StreamingResponse:
@@ -150,6 +159,11 @@ def create_app(
         """Every node's pods, each with its `node`; unreachable nodes in the X-Lumen-Unreachable header."""
         eps, missing = await relay.endpoints()
         return JSONResponse(eps, headers=_unreachable_headers(missing.to_dict()))
+
+    @api.get("/vocabulary", tags=["flows"])
+    def vocabulary() -> dict[str, Any]:
+        """The words flows are described with, as the agents' datapath defines them (the same code)."""
+        return vocab.as_json()
 
     @api.get("/status", tags=["status"])
     async def status() -> dict[str, Any]:

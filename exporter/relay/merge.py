@@ -34,6 +34,10 @@ PAIR_WINDOW_US = 10_000_000
 VERDICT_RANK = {"FORWARDED": 0, "AUDIT": 1, "DROPPED": 2}
 
 
+class CursorError(ValueError):
+    """A cursor this relay cannot continue from (HTTP 400)."""
+
+
 class MalformedAnswer(ValueError):
     """An agent's flow the relay cannot read (another version's JSON?): that agent is left out, named."""
 
@@ -69,10 +73,13 @@ def record(node: str, flow: dict[str, Any]) -> Record:
     node, ingress at the destination's)."""
     if not flow.get("node"):
         flow["node"] = node
-    if flow.get("direction") == "egress":
-        flow.setdefault("source_node", flow["node"])
-    elif flow.get("direction") == "ingress":
-        flow.setdefault("destination_node", flow["node"])
+    side = {"egress": ("source", "source_node"), "ingress": ("destination", "destination_node")}
+    if flow.get("direction") in side:
+        end, key = side[flow["direction"]]
+        flow.setdefault(key, flow["node"])
+        ep = flow.get(end)
+        if isinstance(ep, dict) and ep.get("pod") and not ep.get("node"):
+            ep["node"] = flow[key]  # the pod on the node that counted this end
     tuple5 = five_tuple(flow)
     return Record(node, flow, (time_us(flow["time"]), node, f"{tuple5}|{flow['direction']}"), tuple5)
 
@@ -83,14 +90,14 @@ def encode_cursor(pos: Position) -> str:
 
 
 def decode_cursor(text: str) -> Position:
-    """The position a cursor names; ValueError if it is not one this relay made."""
+    """The position a cursor names; CursorError if it is not one this relay made."""
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         t, node, key = json.loads(raw)
     except (ValueError, TypeError, binascii.Error):
-        raise ValueError(f"cursor {text!r}: not a cursor from this relay") from None
+        raise CursorError(f"cursor {text!r}: not a cursor from this relay") from None
     if not isinstance(t, int) or not isinstance(node, str) or not isinstance(key, str):
-        raise ValueError(f"cursor {text!r}: not a cursor from this relay")
+        raise CursorError(f"cursor {text!r}: not a cursor from this relay")
     return (t, node, key)
 
 

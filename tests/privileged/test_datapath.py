@@ -145,6 +145,9 @@ def test_tcp_transfer_counts_payload_and_emits_new_and_end(dp: Datapath, dnode: 
     assert rev.payload_bytes == 0
     assert fwd.tcp_flags & 0x02 and fwd.tcp_flags & 0x01, "SYN and FIN seen"
     assert rev.tcp_flags & 0x12 == 0x12, "SYN+ACK seen"
+    flags = dp.tcp_flags()
+    assert flags.get((version, 0x02), 0) >= 1 and flags.get((version, 0x12), 0) >= 1, "SYN, SYN-ACK counted"
+    assert sum(n for (v, f), n in flags.items() if v == version and f & 0x01) >= 2, "a FIN each way"
     for _ in range(20):
         dp.poll(50)
     ours = [(e.type, abi.addr_str(e.key.saddr, e.key.family)) for e in events if e.key.proto == TCP]

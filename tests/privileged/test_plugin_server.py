@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import stat
 import subprocess
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cni_harness import Node, invoke, ipam_records, netns_add, netns_del, ping
+from tests.cni_harness import PREFIX, Node, invoke, ipam_records, netns_add, netns_del, ping
 
 pytestmark = pytest.mark.netns
 
@@ -92,3 +94,25 @@ def test_a_worker_killed_mid_add_is_retried_in_process(node: Node, server: Path)
     finally:
         netns_del(ns)
     assert os.path.exists(server), "the server survives its workers"
+
+
+@pytest.mark.parametrize("stdin", [b"{not json", b"[" * 100_000, b'{"cniVersion": "1.0.0", "mtu": NaN}'])
+def test_undecodable_stdin_through_the_server_is_code_6(cni_bin: Path, server: Path, stdin: bytes):
+    """The server's worker never imports json either: the same decoding errors, the same code. (A netns
+    that exists, or the launcher would run the call itself.)"""
+    ns = f"{PREFIX}{secrets.token_hex(4)}"
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": "plcid",
+        "CNI_NETNS": netns_add(ns),
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": str(cni_bin.parent),
+        "LUMEN_PLUGIN_SOCKET": str(server),
+    }
+    try:
+        proc = subprocess.run([str(cni_bin)], input=stdin, env=env, capture_output=True, timeout=60)
+    finally:
+        netns_del(ns)
+    assert proc.returncode == 1 and b"Traceback" not in proc.stderr
+    assert json.loads(proc.stdout)["code"] == 6, proc.stdout

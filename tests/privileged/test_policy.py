@@ -148,6 +148,17 @@ def test_default_deny_ingress_in_one_namespace(lab: Lab):
     assert r[("ya", "xa", "TCP", 80)], "egress from y is not isolated"
 
 
+def test_denials_are_counted_for_the_isolating_policy(lab: Lab):
+    """lumen_policy_counts names a denied side by the policy whose default deny it is, not by "none"."""
+    lab.apply(netpol("deny-all", "y", "  podSelector: {}\n  policyTypes: [Ingress]"))
+    before = lab.dp.policy_decisions()
+    assert not lab.check()[("xa", "ya", "TCP", 80)]
+    ids = {name: pid for pid, name in lab.enforcer.policy_names.items()}
+    key = (ids["y/deny-all"], int(abi.Verdict.DROPPED), int(abi.Direction.INGRESS), True)
+    assert lab.dp.policy_decisions().get(key, 0) > before.get(key, 0)
+    assert not any(pid == abi.POLICY_DENIED_ID for pid, *_ in lab.dp.policy_decisions())
+
+
 def test_allow_same_namespace_only(lab: Lab):
     pols = [
         netpol("same-ns", ns, "  podSelector: {}\n  ingress:\n  - from:\n    - podSelector: {}")

@@ -169,9 +169,9 @@ def test_observe_table_json_and_filters(server):
     proc = run_cli("observe", "--server", server, "--to-port", "80")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert len(lines) == 2
-    assert "shop/web:1" in lines[0] and "default/server:80" in lines[0] and "FORWARDED" in lines[0]
-    assert "DROPPED (policy_denied)" in lines[1]
+    assert len(lines) == 2  # compact, as hubble observe prints by default: one line a flow
+    assert "shop/web:1 -> default/server:80" in lines[0] and "FORWARDED" in lines[0]
+    assert "policy-denied DROPPED" in lines[1]
     proc = run_cli("observe", "--server", server, "--last", "1", "-o", "json", "--not-protocol", "tcp")
     assert [f["destination"]["port"] for f in json.loads(proc.stdout)] == [53]
 

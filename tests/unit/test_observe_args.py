@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter import observe_args
@@ -75,6 +75,7 @@ entry = st.tuples(
 )
 
 
+@settings(deadline=None)  # a shared, loaded machine: time is no property here
 @given(st.lists(entry, max_size=12))
 def test_any_mix_of_filter_flags_spells_exactly_its_allow_and_deny_criteria(picks) -> None:
     argv: list[str] = []
@@ -95,6 +96,7 @@ def test_any_mix_of_filter_flags_spells_exactly_its_allow_and_deny_criteria(pick
     assert sum(map(len, params.values())) == len(expected)
 
 
+@settings(deadline=None)  # a shared, loaded machine: time is no property here
 @given(st.lists(entry, max_size=6))
 def test_a_trailing_not_is_a_usage_error(picks) -> None:
     argv = [arg for _, _, name, _ in picks for arg in (observe_args._flag(name), VALUES[name][0])]
@@ -214,6 +216,7 @@ def test_bad_servers_say_why(given_: str, message: str) -> None:
         observe_args.server_url(given_)
 
 
+@settings(deadline=None)  # a shared, loaded machine: time is no property here
 @given(st.text(max_size=40))
 def test_any_server_text_is_a_url_or_a_value_error(text: str) -> None:
     try:
@@ -221,3 +224,29 @@ def test_any_server_text_is_a_url_or_a_value_error(text: str) -> None:
     except ValueError:
         return
     assert url.startswith(("http://", "https://"))
+
+
+@settings(deadline=None)
+@given(st.lists(entry, max_size=10))
+def test_the_flags_become_one_allow_group_and_one_deny_group_the_api_accepts(picks) -> None:
+    """Hubble's semantics on the wire: plain flags form the allow group, negated ones the deny group (a
+    flow is left out when it matches every negated criterion), checked by the API's own parser."""
+    from exporter import filters
+
+    p = argparse.ArgumentParser(prog="lumen observe")
+    observe_args.add_arguments(p, [(n, c.help) for n, c in filters.CRITERIA.items()])
+    argv = []
+    for negated, _, name, n in picks:
+        argv += (["--not"] if negated else []) + [
+            observe_args._flag(name),
+            VALUES[name][n % len(VALUES[name])],
+        ]
+    args = p.parse_args(argv)
+    observe_args.check(p, args)
+    query = filters.parse(observe_args.filter_params(observe_args.entries(args)))
+    allowed = {name for negated, _, name, _ in picks if not negated}
+    denied = {name for negated, _, name, _ in picks if negated}
+    assert [set(g.criteria) for g in query.allow] == ([allowed] if allowed else [])
+    assert [set(g.criteria) for g in query.deny] == ([denied] if denied else [])
+    # and the query survives the trip to a relay
+    assert filters.FlowQuery.from_json(query.to_json()) == query

@@ -77,6 +77,33 @@ def test_flows_from_every_agent_newest_limit_after_the_merge(served, three):
     assert times == sorted(times)
 
 
+def test_the_relay_serves_every_route_the_agent_does(served, three):
+    from exporter.api import create_app
+    from tests.unit.exporter_fixtures import View
+
+    def gets(app):
+        return {
+            r.path for r in app.routes if "GET" in getattr(r, "methods", ()) and r.path.startswith("/api")
+        }
+
+    agent_routes = gets(create_app(View()))
+    assert agent_routes <= gets(served.server.config.app) | {"/api/policy"}, "policy is per node"
+    assert (
+        httpx.get(f"{served.url}/api/vocabulary").json() == httpx.get(f"{three[0].url}/api/vocabulary").json()
+    )
+
+
+def test_a_filter_as_json_is_forwarded_as_it_came(served):
+    from exporter.filters import FilterGroup, FlowQuery
+
+    q = FlowQuery(allow=(FilterGroup({"from_port": ["1000"]}), FilterGroup({"from_port": ["3001"]})),
+                  deny=(FilterGroup({"from_ip": ["10.9.9.9"]}),))  # fmt: skip
+    body = httpx.get(f"{served.url}/api/flows", params={"filter": q.to_json(), "limit": 0}).json()
+    assert sorted(f["source"]["port"] for f in body["flows"]) == [1000, 3001]
+    bad = httpx.get(f"{served.url}/api/flows", params={"filter": '{"allow": 1}'})
+    assert bad.status_code == 400 and "filter" in bad.json()["detail"]
+
+
 def test_filters_and_bad_input_are_the_agents(served):
     body = httpx.get(f"{served.url}/api/flows?from_port=2000&from_port=3001&limit=0").json()
     assert sorted(f["source"]["port"] for f in body["flows"]) == [2000, 3001]
@@ -385,3 +412,50 @@ def test_a_relative_time_range_means_one_instant_on_every_node(served, three):
     assert len(httpx.get(f"{served.url}/api/flows", params={"since": "1h", "limit": 0}).json()["flows"]) == 15
     window = {"since": "2027-01-15T07:00:00Z", "until": "2027-01-15T09:00:00+00:00", "limit": 0}
     assert len(httpx.get(f"{served.url}/api/flows", params=window).json()["flows"]) == 15
+
+
+def test_a_time_range_older_than_the_agents_hold_comes_from_the_history_store():
+    """Any exporter.store.FlowSource is a history to the relay; a FlowStore stands in for ClickHouse."""
+    from exporter.flows import FlowStore
+
+    old = NOW_NS - 400 * 86400 * 10**9  # a year before what the agents hold
+    history = FlowStore(1000)
+    for i in range(5):
+        f = make_flow(sport=500 + i, time_ns=old + i * 10**9)
+        f.node = "n1"
+        history.add(f)
+    history.add(cross("egress", old + 10 * 10**9, sport=600))
+    history.add(cross("ingress", old + 10 * 10**9 + 1000, verdict="DROPPED", sport=600))
+    with agents(["n1", "n2"]) as nodes, relay(targets(nodes), history=history) as r:
+        nodes[0].store.add(make_flow(sport=1))
+        since = {"since": "2025-01-01T00:00:00Z"}
+        page = httpx.get(f"{r.url}/api/flows", params={**since, "limit": 3}).json()
+        assert page["source"] == "history" and page["cursor"].startswith("h:")
+        (pair,) = [f for f in page["flows"] if f.get("paired")]
+        assert (pair["source_node"], pair["destination_node"], pair["verdict"]) == ("n1", "n2", "DROPPED")
+        # three records, two rows: a history page pairs what it holds and is not refilled
+        assert [f["source"]["port"] for f in page["flows"]] == [504, 600]
+        rest = httpx.get(f"{r.url}/api/flows", params={**since, "limit": 10, "cursor": page["cursor"]}).json()
+        assert [f["source"]["port"] for f in rest["flows"]] == [500, 501, 502, 503] and rest["cursor"] is None
+        recent = httpx.get(f"{r.url}/api/flows").json()
+        assert recent["source"] == "agents" and [f["source"]["port"] for f in recent["flows"]] == [1]
+    with agents(["n1"]) as nodes, relay(targets(nodes)) as r:
+        resp = httpx.get(f"{r.url}/api/flows", params={"cursor": page["cursor"]})
+        assert resp.status_code == 400 and "keeps no history" in resp.json()["detail"]
+
+
+def test_a_failing_history_leaves_the_agents_answer_with_the_reason():
+    class Down:
+        def query(self, *args, **kw):
+            raise ConnectionError("clickhouse: connection refused")
+
+    with agents(["n1"]) as nodes, relay(targets(nodes), history=Down()) as r:
+        nodes[0].store.add(make_flow(sport=1))
+        body = httpx.get(f"{r.url}/api/flows", params={"since": "2025-01-01T00:00:00Z"}).json()
+        assert body["source"] == "agents" and [f["source"]["port"] for f in body["flows"]] == [1]
+        assert body["history_error"] == "ConnectionError: clickhouse: connection refused"
+
+
+def test_relay_history_urls_are_checked():
+    out = run_cli("relay", "--agent", "http://h:1", "--history", "postgres://db")
+    assert out.returncode == 2 and "expected clickhouse://host:port/database" in out.stderr

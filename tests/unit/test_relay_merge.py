@@ -165,6 +165,7 @@ def test_the_two_ends_of_a_cross_node_flow_are_one_row_naming_both_nodes_and_pod
     assert row["paired"] is True
     assert (row["source_node"], row["destination_node"]) == ("a", "b")
     assert (row["source"]["pod"], row["destination"]["pod"]) == ("web", "pg")
+    assert (row["source"]["node"], row["destination"]["node"]) == ("a", "b")
     assert row["verdict"] == "DROPPED" and row["drop_reason"] == "policy_denied"
     assert row["ends"]["egress"]["verdict"] == "FORWARDED" and row["ends"]["ingress"]["node"] == "b"
     assert row["policy"]["summary"] == "no policy allows ingress"

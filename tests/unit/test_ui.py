@@ -138,3 +138,53 @@ def test_nothing_is_fetched_from_another_host():
         if path.is_file() and "node_modules" not in path.parts:
             urls = re.findall(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}[^\s\"')]*", path.read_text())
             assert set(urls) <= {"http://www.w3.org/2000/svg"}, (path, urls)
+
+
+def test_an_unknown_page_gets_an_html_404_and_an_unknown_api_path_json(client):
+    resp = client.get("/flow", headers={"Accept": "text/html"})
+    assert resp.status_code == 404 and resp.headers["content-type"].startswith("text/html")
+    assert "<title>Not found · Lumen</title>" in resp.text and "<code>/flow</code>" in resp.text
+    for page in ui.PAGES:
+        assert f'<a href="/{page}">' in resp.text
+    for path in ("/api/nope", "/api/flows/nope", "/static/nope.js", "/metrics/x", "/docs/assets/nope.js"):
+        resp = client.get(path)
+        assert resp.status_code == 404, path
+        assert resp.json() == {"detail": "Not Found"}, path
+    # other errors keep their JSON, also on page paths
+    assert client.get("/api/flows?port=http").json()["detail"].startswith("port 'http'")
+    assert client.post("/flows").status_code == 405
+
+
+def _offline_docs(c: TestClient) -> None:
+    resp = c.get("/docs")
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
+    refs = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", resp.text)
+    assert "/openapi.json" in refs and "//" not in resp.text  # nothing from another host
+    for ref in refs:  # every script, style and icon from this server, and there
+        assert ref.startswith("/"), ref
+        assert c.get(ref).status_code == 200, ref
+    assert c.get("/redoc").status_code == 404  # FastAPI's ReDoc needs a CDN: off
+
+
+def test_docs_work_offline_with_bundled_assets(client):
+    _offline_docs(client)
+    assert "javascript" in client.get("/docs/assets/swagger-ui-bundle.js").headers["content-type"]
+
+
+def test_relay_docs_work_offline_too():
+    from exporter.relay import discovery
+    from exporter.relay.app import create_app as relay_app
+    from exporter.relay.fanout import Fanout
+    from exporter.relay.service import Relay
+
+    relay = Relay(Fanout(discovery.Static([]), None, 1.0))
+    _offline_docs(TestClient(relay_app(relay)))
+
+
+def test_without_the_assets_docs_are_off_not_blank(monkeypatch):
+    from exporter import docs
+
+    monkeypatch.setattr(docs, "assets_dir", lambda: None)
+    c = TestClient(create_app(View()))
+    assert c.get("/docs").status_code == 404
+    assert c.get("/openapi.json").status_code == 200
