@@ -108,8 +108,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         try:
             with open(args.token_file) as f:
                 token = f.read().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            print(f"lumen agent: --token-file {args.token_file}: {exc}", file=sys.stderr)
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the path, undecodable text
+            print(f"lumen agent: --token-file {args.token_file!r}: {exc}", file=sys.stderr)
             return 2
     if not is_loopback(args.host) and not token:
         print(f"lumen agent: binding {args.host} needs --token (or LUMEN_TOKEN)", file=sys.stderr)
