@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -92,9 +93,49 @@ def _agent_parser(sub: Any) -> None:
         help="destinations pod traffic reaches with the pod's own address (repeatable; env "
         "LUMEN_NON_MASQUERADE, comma-separated)",
     )
+    p.add_argument(
+        "--history",
+        default=os.environ.get("LUMEN_HISTORY", "sqlite"),
+        metavar="STORE",
+        help="where finished flows, drops and policy verdicts are kept for time-range queries: sqlite "
+        "(<state-dir>/history.sqlite, the default), sqlite:///path, clickhouse://host:port/db, or off "
+        "(env LUMEN_HISTORY)",
+    )
+    p.add_argument(
+        "--history-retention",
+        type=_duration,
+        default="24h",
+        metavar="AGE",
+        help="keep history this long: 90m, 24h, 7d (default 24h)",
+    )
+    p.add_argument(
+        "--history-max-size",
+        type=_size,
+        default="1GiB",
+        metavar="SIZE",
+        help="SQLite history at most this big, oldest hours dropped first (default 1GiB)",
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--print-bpf", action="store_true", help="print the C and the effective config, then exit")
     p.set_defaults(func=cmd_agent)
+
+
+def _duration(value: str) -> float:
+    from exporter.history import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _size(value: str) -> int:
+    from exporter.history import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -140,6 +181,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
         masquerade=not args.no_masquerade,
         non_masquerade=args.non_masquerade
         or [c.strip() for c in os.environ.get("LUMEN_NON_MASQUERADE", "").split(",") if c.strip()],
+        history=args.history,
+        history_retention_s=args.history_retention,
+        history_max_bytes=args.history_max_size,
     )
     try:
         cfg.validate()  # before anything is compiled, pinned or locked
@@ -414,10 +458,14 @@ def cmd_observe(args: argparse.Namespace) -> int:
     )
     try:
         if not selection.follow:
-            limit = [("limit", str(selection.limit))]
-            answer = client.get_json(args.server, "/api/flows", [*params, *limit], args.token)
-            note_unreachable(answer, sys.stderr)
-            flows = answer["flows"]  # oldest first
+            if window and args.last is None and args.first is None:
+                flows = _window_flows(args, params)  # every flow of the window
+            else:
+                limit = [("limit", str(selection.limit))]
+                answer = client.get_json(args.server, "/api/flows", [*params, *limit], args.token)
+                note_unreachable(answer, sys.stderr)
+                _note_incomplete(answer, sys.stderr)
+                flows = answer["flows"]  # oldest first
             printer.write(flows if selection.first is None else flows[: selection.first])
             printer.close()
             return 0
@@ -442,6 +490,35 @@ def cmd_observe(args: argparse.Namespace) -> int:
     return 0
 
 
+WINDOW_PAGE = 1000  # flows per request when printing a whole time window
+
+
+def _window_flows(args: argparse.Namespace, params: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Every flow of --since/--until, oldest first, read newest first a page at a time through the
+    cursor (from the agent's memory or its history, whichever holds the window)."""
+    pages: list[list[dict[str, Any]]] = []
+    cursor: str | None = None
+    while True:
+        extra = [("limit", str(WINDOW_PAGE)), *([("cursor", cursor)] if cursor else [])]
+        answer = client.get_json(args.server, "/api/flows", [*params, *extra], args.token)
+        if not pages:
+            note_unreachable(answer, sys.stderr)
+            _note_incomplete(answer, sys.stderr)
+        pages.append(answer["flows"])
+        cursor = answer.get("cursor")
+        if not cursor:
+            return [f for page in reversed(pages) for f in page]
+
+
+def _note_incomplete(answer: dict[str, Any], err: TextIO) -> None:
+    if answer.get("complete") is False and answer.get("source") == "history":
+        print(
+            "lumen observe: the window starts before the oldest flow the history keeps (retention): "
+            "earlier flows are not shown",
+            file=err,
+        )
+
+
 def _status_parser(sub: Any) -> None:
     p = sub.add_parser("status", help="the agent, its maps and each pod's attach state")
     _client_args(p)
@@ -459,6 +536,7 @@ def format_status(st: dict[str, Any]) -> str:
         f"Events:      {ev['consumed']} consumed, {ev['emitted']} emitted by the kernel, {ev['lost']} lost, "
         f"{ev['decode_errors']} undecodable, poll lag {ev['poll_lag_s'] * 1000:.2f} ms",
         f"Tracing:     {'on' if st['otel'] else 'off'}",
+        f"History:     {_history_text(st.get('history') or {'backend': 'off'})}",
         f"Endpoints:   {len(st['endpoints'])}",
     ]
     for ep in st["endpoints"]:
@@ -467,6 +545,30 @@ def format_status(st: dict[str, Any]) -> str:
             f"  {ep['namespace']}/{ep['pod']:<30} {','.join(ep['ips']):<34} {ep['hostVeth']:<16} {state}"
         )
     return "\n".join(lines)
+
+
+def _history_text(h: dict[str, Any]) -> str:
+    """One line: backend, size, oldest record, write lag, and what went wrong."""
+    if h.get("backend") == "off":
+        return "off"
+    where = h.get("path") or h.get("url") or ""
+    size = h.get("size_bytes")
+    parts = [f"{h['backend']} {where}".strip()]
+    if size is not None:
+        cap = f" of {h['max_bytes'] / 2**20:.0f} MiB" if h.get("max_bytes") else ""
+        parts.append(f"{size / 2**20:.1f} MiB{cap}")
+    if h.get("oldest_ns"):
+        oldest = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(h["oldest_ns"] / 1e9))
+        parts.append(f"oldest {oldest}")
+    if "written" in h:
+        dropped = sum((h.get("dropped") or {}).values())
+        parts.append(f"{h['written']} written, {dropped} dropped, lag {h.get('write_lag_s', 0):.1f}s")
+    text = ", ".join(parts)
+    if h.get("error"):
+        text += f"  DEGRADED: {h['error']}"
+        if h.get("dropped"):
+            text += " (" + ", ".join(f"{k}: {v}" for k, v in sorted(h["dropped"].items())) + ")"
+    return text
 
 
 def _get_json(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bpf import vocab
 from exporter import api, filters, servicemap
-from exporter.api import PAGING_PARAMS, parse_request
+from exporter.api import PAGING_PARAMS, parse_request, pick_source
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
@@ -97,9 +97,20 @@ def hook(
                 if key not in PAGING_PARAMS:
                     params.setdefault(key, []).append(value)
             req = parse_request(params)
-            store = app.state.view.store
-            out = servicemap.build(store.query(req.query, req.since_ns, req.until_ns).flows)
+            view = app.state.view
+            store = view.store
+            name, source = pick_source(view, req.since_ns)
+            if name == "history" and hasattr(source, "edge_rows"):
+                # aggregated by the history store (SQL sums), not from every flow of the window
+                from exporter.history.views import EdgeSource, build_map
+
+                out = build_map(cast(EdgeSource, source), req.query, req.since_ns, req.until_ns)
+            else:
+                page = source.query(req.query, req.since_ns, req.until_ns)
+                out = servicemap.build(page.flows)
+                out["complete"] = page.complete
             out["stored"] = len(store)
+            out["source"] = name
             return out
 
     return mount

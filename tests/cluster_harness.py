@@ -357,8 +357,10 @@ class Cluster:
         workdir: Path | None = None,
         agent_args: tuple[str, ...] = (),
         binary: Path | None = None,
+        unique_prefix: bool = False,
     ) -> None:
-        self.prefix = prefix + secrets.token_hex(3)
+        # a caller that made its prefix unique itself (the demo) keeps it; else random hex makes it so
+        self.prefix = prefix if unique_prefix else prefix + secrets.token_hex(3)
         self.mode = mode
         self.octet = octet if octet is not None else 100 + secrets.randbelow(150)
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
