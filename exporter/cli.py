@@ -713,19 +713,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _no_empty_lists(args: argparse.Namespace) -> None:
-    """argparse turns the value `--` (`--pod=--`) into an empty list; make it the empty string, which every
-    command refuses with a reason, instead of a list where text is expected."""
-    for name, value in vars(args).items():
-        if value == []:
-            setattr(args, name, "")
-        elif isinstance(value, list):
-            setattr(args, name, ["" if v == [] else v for v in value])
+def _dash_dash_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """argparse turns `--port=--` into an empty list, past the option's type: refuse it as the usage
+    error it is."""
+    for arg in argv:
+        if arg.startswith("-") and arg.endswith("=--"):
+            parser.error(f"{arg}: '--' is not a value")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _no_empty_lists(args)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _dash_dash_values(parser, argv)
+    args = parser.parse_args(argv)
     return int(args.func(args))
 
 
