@@ -537,6 +537,7 @@ def format_status(st: dict[str, Any]) -> str:
         f"{ev['decode_errors']} undecodable, poll lag {ev['poll_lag_s'] * 1000:.2f} ms",
         f"Tracing:     {'on' if st['otel'] else 'off'}",
         f"History:     {_history_text(st.get('history') or {'backend': 'off'})}",
+        f"Network:     {_network_text(st.get('network') or {}, st['node'])}",
         f"Endpoints:   {len(st['endpoints'])}",
     ]
     for ep in st["endpoints"]:
@@ -545,6 +546,22 @@ def format_status(st: dict[str, Any]) -> str:
             f"  {ep['namespace']}/{ep['pod']:<30} {','.join(ep['ips']):<34} {ep['hostVeth']:<16} {state}"
         )
     return "\n".join(lines)
+
+
+def _network_text(n: dict[str, Any], node: str) -> str:
+    """One line: routing mode, the nodes routed to, masquerade, and what is not routed or failed."""
+    if not n:
+        return "unknown"
+    others = len([name for name in n.get("nodes", []) if name != node])
+    text = (
+        f"{n.get('mode')} routing, {n.get('routes', 0)} routes to {others} other nodes, "
+        f"masquerade {'on' if n.get('masquerade') else 'off'}"
+    )
+    if n.get("problems"):
+        text += "; not routed: " + "; ".join(n["problems"])
+    if n.get("error"):
+        text += f"  FAILED: {n['error']}"
+    return text
 
 
 def _history_text(h: dict[str, Any]) -> str:

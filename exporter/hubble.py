@@ -44,8 +44,15 @@ def _ip_version(ip: str) -> str:
     return "IPv6" if ":" in ip else "IPv4"
 
 
-def _labels(labels: Mapping[str, str]) -> list[str]:
+#: Lumen's reserved identities (bpf/include/types.h enum lumen_identity) have Cilium's numbers; Hubble
+#: labels such an endpoint `reserved:<name>`
+RESERVED_IDENTITIES = {1: "host", 2: "world", 3: "unmanaged"}
+
+
+def _labels(labels: Mapping[str, str], identity: int) -> list[str]:
     # Cilium prefixes each label with where it came from; a pod's labels come from Kubernetes.
+    if not labels and identity in RESERVED_IDENTITIES:
+        return [f"reserved:{RESERVED_IDENTITIES[identity]}"]
     return [f"k8s:{k}={v}" for k, v in sorted(labels.items())]
 
 
@@ -57,12 +64,13 @@ def endpoint(ep: Mapping[str, Any]) -> dict[str, Any]:
         if workload.get("name")
         else []
     )
+    identity = int(ep.get("identity") or 0)
     return _pruned(
         {
             "ID": int(ep.get("endpoint_id") or 0),
-            "identity": int(ep.get("identity") or 0),
+            "identity": identity,
             "namespace": ep.get("namespace", ""),
-            "labels": _labels(ep.get("labels") or {}),
+            "labels": _labels(ep.get("labels") or {}, identity),
             "pod_name": ep.get("pod", ""),
             "workloads": workloads,
         }

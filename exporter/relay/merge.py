@@ -240,6 +240,8 @@ class StreamPairer:
         for other in waiting:
             if pairs(other, rec, self.window_us):
                 waiting.remove(other)
+                if not waiting:
+                    del self._pending[rec.tuple5]  # a long stream sees many 5-tuples: keep none empty
                 return [paired(other, rec)]
         if self.wait_s <= 0:
             return [rec.flow]

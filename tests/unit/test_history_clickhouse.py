@@ -101,6 +101,9 @@ def test_flows_come_back_with_the_same_fields_from_another_reader(server):
     writer.write(flows)
     reader = ClickHouseHistory(writer.url, clock=lambda: T0 + HOUR)  # as the relay: a fresh process
     assert _all(reader, since=T0) == flows[::-1]
+    # a reader leaves retention to the writers: complete from the oldest flow stored
+    assert reader.query(None, T0, None, 1).complete and not reader.query(None, T0 - 1, None, 1).complete
+    assert reader.enforce_retention() == []
 
 
 def test_retention_drops_whole_days_and_queries_stop_at_the_bound(server):

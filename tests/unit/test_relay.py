@@ -5,6 +5,7 @@ live stream interleaved and paired, endpoints, the service map, metrics, and `lu
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -459,3 +460,19 @@ def test_a_failing_history_leaves_the_agents_answer_with_the_reason():
 def test_relay_history_urls_are_checked():
     out = run_cli("relay", "--agent", "http://h:1", "--history", "postgres://db")
     assert out.returncode == 2 and "expected clickhouse://host:port/database" in out.stderr
+
+
+def test_lumen_observe_a_time_window_through_the_relay_pages_with_its_cursor(three, monkeypatch):
+    import exporter.cli
+
+    with relay(targets(three)) as r:
+        monkeypatch.setattr(exporter.cli, "WINDOW_PAGE", 4)  # four pages of the 15 flows
+        out = io.StringIO()
+        monkeypatch.setattr(sys, "stdout", out)
+        code = exporter.cli.main(
+            ["observe", "--server", r.url, "--since", "2027-01-15T07:00:00Z", "-o", "jsonl"]
+        )
+    assert code == 0
+    flows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(flows) == 15 and len({(f["node"], f["source"]["port"]) for f in flows}) == 15
+    assert [f["time"] for f in flows] == sorted(f["time"] for f in flows)

@@ -224,6 +224,7 @@ def test_stream_pairer_waits_for_the_other_end_then_lets_a_half_go():
     (row,) = p.add(ingress, now=10.1)
     assert row["paired"] and (row["source_node"], row["destination_node"]) == ("a", "b")
     assert p.due(now=11.0) == [], "the waiting half left in the pair"
+    assert p._pending == {} and p.next_deadline() is None, "nothing kept for a paired flow"
     alone = merge.record("a", cross("egress", "src", sport=1).to_dict())
     assert p.add(alone, now=20.0) == [] and p.next_deadline() == 20.25
     assert p.due(now=20.2) == []
