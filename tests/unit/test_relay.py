@@ -286,8 +286,16 @@ def test_lumen_relay_runs_and_serves_the_ui():
             wait_until(up, timeout=20)
             assert [f["node"] for f in httpx.get(f"{url}/api/flows").json()["flows"]] == ["n1"]
             assert "Flows · Lumen" in httpx.get(f"{url}/flows").text
+            # a viewer's live stream stays open: SIGTERM still stops the relay within its grace
+            with httpx.stream("GET", f"{url}/api/flows/stream", timeout=30) as resp:
+                assert next(sse(resp))[0] == "nodes"
+                proc.terminate()
+                started = time.monotonic()
+                proc.wait(timeout=20)
+                assert time.monotonic() - started < 10
         finally:
-            proc.terminate()
+            if proc.poll() is None:
+                proc.kill()
             proc.wait(timeout=10)
 
 
