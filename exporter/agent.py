@@ -361,13 +361,14 @@ class Agent:
         emitted = int(self.source.datapath_stats().get("events", 0))
         consumed = self.health.events_consumed
         now = time.monotonic()
-        last_emitted, last_consumed, since = self._emitted_seen
-        if last_emitted < 0 or emitted == last_emitted or consumed != last_consumed:
+        base_emitted, base_consumed, since = self._emitted_seen
+        if base_emitted < 0 or consumed != base_consumed or emitted == base_emitted:
+            # consuming, or nothing emitted since the last look: the window starts again here
             self._emitted_seen = (emitted, consumed, now)
             self._stall = ""
         elif now - since >= STALL_S:
             self._stall = (
-                f"the kernel emitted {emitted - last_emitted} events in {now - since:.0f} s and this agent "
+                f"the kernel emitted {emitted - base_emitted} events in {now - since:.0f} s and this agent "
                 "received none (is another agent reading this datapath?)"
             )
 
