@@ -14,36 +14,85 @@ from enum import IntEnum
 from pathlib import Path
 
 # The vocabulary enums live in bpf/vocab.py (stdlib only, imported by the CLI); re-exported here
-from bpf.vocab import Direction, DropReason, EventType, Verdict  # noqa: F401
+from bpf.vocab import Direction as Direction  # noqa: F401
+from bpf.vocab import DropReason as DropReason  # noqa: F401
+from bpf.vocab import EventType as EventType  # noqa: F401
+from bpf.vocab import Verdict as Verdict  # noqa: F401
 
 # Program, pin and map names live with the plugin, which opens the pins without importing this module;
 # re-exported here, where the agent looks them up.
 from plugin import pinned
 from plugin.pinned import (  # noqa: F401
-    ALL_MAPS,
-    EP_BY_IFINDEX,
-    MAP_BATCH,
-    MAP_CIDRS,
-    MAP_CONFIG,
-    MAP_DROPS,
-    MAP_ENDPOINT_GEN,
-    MAP_ENDPOINTS,
-    MAP_EVENTS,
-    MAP_FLOW_COUNTS,
-    MAP_FLOWS,
-    MAP_IPCACHE,
-    MAP_PAIRS,
-    MAP_PODS,
-    MAP_POLICY,
-    MAP_POLICY_COUNTS,
-    MAP_SLOTS,
-    MAP_SOURCES,
-    MAP_STATS,
-    MAP_TCP_FLAGS,
-    PINNED_MAPS,
-    PROG_EGRESS,
-    PROG_INGRESS,
-    PROG_PINS,
+    ALL_MAPS as ALL_MAPS,
+)
+from plugin.pinned import (
+    EP_BY_IFINDEX as EP_BY_IFINDEX,
+)
+from plugin.pinned import (
+    MAP_BATCH as MAP_BATCH,
+)
+from plugin.pinned import (
+    MAP_CIDRS as MAP_CIDRS,
+)
+from plugin.pinned import (
+    MAP_CONFIG as MAP_CONFIG,
+)
+from plugin.pinned import (
+    MAP_DROPS as MAP_DROPS,
+)
+from plugin.pinned import (
+    MAP_ENDPOINT_GEN as MAP_ENDPOINT_GEN,
+)
+from plugin.pinned import (
+    MAP_ENDPOINTS as MAP_ENDPOINTS,
+)
+from plugin.pinned import (
+    MAP_EVENTS as MAP_EVENTS,
+)
+from plugin.pinned import (
+    MAP_FLOW_COUNTS as MAP_FLOW_COUNTS,
+)
+from plugin.pinned import (
+    MAP_FLOWS as MAP_FLOWS,
+)
+from plugin.pinned import (
+    MAP_IPCACHE as MAP_IPCACHE,
+)
+from plugin.pinned import (
+    MAP_PAIRS as MAP_PAIRS,
+)
+from plugin.pinned import (
+    MAP_PODS as MAP_PODS,
+)
+from plugin.pinned import (
+    MAP_POLICY as MAP_POLICY,
+)
+from plugin.pinned import (
+    MAP_POLICY_COUNTS as MAP_POLICY_COUNTS,
+)
+from plugin.pinned import (
+    MAP_SLOTS as MAP_SLOTS,
+)
+from plugin.pinned import (
+    MAP_SOURCES as MAP_SOURCES,
+)
+from plugin.pinned import (
+    MAP_STATS as MAP_STATS,
+)
+from plugin.pinned import (
+    MAP_TCP_FLAGS as MAP_TCP_FLAGS,
+)
+from plugin.pinned import (
+    PINNED_MAPS as PINNED_MAPS,
+)
+from plugin.pinned import (
+    PROG_EGRESS as PROG_EGRESS,
+)
+from plugin.pinned import (
+    PROG_INGRESS as PROG_INGRESS,
+)
+from plugin.pinned import (
+    PROG_PINS as PROG_PINS,
 )
 
 BPF_DIR = Path(__file__).resolve().parent

@@ -1,7 +1,8 @@
 """The node agent: wiring only. Loads the datapath, runs the flow pipeline on one thread and housekeeping
 (endpoint records, policy, the idle sweep, clock) on another, and serves the API (uvicorn) on the main one.
 
-    kernel -> ring buffer -> bpf/ringbuf EventReader -> decode (enrich) -> sinks: memory FlowStore, tracer
+    kernel -> ring buffer -> bpf/ringbuf EventReader -> decode (enrich) -> sinks: memory FlowStore, tracer,
+                                                                          history (exporter/history/)
     kernel flow table -> sweep (idle flows) ----------------------------> the same sinks
     kernel maps (pinned) -----------------------------------------------> metrics.LumenCollector at scrape
 """
@@ -71,6 +72,11 @@ class AgentConfig:
     vxlan_port: int = 8472
     masquerade: bool = True
     non_masquerade: list[str] = field(default_factory=list)
+    # flow history (exporter/history/): off, sqlite (<state_dir>/history.sqlite), sqlite:///path,
+    # clickhouse://host:port/db
+    history: str = "sqlite"
+    history_retention_s: float = 24 * 3600.0
+    history_max_bytes: int = 1 << 30  # SQLite only
 
     def validate(self) -> None:
         """Every setting checked before anything is compiled, pinned or locked."""
@@ -92,6 +98,8 @@ class AgentConfig:
         )
         count("--flow-table-size", self.flow_table_size, 1, 1 << 24)
         count("--flow-store-size", self.flow_store_size, 1, 1 << 24)
+        # slot 0 means "no pod"; the pair matrix is pod_slots^2 x 32 bytes of kernel memory (2048: 128 MiB)
+        count("--pod-slots", self.pod_slots, 2, 2048)
         count("--port", self.port, 0, 65535)
         count("wakeup batch", self.wakeup_batch, 1, 1 << 20)
         count("poll timeout", self.poll_timeout_ms, 1, 60000)
@@ -100,6 +108,14 @@ class AgentConfig:
         seconds("housekeeping", self.housekeeping_s, 0.001, 3600)
         need(self.aggregation in ("default", "none"), f"--aggregation {self.aggregation!r}: default or none")
         need(bool(self.node.strip()), "--node: empty")
+        from exporter.history import check_spec
+
+        try:
+            check_spec(self.history)
+        except ValueError as exc:
+            need(False, f"--history {exc}")
+        seconds("--history-retention", self.history_retention_s, 60, 86400 * 3650)
+        count("--history-max-size", self.history_max_bytes, 1 << 20, 1 << 50)
         for name, path in (("--pin-dir", self.pin_dir), ("--state-dir", self.state_dir)):
             need(os.path.isabs(path), f"{name} {path!r}: expected an absolute path")
             need("\0" not in path and '"' not in path, f"{name} {path!r}: not a usable path")
@@ -123,6 +139,8 @@ class Agent:
         self.directory = EndpointDirectory(cfg.state_dir, labels)
         self.store = FlowStore(cfg.flow_store_size)
         self.history: FlowSource | None = None  # a FlowSource of older flows (exporter/history/), if kept
+        self.history_sink: Any = None  # exporter.history.sink.HistorySink
+        self.history_error = ""  # why there is no history although one was asked for
         self.health = AgentHealth()
         self.registry = CollectorRegistry(auto_describe=False)
         self.policy_names: dict[int, str] = {}
@@ -196,6 +214,7 @@ class Agent:
         self.decoder = Decoder(self.enricher)
         self.pipeline = Pipeline(EventReader(self.cfg.pin_dir), self.decoder, self.health)
         self.pipeline.register(self.store)
+        self._start_history()
         if self.cfg.otel:
             from exporter.tracing import FlowTracer
 
@@ -234,6 +253,43 @@ class Agent:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
+
+    def _start_history(self) -> None:
+        """The history sink, when --history is not off. A store that cannot be opened costs the history,
+        said in the log, /readyz's detail and `lumen status`, never the agent."""
+        if self.cfg.history == "off":
+            return
+        from exporter.history import open_store
+        from exporter.history.sink import HistoryCollector, HistorySink
+
+        try:
+            store = open_store(
+                self.cfg.history, self.cfg.state_dir, self.cfg.history_retention_s, self.cfg.history_max_bytes
+            )
+        except Exception as exc:  # noqa: BLE001 - no history, live flows as ever
+            self.history_error = f"cannot open the history store: {exc}"
+            log.error("no flow history", extra={"history": self.cfg.history, "error": str(exc)})
+            return
+        assert self.pipeline is not None
+        self.history_sink = HistorySink(store)
+        self.history = store
+        self.pipeline.register(self.history_sink)
+        self.registry.register(HistoryCollector(self.history_sink))
+
+    def history_status(self) -> dict[str, Any]:
+        if self.history_sink is not None:
+            return dict(self.history_sink.status())
+        if self.cfg.history == "off":
+            return {"backend": "off"}
+        return {"backend": self.cfg.history.split(":")[0], "ok": False, "error": self.history_error}
+
+    def ready_detail(self) -> dict[str, str]:
+        """Parts that are degraded without making the agent unready (/readyz's `detail`)."""
+        if self.history_sink is not None:
+            return {"history": self.history_sink.health()}
+        if self.history_error:
+            return {"history": f"degraded: {self.history_error} (live flows served)"}
+        return {"history": "off"}
 
     def _node_network(self) -> Any:
         """Routes, VXLAN and masquerade from the node list: the API server's Nodes in a cluster, else
@@ -305,13 +361,14 @@ class Agent:
         emitted = int(self.source.datapath_stats().get("events", 0))
         consumed = self.health.events_consumed
         now = time.monotonic()
-        last_emitted, last_consumed, since = self._emitted_seen
-        if last_emitted < 0 or emitted == last_emitted or consumed != last_consumed:
+        base_emitted, base_consumed, since = self._emitted_seen
+        if base_emitted < 0 or consumed != base_consumed or emitted == base_emitted:
+            # consuming, or nothing emitted since the last look: the window starts again here
             self._emitted_seen = (emitted, consumed, now)
             self._stall = ""
         elif now - since >= STALL_S:
             self._stall = (
-                f"the kernel emitted {emitted - last_emitted} events in {now - since:.0f} s and this agent "
+                f"the kernel emitted {emitted - base_emitted} events in {now - since:.0f} s and this agent "
                 "received none (is another agent reading this datapath?)"
             )
 
@@ -364,6 +421,12 @@ class Agent:
         return status.endpoints(self.directory, self.attachments, identities)
 
     def status(self) -> dict[str, Any]:
+        return {
+            **self._agent_status(),
+            "history": self.history_status(),
+        }
+
+    def _agent_status(self) -> dict[str, Any]:
         return status.agent_status(
             version=VERSION,
             cfg=self.cfg,

@@ -27,11 +27,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from bpf import vocab
 from exporter import docs, filters
 from exporter.flows import Flow, Subscription
-from exporter.store import CursorError, FlowSource, Page
+from exporter.store import CursorError, FlowSource, Page, SourceError
 
 KEEPALIVE_S = 15.0
 STREAM_BATCH = 512  # flows per SSE write at most
 DEFAULT_LIMIT = 100
+HISTORY_PAGE_MAX = 10_000  # flows per answer at most from the history
 PAGING_PARAMS = ("limit", "last", "cursor")
 #: parameters that are not filter criteria
 REQUEST_PARAMS = (*PAGING_PARAMS, *filters.TIME_PARAMS)
@@ -91,10 +92,16 @@ class FlowRequest:
         return self.query.matches(flow)
 
 
-def pick_source(view: AgentView, since_ns: int | None) -> tuple[str, FlowSource]:
-    """Memory when the window starts inside what memory holds (or nothing else is kept), else history."""
+def pick_source(view: AgentView, since_ns: int | None, cursor: str | None = None) -> tuple[str, FlowSource]:
+    """Memory when the window starts inside what memory holds, or has no start (the newest flows: memory
+    has them, live ones included), or nothing else is kept; else history. A cursor goes back to the
+    source that handed it out (memory's start with `m`)."""
     history = getattr(view, "history", None)
-    if history is None or (since_ns is not None and since_ns >= view.store.covers_from_ns):
+    if history is None:
+        return "memory", view.store
+    if cursor:
+        return ("memory", view.store) if cursor.startswith("m") else ("history", history)
+    if since_ns is None or since_ns >= view.store.covers_from_ns:
         return "memory", view.store
     return "history", history
 
@@ -148,6 +155,8 @@ def query_page(source: FlowSource, req: FlowRequest, limit: int, cursor: str | N
         return source.query(req.query, req.since_ns, req.until_ns, limit, cursor)
     except CursorError as exc:
         raise HTTPException(400, str(exc)) from None
+    except SourceError as exc:
+        raise HTTPException(503, f"history: {exc}") from None
 
 
 def _filter_parameters() -> list[dict[str, Any]]:
@@ -235,9 +244,14 @@ def create_app(
 
     @app.get("/readyz", tags=["health"], responses={503: {"description": "not ready, with the reason"}})
     def readyz() -> JSONResponse:
-        """The datapath is loaded and the ring buffer is being consumed."""
+        """The datapath is loaded and the ring buffer is being consumed. `detail` names parts that are
+        degraded without making the agent unready (the flow history)."""
         ok, reason = view.ready()
-        return JSONResponse({"ready": ok, "reason": reason}, status_code=200 if ok else 503)
+        body: dict[str, Any] = {"ready": ok, "reason": reason}
+        detail = getattr(view, "ready_detail", None)
+        if detail is not None:
+            body["detail"] = detail()
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     api = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
     common_params = {"parameters": _filter_parameters()}
@@ -269,9 +283,14 @@ def create_app(
         deny-list). `cursor` in the answer fetches the next older page."""
         params = _params(request)
         req = parse_request(params)
-        limit = _count(params, "limit", DEFAULT_LIMIT, view.store.capacity)
-        name, source = pick_source(view, req.since_ns)
-        page = query_page(source, req, limit, _one(params, "cursor"))
+        # a page of history may be longer than memory holds
+        most = max(view.store.capacity, HISTORY_PAGE_MAX if getattr(view, "history", None) else 0)
+        limit = _count(params, "limit", DEFAULT_LIMIT, most)
+        cursor = _one(params, "cursor")
+        name, source = pick_source(view, req.since_ns, cursor)
+        if name == "history" and not limit:
+            limit = HISTORY_PAGE_MAX  # "all" of a history is pages: follow `cursor`
+        page = query_page(source, req, limit, cursor)
         return {
             "flows": [f.to_dict() for f in reversed(page.flows)],
             **view.store.stats(),
@@ -304,6 +323,8 @@ def create_app(
         because it was read too slowly."""
         params = _params(request)
         req = parse_request(params)
+        if "cursor" in params:
+            raise HTTPException(400, "cursor: a stream has no pages; use last=N for a backlog")
         last = _count(params, "last", 0, view.store.capacity)
         store = view.store
         sub = store.subscribe(req, asyncio.get_running_loop())

@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -92,9 +93,49 @@ def _agent_parser(sub: Any) -> None:
         help="destinations pod traffic reaches with the pod's own address (repeatable; env "
         "LUMEN_NON_MASQUERADE, comma-separated)",
     )
+    p.add_argument(
+        "--history",
+        default=os.environ.get("LUMEN_HISTORY", "sqlite"),
+        metavar="STORE",
+        help="where finished flows, drops and policy verdicts are kept for time-range queries: sqlite "
+        "(<state-dir>/history.sqlite, the default), sqlite:///path, clickhouse://host:port/db, or off "
+        "(env LUMEN_HISTORY)",
+    )
+    p.add_argument(
+        "--history-retention",
+        type=_duration,
+        default="24h",
+        metavar="AGE",
+        help="keep history this long: 90m, 24h, 7d (default 24h)",
+    )
+    p.add_argument(
+        "--history-max-size",
+        type=_size,
+        default="1GiB",
+        metavar="SIZE",
+        help="SQLite history at most this big, oldest hours dropped first (default 1GiB)",
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--print-bpf", action="store_true", help="print the C and the effective config, then exit")
     p.set_defaults(func=cmd_agent)
+
+
+def _duration(value: str) -> float:
+    from exporter.history import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _size(value: str) -> int:
+    from exporter.history import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -108,8 +149,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         try:
             with open(args.token_file) as f:
                 token = f.read().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            print(f"lumen agent: --token-file {args.token_file}: {exc}", file=sys.stderr)
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the path, undecodable text
+            print(f"lumen agent: --token-file {args.token_file!r}: {exc}", file=sys.stderr)
             return 2
     if not is_loopback(args.host) and not token:
         print(f"lumen agent: binding {args.host} needs --token (or LUMEN_TOKEN)", file=sys.stderr)
@@ -140,6 +181,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
         masquerade=not args.no_masquerade,
         non_masquerade=args.non_masquerade
         or [c.strip() for c in os.environ.get("LUMEN_NON_MASQUERADE", "").split(",") if c.strip()],
+        history=args.history,
+        history_retention_s=args.history_retention,
+        history_max_bytes=args.history_max_size,
     )
     try:
         cfg.validate()  # before anything is compiled, pinned or locked
@@ -262,6 +306,11 @@ def _relay_parser(sub: Any) -> None:
         default=0.25,
         help="seconds a live flow waits for its other end from another node",
     )
+    p.add_argument(
+        "--history",
+        metavar="URL",
+        help="clickhouse://host:port/db the agents write to: time ranges older than they hold come from it",
+    )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=cmd_relay)
 
@@ -300,6 +349,14 @@ def cmd_relay(args: argparse.Namespace) -> int:
             )
     except ValueError as exc:
         return usage(str(exc))
+    history = None
+    if args.history:
+        from exporter.relay.history import open_history
+
+        try:
+            history = open_history(args.history)
+        except ValueError as exc:
+            return usage(str(exc))
 
     import uvicorn
 
@@ -309,7 +366,12 @@ def cmd_relay(args: argparse.Namespace) -> int:
     from exporter.relay.service import Relay
 
     logs.setup(args.log_level)
-    relay = Relay(Fanout(found, agent_token, args.timeout), pair=not args.no_pair, pair_wait_s=args.pair_wait)
+    relay = Relay(
+        Fanout(found, agent_token, args.timeout),
+        pair=not args.no_pair,
+        pair_wait_s=args.pair_wait,
+        history=history,
+    )
     app = create_app(relay, token=token, ui=ui.hook(token, with_map=False))
     print(f"lumen relay: API on http://{args.host}:{args.port}/api/flows", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
@@ -396,10 +458,14 @@ def cmd_observe(args: argparse.Namespace) -> int:
     )
     try:
         if not selection.follow:
-            limit = [("limit", str(selection.limit))]
-            answer = client.get_json(args.server, "/api/flows", [*params, *limit], args.token)
-            note_unreachable(answer, sys.stderr)
-            flows = answer["flows"]  # oldest first
+            if window and args.last is None and args.first is None:
+                flows = _window_flows(args, params)  # every flow of the window
+            else:
+                limit = [("limit", str(selection.limit))]
+                answer = client.get_json(args.server, "/api/flows", [*params, *limit], args.token)
+                note_unreachable(answer, sys.stderr)
+                _note_incomplete(answer, sys.stderr)
+                flows = answer["flows"]  # oldest first
             printer.write(flows if selection.first is None else flows[: selection.first])
             printer.close()
             return 0
@@ -424,6 +490,35 @@ def cmd_observe(args: argparse.Namespace) -> int:
     return 0
 
 
+WINDOW_PAGE = 1000  # flows per request when printing a whole time window
+
+
+def _window_flows(args: argparse.Namespace, params: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Every flow of --since/--until, oldest first, read newest first a page at a time through the
+    cursor (from the agent's memory or its history, whichever holds the window)."""
+    pages: list[list[dict[str, Any]]] = []
+    cursor: str | None = None
+    while True:
+        extra = [("limit", str(WINDOW_PAGE)), *([("cursor", cursor)] if cursor else [])]
+        answer = client.get_json(args.server, "/api/flows", [*params, *extra], args.token)
+        if not pages:
+            note_unreachable(answer, sys.stderr)
+            _note_incomplete(answer, sys.stderr)
+        pages.append(answer["flows"])
+        cursor = answer.get("cursor")
+        if not cursor:
+            return [f for page in reversed(pages) for f in page]
+
+
+def _note_incomplete(answer: dict[str, Any], err: TextIO) -> None:
+    if answer.get("complete") is False and answer.get("source") == "history":
+        print(
+            "lumen observe: the window starts before the oldest flow the history keeps (retention): "
+            "earlier flows are not shown",
+            file=err,
+        )
+
+
 def _status_parser(sub: Any) -> None:
     p = sub.add_parser("status", help="the agent, its maps and each pod's attach state")
     _client_args(p)
@@ -441,6 +536,8 @@ def format_status(st: dict[str, Any]) -> str:
         f"Events:      {ev['consumed']} consumed, {ev['emitted']} emitted by the kernel, {ev['lost']} lost, "
         f"{ev['decode_errors']} undecodable, poll lag {ev['poll_lag_s'] * 1000:.2f} ms",
         f"Tracing:     {'on' if st['otel'] else 'off'}",
+        f"History:     {_history_text(st.get('history') or {'backend': 'off'})}",
+        f"Network:     {_network_text(st.get('network') or {}, st['node'])}",
         f"Endpoints:   {len(st['endpoints'])}",
     ]
     for ep in st["endpoints"]:
@@ -449,6 +546,46 @@ def format_status(st: dict[str, Any]) -> str:
             f"  {ep['namespace']}/{ep['pod']:<30} {','.join(ep['ips']):<34} {ep['hostVeth']:<16} {state}"
         )
     return "\n".join(lines)
+
+
+def _network_text(n: dict[str, Any], node: str) -> str:
+    """One line: routing mode, the nodes routed to, masquerade, and what is not routed or failed."""
+    if not n:
+        return "unknown"
+    others = len([name for name in n.get("nodes", []) if name != node])
+    text = (
+        f"{n.get('mode')} routing, {n.get('routes', 0)} routes to {others} other nodes, "
+        f"masquerade {'on' if n.get('masquerade') else 'off'}"
+    )
+    if n.get("problems"):
+        text += "; not routed: " + "; ".join(n["problems"])
+    if n.get("error"):
+        text += f"  FAILED: {n['error']}"
+    return text
+
+
+def _history_text(h: dict[str, Any]) -> str:
+    """One line: backend, size, oldest record, write lag, and what went wrong."""
+    if h.get("backend") == "off":
+        return "off"
+    where = h.get("path") or h.get("url") or ""
+    size = h.get("size_bytes")
+    parts = [f"{h['backend']} {where}".strip()]
+    if size is not None:
+        cap = f" of {h['max_bytes'] / 2**20:.0f} MiB" if h.get("max_bytes") else ""
+        parts.append(f"{size / 2**20:.1f} MiB{cap}")
+    if h.get("oldest_ns"):
+        oldest = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(h["oldest_ns"] / 1e9))
+        parts.append(f"oldest {oldest}")
+    if "written" in h:
+        dropped = sum((h.get("dropped") or {}).values())
+        parts.append(f"{h['written']} written, {dropped} dropped, lag {h.get('write_lag_s', 0):.1f}s")
+    text = ", ".join(parts)
+    if h.get("error"):
+        text += f"  DEGRADED: {h['error']}"
+        if h.get("dropped"):
+            text += " (" + ", ".join(f"{k}: {v}" for k, v in sorted(h["dropped"].items())) + ")"
+    return text
 
 
 def _get_json(
@@ -593,8 +730,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dash_dash_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """argparse turns `--port=--` into an empty list, past the option's type: refuse it as the usage
+    error it is."""
+    for arg in argv:
+        if arg.startswith("-") and arg.endswith("=--"):
+            parser.error(f"{arg}: '--' is not a value")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _dash_dash_values(parser, argv)
+    args = parser.parse_args(argv)
     return int(args.func(args))
 
 

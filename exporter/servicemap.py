@@ -106,35 +106,94 @@ def _node(nodes: dict[str, Node], ep: Endpoint) -> Node:
     return node
 
 
+class MapBuilder:
+    """Adds flows, or sums of flows (a history store's aggregates), into nodes and edges."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, Node] = {}
+        self.edges: dict[tuple[str, str, str], Edge] = {}
+        # endpoint object -> its node: a history's aggregates name the same few endpoints many times
+        self._node_of: dict[int, tuple[Endpoint, Node]] = {}
+
+    def _node(self, ep: Endpoint) -> Node:
+        hit = self._node_of.get(id(ep))
+        if hit is not None and hit[0] is ep:
+            return hit[1]
+        node = _node(self.nodes, ep)
+        self._node_of[id(ep)] = (ep, node)
+        return node
+
+    def add(
+        self,
+        source: Endpoint,
+        destination: Endpoint,
+        verdict: str,
+        protocol: str,
+        port: int,
+        drop_reason: str,
+        flows: int,
+        packets: int,
+        nbytes: int,
+        first_ns: int,
+        last_ns: int,
+    ) -> None:
+        src, dst = self._node(source), self._node(destination)
+        # The datapath accounts each flow once (where it enters the pod network): no record repeats another.
+        src.tx_packets += packets
+        src.tx_bytes += nbytes
+        dst.rx_packets += packets
+        dst.rx_bytes += nbytes
+        dropped = flows if verdict == "DROPPED" else 0
+        for node in (src, dst):
+            node.flows += flows
+            node.dropped += dropped
+        edge = self.edges.get((src.id, dst.id, verdict))
+        if edge is None:
+            edge = self.edges[(src.id, dst.id, verdict)] = Edge(src.id, dst.id, verdict, first_ns=first_ns)
+        edge.flows += flows
+        edge.packets += packets
+        edge.bytes += nbytes
+        edge.first_ns = min(edge.first_ns, first_ns)
+        edge.last_ns = max(edge.last_ns, last_ns)
+        edge.protocols.add(protocol)
+        if port:
+            edge.ports.add(port)
+        edge.drop_reasons.add(drop_reason)
+
+    def add_flow(self, f: Flow) -> None:
+        self.add(
+            f.source,
+            f.destination,
+            f.verdict,
+            f.protocol,
+            service_port(f),
+            f.drop_reason,
+            1,
+            f.packets,
+            f.bytes,
+            f.start_ns,
+            f.time_ns,
+        )
+
+    def result(self) -> dict[str, Any]:
+        """Nodes sorted by namespace then name (external last), edges sorted by source and destination."""
+        ordered = sorted(self.nodes.values(), key=lambda n: (n.namespace == EXTERNAL, n.namespace, n.name))
+        return {
+            "nodes": [n.to_dict() for n in ordered],
+            "edges": [e.to_dict() for _, e in sorted(self.edges.items())],
+        }
+
+
+def service_port(f: Flow) -> int:
+    """The port an edge names: the destination port of a request. A reply's destination port is the
+    client's ephemeral one, which says nothing about the service (and would make every reply its own
+    aggregate in the history's rollups), so replies name none."""
+    return 0 if f.is_reply else f.destination.port
+
+
 def build(flows: Iterable[Flow]) -> dict[str, Any]:
     """Nodes sorted by namespace then name (external last), edges sorted by source and destination."""
-    nodes: dict[str, Node] = {}
-    edges: dict[tuple[str, str, str], Edge] = {}
+    builder = MapBuilder()
     for f in flows:
-        src, dst = _node(nodes, f.source), _node(nodes, f.destination)
-        # The datapath accounts each flow once (where it enters the pod network): no record repeats another.
-        src.tx_packets += f.packets
-        src.tx_bytes += f.bytes
-        dst.rx_packets += f.packets
-        dst.rx_bytes += f.bytes
-        dropped = f.verdict == "DROPPED"
-        for node in (src, dst):
-            node.flows += 1
-            node.dropped += dropped
-        edge = edges.get((src.id, dst.id, f.verdict))
-        if edge is None:
-            edge = edges[(src.id, dst.id, f.verdict)] = Edge(src.id, dst.id, f.verdict, first_ns=f.start_ns)
-        edge.flows += 1
-        edge.packets += f.packets
-        edge.bytes += f.bytes
-        edge.first_ns = min(edge.first_ns, f.start_ns)
-        edge.last_ns = max(edge.last_ns, f.time_ns)
-        edge.protocols.add(f.protocol)
-        if f.destination.port:
-            edge.ports.add(f.destination.port)
-        edge.drop_reasons.add(f.drop_reason)
-    ordered = sorted(nodes.values(), key=lambda n: (n.namespace == EXTERNAL, n.namespace, n.name))
-    return {
-        "nodes": [n.to_dict() for n in ordered],
-        "edges": [e.to_dict() for _, e in sorted(edges.items())],
-    }
+        builder.add_flow(f)
+    return builder.result()

@@ -79,7 +79,7 @@ def to_current(result: dict[str, Any]) -> dict[str, Any]:
     version = result.get("cniVersion", "")
     if not isinstance(version, str) or not version or version.startswith("0.1") or version.startswith("0.2"):
         raise CNIError(INCOMPATIBLE_VERSION, "unsupported result version", f"{version!r}")
-    out = _clone(result)
+    out: dict[str, Any] = _clone(result)
     for ip in out.get("ips", []):
         ip.pop("version", None)
     out["cniVersion"] = "1.1.0"
@@ -88,7 +88,7 @@ def to_current(result: dict[str, Any]) -> dict[str, Any]:
 
 def convert(result: dict[str, Any], version: str) -> dict[str, Any]:
     """A 1.1-shaped result expressed in `version`."""
-    out = _clone(result)
+    out: dict[str, Any] = _clone(result)
     out["cniVersion"] = version
     if _major_minor(version) < (1, 1):
         for iface in out.get("interfaces", []):

@@ -24,6 +24,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from scripts.demo_plan import CLAIMS_DIR, PlanError, claim_octet, free_port, make_plan, release_octet  # noqa: E402
 from tests.cluster_harness import Cluster, ClusterPod, PortForward  # noqa: E402
 from tests.cni_harness import Node, Pod, install_plugin  # noqa: E402
 
@@ -32,8 +33,6 @@ TRAFFIC = str(REPO / "scripts" / "traffic.py")
 POLICIES = REPO / "deploy" / "policies" / "demo"
 
 # (k8s namespace, pod name)
-DEFAULT_WORKDIR = "/tmp/lumen-demo"
-
 PODS = [("shop", "frontend"), ("shop", "cart"), ("shop", "catalog"), ("ops", "monitor"), ("ops", "probe")]
 
 
@@ -112,13 +111,17 @@ class Demo:
         self.start_plugin_server(binary)
         agent_url = self.start_agent()
 
-        node = Node(binary=binary, tag="demo", subnet_octet=244, workdir=self.logdir / "node")
+        o = self.args.octet  # claimed for this demo: a second demo on this machine takes another
+        # pod netns are <prefix><hex><pod>: this demo's own, like its bridge and directories
+        node = Node(
+            binary=binary, tag="", subnet_octet=o, workdir=self.logdir / "node", ns_prefix=self.args.prefix
+        )
         node.workdir.mkdir(parents=True, exist_ok=True)
         node.bridge = self.args.bridge
-        node.subnet4, node.gateway4 = "10.244.0.0/24", "10.244.0.1"
-        node.subnet6, node.gateway6 = "fd00:244::/64", "fd00:244::1"
+        node.subnet4, node.gateway4 = f"10.{o}.0.0/24", f"10.{o}.0.1"
+        node.subnet6, node.gateway6 = f"fd00:{o}::/64", f"fd00:{o}::1"
         node.extra = {
-            "name": "lumen-demo",
+            "name": f"lumen-demo-{self.args.prefix}",
             "stateDir": self.args.state_dir,
             "bpfPinDir": self.args.pin_dir,
             "logFile": str(self.logdir / "cni.log"),
@@ -214,7 +217,12 @@ class ClusterDemo:
         workdir = Path(args.workdir)
         shutil.rmtree(workdir, ignore_errors=True)
         c = self.cluster = Cluster(
-            nodes=args.nodes, mode=args.mode, prefix=args.prefix, octet=args.octet, workdir=workdir
+            nodes=args.nodes,
+            mode=args.mode,
+            prefix=args.prefix,
+            octet=args.octet,
+            workdir=workdir,
+            unique_prefix=True,
         )
         c.build()
         print(f"demo: {args.nodes} nodes, {args.mode} routing, underlay 192.168.{c.octet}.0/24, {c.prefix}*")
@@ -356,28 +364,57 @@ def main() -> None:
     )
     ap.add_argument("--nodes", type=int, default=3, help="simulated nodes (1: the one-node demo)")
     ap.add_argument("--mode", choices=["direct", "vxlan"], default="direct", help="routing between nodes")
+    # A second demo on this machine gets names, subnets and a port of its own (scripts/demo_plan.py).
     ap.add_argument(
-        "--prefix", default="ld", help="name prefix of every namespace and link (random hex follows)"
+        "--prefix", default="ld", help="name prefix of namespaces, links and directories (random hex follows)"
     )
     ap.add_argument(
-        "--octet", type=int, default=244, help="subnets: underlay 192.168.N.0/24, pods 10.N.<node>.0/24"
+        "--octet",
+        type=int,
+        default=None,
+        help="subnets: pods 10.N.<node>.0/24 (one node: 10.N.0.0/24), underlay 192.168.N.0/24 (default: the "
+        "first from 244 on that no other running demo holds)",
     )
-    ap.add_argument("--bridge", default="lumen0")
+    ap.add_argument("--bridge", default=None, help="the one-node demo's bridge (default <prefix><hex>br)")
     # The demo is a node of its own: its state and pinned maps are made fresh and removed on exit.
-    ap.add_argument("--state-dir", default="/run/lumen-demo")
-    ap.add_argument("--pin-dir", default="/sys/fs/bpf/lumen-demo")
-    ap.add_argument("--port", type=int, default=int(os.environ.get("LUMEN_PORT", "9465")))
-    ap.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    ap.add_argument("--state-dir", default=None, help="default /run/lumen-demo-<prefix><hex>")
+    ap.add_argument("--pin-dir", default=None, help="default /sys/fs/bpf/lumen-demo-<prefix><hex>")
+    ap.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("LUMEN_PORT", "9465")),
+        help="the UI's port on 127.0.0.1 (taken: any free port; 0: any free port)",
+    )
+    ap.add_argument("--workdir", default=None, help="logs and state (default /tmp/lumen-demo-<prefix><hex>)")
     ap.add_argument("--no-agent", action="store_true")
     args = ap.parse_args()
-    if not 1 <= args.nodes <= 9 or not 1 <= args.octet <= 254 or not 1 <= len(args.prefix) <= 6:
+    octet_ok = args.octet is None or 1 <= args.octet <= 254
+    if not 1 <= args.nodes <= 9 or not octet_ok or not 1 <= len(args.prefix) <= 6:
         ap.error("--nodes is 1..9, --octet 1..254, --prefix 1..6 characters (link names are short)")
     if os.geteuid() != 0:
         sys.exit("demo: needs root (network namespaces, veths, bpf)")
     stop_on_signals()  # before anything is built: a signal from now on cleans up
+    try:
+        octet = claim_octet(CLAIMS_DIR, args.octet)
+    except PlanError as exc:
+        ap.error(str(exc))
+    try:
+        plan = make_plan(
+            args.prefix, args.nodes, octet, free_port(args.port), args.workdir, args.bridge, args.state_dir,
+            args.pin_dir,
+        )  # fmt: skip
+        if plan.port != args.port and args.port:
+            print(f"demo: port {args.port} is taken (another demo?): the UI uses {plan.port}")
+        args.prefix, args.octet, args.port = plan.prefix, plan.octet, plan.port
+        args.workdir, args.bridge = str(plan.workdir), plan.bridge
+        args.state_dir, args.pin_dir = str(plan.state_dir), str(plan.pin_dir)
+        run(args)
+    finally:
+        release_octet(CLAIMS_DIR, octet)
+
+
+def run(args: argparse.Namespace) -> None:
     if args.nodes > 1:
-        if args.workdir == DEFAULT_WORKDIR:
-            args.workdir = f"/tmp/lumen-demo-{args.prefix}-{os.getpid()}"
         cluster_demo = ClusterDemo(args)
         try:
             cluster_demo.run()

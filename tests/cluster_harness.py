@@ -357,8 +357,10 @@ class Cluster:
         workdir: Path | None = None,
         agent_args: tuple[str, ...] = (),
         binary: Path | None = None,
+        unique_prefix: bool = False,
     ) -> None:
-        self.prefix = prefix + secrets.token_hex(3)
+        # a caller that made its prefix unique itself (the demo) keeps it; else random hex makes it so
+        self.prefix = prefix if unique_prefix else prefix + secrets.token_hex(3)
         self.mode = mode
         self.octet = octet if octet is not None else 100 + secrets.randbelow(150)
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
@@ -531,14 +533,23 @@ class Cluster:
         return proc
 
     def cleanup(self) -> None:
-        for n in self.nodes:
-            with contextlib.suppress(Exception):
-                n.stop_agent()
+        # The relay and the traffic first: an agent's graceful stop waits for the relay's open streams.
         for proc in self._procs:
             if proc.poll() is None:
                 proc.kill()
                 with contextlib.suppress(Exception):
                     proc.wait(timeout=10)
+        agents = [n.agent for n in self.nodes if n.agent is not None and n.agent.poll() is None]
+        for agent in agents:  # every agent told at once, so their stops overlap
+            agent.terminate()
+        for agent in agents:
+            try:
+                agent.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait()
+        for n in self.nodes:
+            n.agent = None
         for n in self.nodes:
             for p in n.pods.values():
                 netns_del(p.ns)

@@ -130,12 +130,18 @@ class Node:
     env: dict[str, str] = field(default_factory=dict)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="lumen-node-")))
     pods: dict[str, Pod] = field(default_factory=dict)
+    #: first letters of every pod netns name (the demo gives its own, so two demos never share one)
+    ns_prefix: str = PREFIX
 
     def __post_init__(self) -> None:
         if not self.subnet_octet:
             self.subnet_octet = 100 + secrets.randbelow(150)
         self.bridge = f"{PREFIX}b{self.tag}"
-        self.subnet4 = f"10.{self.subnet_octet}.{int(self.tag[:2], 16)}.0/24"
+        try:
+            third = int(self.tag[:2], 16)
+        except ValueError:
+            third = 0  # a tag that is not hex (the demo's empty one): the caller sets the subnets
+        self.subnet4 = f"10.{self.subnet_octet}.{third}.0/24"
         self.gateway4 = self.subnet4.replace(".0/24", ".1")
         # Canonical text form: results carry addresses the way the kernel prints them. A tag that is not
         # hex (the demo's) gets a subnet the caller sets itself.
@@ -186,7 +192,7 @@ class Node:
         return invoke(self.binary, command, conf or self.conf(), **kw)
 
     def add_pod(self, name: str, namespace: str = "default", **kw: Any) -> Pod:
-        ns = f"{PREFIX}{self.tag}{name}"[:15]
+        ns = f"{self.ns_prefix}{self.tag}{name}"[:15]
         netns = netns_add(ns)
         cid = secrets.token_hex(32)
         uid = secrets.token_hex(8)

@@ -29,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from plugin.pinned import PROG_EGRESS, PROG_INGRESS, PROG_PINS  # noqa: E402
 from tests.cluster_harness import Cluster, ClusterPod, SimNode, ns_http  # noqa: E402
 
 GOALS = (("gbps", 0.95, False), ("rr_us", 1.05, True))  # (measure, bound, at most?)
@@ -89,7 +90,7 @@ def wire(pods: list[ClusterPod], with_programs: bool) -> None:
         node.exec("tc", "qdisc", "del", "dev", dev, "clsact", check=False)
         if with_programs:
             node.exec("tc", "qdisc", "add", "dev", dev, "clsact")
-            for hook, prog in (("ingress", "prog_lumen_ingress"), ("egress", "prog_lumen_egress")):
+            for hook, prog in (("ingress", PROG_PINS[PROG_INGRESS]), ("egress", PROG_PINS[PROG_EGRESS])):
                 node.exec(
                     "tc", "filter", "replace", "dev", dev, hook, "prio", "1", "handle", "1",
                     "bpf", "da", "object-pinned", str(node.pin_dir / prog),

@@ -81,7 +81,7 @@ def throughput(agent, pin: str, seconds: float, rate: float) -> dict:  # noqa: A
     consumed0 = agent.health.events_consumed
     cpu0 = time.process_time()
     t0 = time.monotonic()
-    prog = os.path.join(pin, "prog_lumen_ingress")
+    prog = os.path.join(pin, abi.PROG_PINS[abi.PROG_INGRESS])
     runs = int(
         subprocess.run(
             [

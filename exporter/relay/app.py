@@ -18,10 +18,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bpf import vocab
 from exporter import docs, filters
-from exporter.api import DEFAULT_LIMIT, PAGING_PARAMS, parse_query, token_check
+from exporter.api import DEFAULT_LIMIT, PAGING_PARAMS, parse_request, token_check
 from exporter.relay import merge
-from exporter.relay.service import Relay
+from exporter.relay.service import HISTORY_CURSOR, Relay
 from exporter.relay.wire import iso_us, time_us
+from exporter.store import CursorError
 
 MAX_LIMIT = 1_000_000
 UNREACHABLE_HEADER = "X-Lumen-Unreachable"
@@ -50,7 +51,7 @@ def _filter(params: Mapping[str, Sequence[str]]) -> tuple[list[tuple[str, str]],
     parameters to forward. `since` and `until` are made absolute (`5m` means the same instant on every
     node), and `until` is returned apart, so the relay can tighten it with a cursor."""
     criteria = {k: list(v) for k, v in params.items() if k not in PAGING_PARAMS and k not in RELAY_PARAMS}
-    parse_query(criteria)
+    parse_request(criteria)
     times: dict[str, str] = {}
     for name in ("since", "until"):
         if name in criteria:
@@ -125,14 +126,18 @@ def create_app(
         params = _params(request)
         forward, until = _filter(params)
         limit = _count(params, "limit", DEFAULT_LIMIT)
-        after = None
-        if params.get("cursor"):
-            try:
-                after = merge.decode_cursor(params["cursor"][-1])
-            except ValueError as exc:
-                raise HTTPException(400, str(exc)) from None
+        cursor = (params.get("cursor") or [""])[-1]
+        try:
+            after: merge.Position | str | None = None
+            if cursor.startswith(HISTORY_CURSOR):
+                after = cursor[len(HISTORY_CURSOR) :]
+            elif cursor:
+                after = merge.decode_cursor(cursor)
+            answer = await relay.flows(forward, limit, after, until, parse_request(params))
+        except (merge.CursorError, CursorError) as exc:
+            raise HTTPException(400, str(exc)) from None
         # JSONResponse: the answer is plain JSON already; FastAPI's encoder would walk every flow again
-        return JSONResponse(await relay.flows(forward, limit, after, until))
+        return JSONResponse(answer)
 
     @api.get("/flows/stream", tags=["flows"], response_class=StreamingResponse)
     async def stream(request: Request) -> StreamingResponse:

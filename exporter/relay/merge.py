@@ -34,6 +34,10 @@ PAIR_WINDOW_US = 10_000_000
 VERDICT_RANK = {"FORWARDED": 0, "AUDIT": 1, "DROPPED": 2}
 
 
+class CursorError(ValueError):
+    """A cursor this relay cannot continue from (HTTP 400)."""
+
+
 class MalformedAnswer(ValueError):
     """An agent's flow the relay cannot read (another version's JSON?): that agent is left out, named."""
 
@@ -86,14 +90,14 @@ def encode_cursor(pos: Position) -> str:
 
 
 def decode_cursor(text: str) -> Position:
-    """The position a cursor names; ValueError if it is not one this relay made."""
+    """The position a cursor names; CursorError if it is not one this relay made."""
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         t, node, key = json.loads(raw)
     except (ValueError, TypeError, binascii.Error):
-        raise ValueError(f"cursor {text!r}: not a cursor from this relay") from None
+        raise CursorError(f"cursor {text!r}: not a cursor from this relay") from None
     if not isinstance(t, int) or not isinstance(node, str) or not isinstance(key, str):
-        raise ValueError(f"cursor {text!r}: not a cursor from this relay")
+        raise CursorError(f"cursor {text!r}: not a cursor from this relay")
     return (t, node, key)
 
 
@@ -158,6 +162,7 @@ class Page:
     rows: list[dict[str, Any]]  # newest first
     cursor: Position | None  # where the next (older) page starts; None: nothing older
     short: bool  # fewer rows than asked while a truncated answer may hold more: ask for more
+    taken: dict[str, int] = field(default_factory=dict)  # records the page holds, per agent
 
 
 @dataclass(eq=False)
@@ -194,10 +199,11 @@ def merge_page(
     rows: list[_Row] = []
     open_halves: dict[str, list[_Row]] = {}
     last: Position | None = None
+    taken: dict[str, int] = {}
     for r in recs:
         if floor is not None and r.pos < floor:
             full = bool(limit) and len(rows) == limit
-            return Page([x.to_dict() for x in rows], last if rows else after, short=not full)
+            return Page([x.to_dict() for x in rows], last if rows else after, not full, taken)
         partner = None
         if pair:
             for row in open_halves.get(r.tuple5, ()):
@@ -209,16 +215,18 @@ def merge_page(
             open_halves[r.tuple5].remove(partner)
         else:
             if limit and len(rows) == limit:
-                return Page([x.to_dict() for x in rows], last, short=False)
+                return Page([x.to_dict() for x in rows], last, False, taken)
             row = _Row(r)
             rows.append(row)
             open_halves.setdefault(r.tuple5, []).append(row)
         last = r.pos
+        taken[r.node] = taken.get(r.node, 0) + 1
     # Every record returned was consumed: older ones exist only if an answer was truncated.
     cursor = last if truncated else None
     if truncated and not rows:
         cursor = after
-    return Page([x.to_dict() for x in rows], cursor, short=truncated and (not limit or len(rows) < limit))
+    short = truncated and (not limit or len(rows) < limit)
+    return Page([x.to_dict() for x in rows], cursor, short, taken)
 
 
 @dataclass
@@ -236,6 +244,8 @@ class StreamPairer:
         for other in waiting:
             if pairs(other, rec, self.window_us):
                 waiting.remove(other)
+                if not waiting:
+                    del self._pending[rec.tuple5]  # a long stream sees many 5-tuples: keep none empty
                 return [paired(other, rec)]
         if self.wait_s <= 0:
             return [rec.flow]

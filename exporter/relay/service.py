@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,10 +18,12 @@ from typing import Any
 import httpx
 
 from exporter import servicemap
+from exporter.api import FlowRequest
 from exporter.relay import merge
 from exporter.relay.discovery import Target
 from exporter.relay.fanout import Fanout, Result, StreamError, describe
 from exporter.relay.wire import flow_from_dict, time_us
+from exporter.store import FlowSource
 
 MAX_ROUNDS = 4  # fetch rounds for one page: each doubles what truncated agents are asked for
 STREAM_QUEUE = 16384  # events waiting for a slow viewer, beyond which they are counted lost
@@ -28,6 +31,8 @@ STREAM_BATCH = 512
 KEEPALIVE_S = 15.0
 RETRY_S = (0.5, 1.0, 2.0, 5.0)  # reconnect delays of a lost agent stream
 MAP_TTL_S = 2.0
+ASK_SLACK = 1.5  # first asks: an agent's share of recent pages times this (3 agents evenly: 52 of 100)
+SHARE_WEIGHT = 0.5  # how fast the shares follow where recent flows come from
 
 
 @dataclass
@@ -44,12 +49,24 @@ class Missing:
         return {"unreachable": sorted(self.errors), "errors": dict(sorted(self.errors.items()))}
 
 
+#: a relay cursor into the history store: this prefix and the store's own cursor
+HISTORY_CURSOR = "h:"
+
+
 class Relay:
-    def __init__(self, fanout: Fanout, pair: bool = True, pair_wait_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        fanout: Fanout,
+        pair: bool = True,
+        pair_wait_s: float = 0.25,
+        history: FlowSource | None = None,
+    ) -> None:
         self.fanout = fanout
         self.pair = pair
         self.pair_wait_s = pair_wait_s
+        self.history = history
         self.started_at = time.time()
+        self._share: dict[str, float] = {}  # each agent's part of recent pages, 0..1
         self._maps: dict[tuple[tuple[str, str], ...], tuple[float, dict[str, Any]]] = {}
 
     # -- /api/flows --------------------------------------------------------------------------------
@@ -58,20 +75,65 @@ class Relay:
         self,
         forward: Sequence[tuple[str, str]],
         limit: int,
-        after: merge.Position | None = None,
+        after: merge.Position | str | None = None,
         until: str | None = None,
+        request: FlowRequest | None = None,
     ) -> dict[str, Any]:
         """The newest `limit` rows older than the cursor `after`, oldest first, as /api/flows answers.
         `forward` is the client's filter as query parameters, passed to every agent unchanged; `until`
-        the client's upper time bound (absolute), tightened here by the cursor."""
+        the client's upper time bound (absolute), tightened here by the cursor. With a history store,
+        a time range that reaches back past what the agents hold is answered from it (`request` is
+        the same filter and range as data); `after` is then the store's cursor."""
+        if isinstance(after, str):
+            if self.history is None or request is None:
+                raise merge.CursorError("a history cursor, but this relay keeps no history")
+            return await self._from_history(request, limit, after)
+        answer = await self._from_agents(forward, limit, after, until)
+        if self.history is not None and request is not None and request.since_ns is not None:
+            if not answer["complete"] or answer["unreachable"]:
+                try:
+                    return await self._from_history(request, limit, None)
+                except Exception as exc:  # noqa: BLE001 - the agents' answer stands, with the reason
+                    answer["history_error"] = f"{type(exc).__name__}: {exc}"
+        return answer
+
+    async def _from_history(self, request: FlowRequest, limit: int, cursor: str | None) -> dict[str, Any]:
+        """One page from the history store (blocking client: in a thread), its records paired."""
+        assert self.history is not None
+        started = time.perf_counter()
+        page = await asyncio.to_thread(
+            self.history.query, request.query, request.since_ns, request.until_ns, limit, cursor
+        )
+        self.fanout.metrics.fanout.labels("history").observe(time.perf_counter() - started)
+        by_node: dict[str, list[dict[str, Any]]] = {}
+        for f in page.flows:
+            d = f.to_dict()
+            by_node.setdefault(d.get("node") or "history", []).append(d)
+        answers = [merge.Answer(node, flows, truncated=False) for node, flows in by_node.items()]
+        rows = merge.merge_page(answers, 0, None, self.pair).rows
+        return {
+            "flows": list(reversed(rows)),
+            "cursor": HISTORY_CURSOR + page.cursor if page.cursor else None,
+            "complete": page.complete,
+            "source": "history",
+            "nodes": sorted(by_node),
+            "unreachable": [],
+            "errors": {},
+        }
+
+    async def _from_agents(
+        self,
+        forward: Sequence[tuple[str, str]],
+        limit: int,
+        after: merge.Position | None,
+        until: str | None,
+    ) -> dict[str, Any]:
         if after is not None:
             bound = merge.until_for(after)
             until = bound if until is None else min(until, bound, key=_iso_key)
         base = [*forward, *([("until", until)] if until else [])]
         targets = await self.fanout.targets()
-        # One more than the page: when the extra one is older than the page's oldest, nothing was cut
-        # inside the page's last microsecond, and one round is enough.
-        ask = {t.name: self._fit(t.name, limit + 1) if limit else 0 for t in targets}
+        ask = {t.name: self._first_ask(t.name, limit) for t in targets}
         results: dict[str, Result] = {}
         todo = list(targets)
         page = merge.Page([], None, short=False)
@@ -96,6 +158,7 @@ class Relay:
                 for r in await asyncio.gather(*(self._flows_of(t, base, ask) for t in todo)):
                     results[r.target.name] = r
                 page = self._merge(results, ask, limit, after)
+        self._learn(page, [name for name, r in results.items() if r.error is None])
         ok = [r.data for r in results.values() if r.error is None]
         return {
             "flows": list(reversed(page.rows)),
@@ -105,6 +168,7 @@ class Relay:
             "evicted": sum(d.get("evicted", 0) for d in ok),
             # False when an agent says the time window reaches back past what it holds
             "complete": all(d.get("complete", True) for d in ok),
+            "source": "agents",
             "nodes": sorted(t.name for t in targets),
             **Missing.of(list(results.values())).to_dict(),
         }
@@ -142,6 +206,24 @@ class Relay:
     @staticmethod
     def _truncated(r: Result, asked: int) -> bool:
         return r.error is None and asked > 0 and len(r.data["flows"]) >= asked
+
+    def _first_ask(self, name: str, limit: int) -> int:
+        """How many flows to ask an agent for first: its recent share of pages with room to spare, at
+        most one more than the page (when that extra one is older than the page's oldest, nothing was
+        cut inside the page's last microsecond). Too few only costs a second round for that agent:
+        the merge never shows a flow before it knows nothing newer is missing."""
+        if not limit:
+            return 0
+        share = self._share.get(name, 1.0)
+        return self._fit(name, min(limit + 1, math.ceil(share * limit * ASK_SLACK) + 2))
+
+    def _learn(self, page: merge.Page, answered: Sequence[str]) -> None:
+        total = sum(page.taken.values())
+        if total:
+            for name in answered:
+                part = page.taken.get(name, 0) / total
+                old = self._share.get(name)
+                self._share[name] = part if old is None else old + SHARE_WEIGHT * (part - old)
 
     def _fit(self, name: str, n: int) -> int:
         """n, or 0 (all it holds) when n reaches the agent's store size (it refuses a larger limit)."""

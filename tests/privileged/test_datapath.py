@@ -362,7 +362,7 @@ def test_broken_pins_leave_the_pod_wired_and_unobserved(cni_bin: Path, tmp_path:
     """Observability never costs a pod its network: files that are not BPF objects where pins should be."""
     pins = tmp_path / "pins"
     pins.mkdir()
-    for name in ("prog_lumen_ingress", "prog_lumen_egress", "lumen_endpoints"):
+    for name in (*abi.PROG_PINS.values(), abi.MAP_ENDPOINTS):
         (pins / name).write_text("not a bpf object")
     node = Node(binary=cni_bin, extra={"bpfPinDir": str(pins)})
     try:
@@ -543,5 +543,28 @@ def test_counters_survive_a_restart_and_a_reused_slot_starts_at_zero(pin_dir: st
         assert t.udp_flows(a, c, 30, 2, 300, port=5313, first_sport=32000) == 60
         got = delta(scrape(dp, dnode), before_c)
         assert ours(got) == sent_counters(a, c, 60, ETH + L3[4] + 8 + 300, 30)
+    finally:
+        dp.close()
+
+
+def test_slots_run_out_cleanly_and_the_agent_frees_what_a_killed_add_left(pin_dir: str, dnode: Node):
+    """A claim whose pod veth is gone (an ADD killed between claim and record) is freed by the agent;
+    a live pod's is not. With every slot taken, ADD still wires the pod (counted by address)."""
+    from plugin import slots
+
+    dp = load(pin_dir, pod_slots=3)  # slots 1 and 2
+    try:
+        a = dnode.add_pod("a")
+        fds = [dp._map(m).fd for m in (abi.MAP_SLOTS, abi.MAP_PODS)]
+        gone = 0x7FFFFFF0  # no device has this ifindex
+        leaked = slots.claim(*fds, gone)
+        assert leaked and slots.claim(*fds, gone + 1) == 0, "two slots, both taken"
+        b = dnode.add_pod("b")
+        assert dp._map(abi.MAP_ENDPOINTS)[abi.endpoint_key(b.ip(4))].slot == 0
+        assert t.udp(b, a, 4, 20, 100, port=5320) == 20, "a pod without a slot is still wired"
+        assert dp.source_counters()[b.ip(4)][0] >= 20, "and its packets counted by address"
+        a_ep = dp._map(abi.MAP_ENDPOINTS)[abi.endpoint_key(a.ip(4))].endpoint_id
+        assert dp.release_stale_slots(alive=set()) == [leaked]
+        assert set(dp.slot_claims().values()) == {a_ep}
     finally:
         dp.close()

@@ -137,7 +137,7 @@ class View:
     """api.AgentView over a real store."""
 
     def __init__(self, store: FlowStore | None = None) -> None:
-        self.store = store or FlowStore(100)
+        self.store = store if store is not None else FlowStore(100)  # an empty store is falsy
         self.is_ready = (True, "ok")
 
     def endpoints(self) -> list[dict[str, Any]]:

@@ -273,8 +273,36 @@ def test_the_longest_container_id_gets_an_endpoint_record(tmp_path):
     from plugin import endpoint
 
     cid = "a" * 255
-    endpoint.write(str(tmp_path), {"containerId": cid, "ifname": "x" * 15, "state": "creating"})
+    endpoint.write(
+        str(tmp_path), {"containerId": cid, "ifname": "x" * 15, "hostVeth": "lmnx", "state": "creating"}
+    )
     assert endpoint.read(str(tmp_path), cid, "x" * 15)["containerId"] == cid
     assert [r["containerId"] for r in endpoint.all_records(str(tmp_path))] == [cid]
     endpoint.remove(str(tmp_path), cid, "x" * 15)
     assert endpoint.all_records(str(tmp_path)) == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"[]",
+        b'{"containerId": "abc123", "ifname": "eth0"}',
+        b'{"containerId": "abc123", "ifname": "eth0", "hostVeth": "lmnx", "ips": "10.0.0.2"}',
+        b'{"containerId": "abc123", "ifname": "eth0", "hostVeth": "lmnx", "pid": "12"}',
+        b"{torn",
+    ],
+)
+def test_a_hand_edited_endpoint_record_is_unknown_not_a_traceback(base, tmp_path, text):
+    """DEL and GC read the records: one of the wrong shape is skipped like a missing one."""
+    from plugin import endpoint
+
+    conf, env = base
+    path = endpoint.record_path(conf["stateDir"], "abc123", "eth0")
+    os.makedirs(os.path.dirname(path))
+    with open(path, "wb") as f:
+        f.write(text)
+    assert endpoint.read(conf["stateDir"], "abc123", "eth0") is None
+    assert endpoint.all_records(conf["stateDir"]) == []
+    # DEL of that attachment: nothing of it exists (no host veth by that name, no IPAM record).
+    rc, out = run(dict(env, CNI_COMMAND="DEL"), json.dumps(conf).encode())
+    assert (rc, out) == (0, None)

@@ -5,6 +5,7 @@ live stream interleaved and paired, endpoints, the service map, metrics, and `lu
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -285,8 +286,16 @@ def test_lumen_relay_runs_and_serves_the_ui():
             wait_until(up, timeout=20)
             assert [f["node"] for f in httpx.get(f"{url}/api/flows").json()["flows"]] == ["n1"]
             assert "Flows · Lumen" in httpx.get(f"{url}/flows").text
+            # a viewer's live stream stays open: SIGTERM still stops the relay within its grace
+            with httpx.stream("GET", f"{url}/api/flows/stream", timeout=30) as resp:
+                assert next(sse(resp))[0] == "nodes"
+                proc.terminate()
+                started = time.monotonic()
+                proc.wait(timeout=20)
+                assert time.monotonic() - started < 10
         finally:
-            proc.terminate()
+            if proc.poll() is None:
+                proc.kill()
             proc.wait(timeout=10)
 
 
@@ -412,3 +421,66 @@ def test_a_relative_time_range_means_one_instant_on_every_node(served, three):
     assert len(httpx.get(f"{served.url}/api/flows", params={"since": "1h", "limit": 0}).json()["flows"]) == 15
     window = {"since": "2027-01-15T07:00:00Z", "until": "2027-01-15T09:00:00+00:00", "limit": 0}
     assert len(httpx.get(f"{served.url}/api/flows", params=window).json()["flows"]) == 15
+
+
+def test_a_time_range_older_than_the_agents_hold_comes_from_the_history_store():
+    """Any exporter.store.FlowSource is a history to the relay; a FlowStore stands in for ClickHouse."""
+    from exporter.flows import FlowStore
+
+    old = NOW_NS - 400 * 86400 * 10**9  # a year before what the agents hold
+    history = FlowStore(1000)
+    for i in range(5):
+        f = make_flow(sport=500 + i, time_ns=old + i * 10**9)
+        f.node = "n1"
+        history.add(f)
+    history.add(cross("egress", old + 10 * 10**9, sport=600))
+    history.add(cross("ingress", old + 10 * 10**9 + 1000, verdict="DROPPED", sport=600))
+    with agents(["n1", "n2"]) as nodes, relay(targets(nodes), history=history) as r:
+        nodes[0].store.add(make_flow(sport=1))
+        since = {"since": "2025-01-01T00:00:00Z"}
+        page = httpx.get(f"{r.url}/api/flows", params={**since, "limit": 3}).json()
+        assert page["source"] == "history" and page["cursor"].startswith("h:")
+        (pair,) = [f for f in page["flows"] if f.get("paired")]
+        assert (pair["source_node"], pair["destination_node"], pair["verdict"]) == ("n1", "n2", "DROPPED")
+        # three records, two rows: a history page pairs what it holds and is not refilled
+        assert [f["source"]["port"] for f in page["flows"]] == [504, 600]
+        rest = httpx.get(f"{r.url}/api/flows", params={**since, "limit": 10, "cursor": page["cursor"]}).json()
+        assert [f["source"]["port"] for f in rest["flows"]] == [500, 501, 502, 503] and rest["cursor"] is None
+        recent = httpx.get(f"{r.url}/api/flows").json()
+        assert recent["source"] == "agents" and [f["source"]["port"] for f in recent["flows"]] == [1]
+    with agents(["n1"]) as nodes, relay(targets(nodes)) as r:
+        resp = httpx.get(f"{r.url}/api/flows", params={"cursor": page["cursor"]})
+        assert resp.status_code == 400 and "keeps no history" in resp.json()["detail"]
+
+
+def test_a_failing_history_leaves_the_agents_answer_with_the_reason():
+    class Down:
+        def query(self, *args, **kw):
+            raise ConnectionError("clickhouse: connection refused")
+
+    with agents(["n1"]) as nodes, relay(targets(nodes), history=Down()) as r:
+        nodes[0].store.add(make_flow(sport=1))
+        body = httpx.get(f"{r.url}/api/flows", params={"since": "2025-01-01T00:00:00Z"}).json()
+        assert body["source"] == "agents" and [f["source"]["port"] for f in body["flows"]] == [1]
+        assert body["history_error"] == "ConnectionError: clickhouse: connection refused"
+
+
+def test_relay_history_urls_are_checked():
+    out = run_cli("relay", "--agent", "http://h:1", "--history", "postgres://db")
+    assert out.returncode == 2 and "expected clickhouse://host:port/database" in out.stderr
+
+
+def test_lumen_observe_a_time_window_through_the_relay_pages_with_its_cursor(three, monkeypatch):
+    import exporter.cli
+
+    with relay(targets(three)) as r:
+        monkeypatch.setattr(exporter.cli, "WINDOW_PAGE", 4)  # four pages of the 15 flows
+        out = io.StringIO()
+        monkeypatch.setattr(sys, "stdout", out)
+        code = exporter.cli.main(
+            ["observe", "--server", r.url, "--since", "2027-01-15T07:00:00Z", "-o", "jsonl"]
+        )
+    assert code == 0
+    flows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(flows) == 15 and len({(f["node"], f["source"]["port"]) for f in flows}) == 15
+    assert [f["time"] for f in flows] == sorted(f["time"] for f in flows)

@@ -70,13 +70,14 @@ const Lumen = (() => {
 
   // Reads `url` as SSE until `signal` aborts; reconnects after network errors, not after HTTP errors
   // (a bad filter stays bad). onEvent(name, data) gets each event.
-  async function stream(url, onEvent, signal) {
+  async function stream(url, onEvent, signal, onOpen = null) {
     let delay = 500;
     while (!signal.aborted) {
       try {
         const resp = await check(await fetch(url, { headers: { ...headers(), Accept: "text/event-stream" }, signal }));
         setConn("live");
         showError("");
+        if (onOpen) onOpen(); // the server has subscribed: what happens from now on arrives here
         delay = 500;
         const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
         let buf = "";
@@ -128,6 +129,24 @@ const Lumen = (() => {
     return `${i ? n.toFixed(1) : n} ${units[i]}`;
   }
 
+  // A duration in milliseconds as a person reads it: "2m 7s", "1h 5m", "3.2s", "850ms", "<1ms"
+  // (exporter/render.py human_duration spells the CLI's the same way).
+  function duration(ms) {
+    if (!(ms > 0)) return "0s";
+    if (ms < 1) return "<1ms";
+    if (ms < 1000) return `${Math.floor(ms)}ms`;
+    const s = ms / 1000;
+    if (s < 10) return `${Number(s.toFixed(1))}s`;
+    const total = Math.floor(s);
+    if (total < 60) return `${total}s`;
+    const d = Math.floor(total / 86400);
+    const h = Math.floor((total % 86400) / 3600);
+    const m = Math.floor((total % 3600) / 60);
+    if (d) return `${d}d ${h}h`;
+    if (h) return `${h}h ${m}m`;
+    return `${m}m ${total % 60}s`;
+  }
+
   function endpoint(ep) {
     const addr = ep.ip.includes(":") ? `[${ep.ip}]` : ep.ip;
     return { name: ep.pod ? `${ep.namespace}/${ep.pod}` : "", addr: ep.port ? `${addr}:${ep.port}` : addr };
@@ -155,7 +174,8 @@ const Lumen = (() => {
   }
 
   return {
-    getJSON, stream, urlFilters, query, bytes, endpoint, time, el, verdictBadge, showError, setConn, showUnreachable,
+    getJSON, stream, urlFilters, query, bytes, duration, endpoint, time, el, verdictBadge, showError, setConn,
+    showUnreachable,
     vocab,
   };
 })();

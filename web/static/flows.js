@@ -1,17 +1,20 @@
 // Flows page: a live table fed by /api/flows/stream. Events are queued and drawn once per animation frame,
 // the queue and the table are both capped, so thousands of events per second cost one DOM update a frame.
+// Below the live rows, older flows page in from /api/flows with the API's cursor, 100 at a time.
 "use strict";
 
 (() => {
-  const MAX_ROWS = 500; // rows kept in the table
-  const BACKLOG = 100; // stored flows shown when the page opens or the filters change
-  const FORM_FIELDS = ["from_pod", "to_pod", "namespace", "ip", "port", "protocol", "verdict", "type"];
+  const MAX_ROWS = 500; // live rows kept in the table (paged-in older rows add to it)
+  const HARD_CAP = 20000; // rows kept at most, however many pages are loaded
+  const PAGE = 100; // stored flows per page: the first when the page opens or the filters change
+  const FORM_FIELDS = ["from_pod", "to_pod", "namespace", "ip", "port", "protocol", "verdict", "type", "since", "until"];
 
   const form = document.getElementById("filters");
   const tbody = document.querySelector("#flows tbody");
   const empty = document.getElementById("empty");
   const counts = document.getElementById("counts");
   const pauseBtn = document.getElementById("pause");
+  const olderBtn = document.getElementById("older");
   const detail = document.getElementById("detail");
   const detailBody = document.getElementById("detail-body");
   const flowOf = new WeakMap(); // row -> flow JSON
@@ -25,6 +28,10 @@
   let frame = 0;
   let controller = null;
   let openRow = null;
+  let maxRows = MAX_ROWS;
+  let older = { cursor: null, done: false, loading: false, loaded: 0, trimmed: false, source: "", complete: true };
+  let backlogReady = false; // live rows wait until the first page is drawn, so they land above it
+  const shown = new Set(); // signatures of the rows in the table: a flow paged in and streamed is one row
 
   // -- filters <-> URL -------------------------------------------------------------------------------
 
@@ -70,6 +77,19 @@
     return td;
   }
 
+  function signature(f) {
+    const ep = (e) => `${e.ip}:${e.port}`;
+    return `${f.time}|${ep(f.source)}|${ep(f.destination)}|${f.protocol}|${f.direction}|${f.type}`;
+  }
+
+  // The policy column: which policy admitted it, that none did, or nothing when no policy isolates either
+  // side (most flows of a cluster without policies).
+  function policyText(f) {
+    const pol = f.policy || {};
+    if (pol.egress == null && pol.ingress == null && !f.is_reply) return "";
+    return pol.summary || "";
+  }
+
   function row(f) {
     const tr = Lumen.el(
       "tr",
@@ -80,21 +100,31 @@
       Lumen.el("td", {}, f.protocol),
       Lumen.el("td", { class: "flags" }, f.tcp_flags.join(" ")),
       Lumen.el("td", {}, Lumen.verdictBadge(f.verdict)),
-      Lumen.el(
-        "td",
-        { title: (f.policy && f.policy.summary) || "" },
-        f.drop_reason === "none" ? "" : f.drop_reason,
-      ),
+      Lumen.el("td", {}, f.drop_reason === "none" ? "" : f.drop_reason),
+      Lumen.el("td", { class: "policy", title: policyText(f) }, policyText(f)),
       Lumen.el("td", { class: "num" }, String(f.packets)),
       Lumen.el("td", { class: "num" }, Lumen.bytes(f.bytes)),
       Lumen.el("td", {}, f.type),
     );
     flowOf.set(tr, f);
+    tr.dataset.sig = signature(f);
+    shown.add(tr.dataset.sig);
     return tr;
   }
 
+  function removeRow(tr) {
+    if (tr === openRow) closeDetail(false);
+    shown.delete(tr.dataset.sig);
+    tr.remove();
+  }
+
   function showCounts() {
-    const parts = [`${tbody.rows.length} shown`, `${received} received`];
+    const parts = [`${tbody.rows.length} shown`, `${received} received live`];
+    if (older.loaded) parts.push(`${older.loaded} older loaded`);
+    if (older.source === "history") parts.push("older flows from the flow history");
+    if (!older.complete && older.source === "history") {
+      parts.push("the range starts before the oldest flow kept (retention)");
+    }
     if (skipped) parts.push(`${skipped} not drawn (rate above what the table shows)`);
     if (lost) parts.push(`${lost} lost by the server (stream too slow)`);
     if (paused) parts.push(`paused: ${received - pausedAt} new`);
@@ -103,21 +133,20 @@
 
   function draw() {
     frame = 0;
-    if (paused) {
+    if (paused || !backlogReady) {
       showCounts();
       return;
     }
     // Events are parsed here, only those that will be drawn.
-    const batch = pending.map((data) => JSON.parse(data));
+    const batch = pending.map((data) => JSON.parse(data)).filter((f) => !shown.has(signature(f)));
     pending = [];
     if (batch.length) {
       const frag = document.createDocumentFragment();
       for (let i = batch.length - 1; i >= 0; i--) frag.append(row(batch[i]));
       tbody.prepend(frag);
-      while (tbody.rows.length > MAX_ROWS) {
-        const last = tbody.lastElementChild;
-        if (last === openRow) closeDetail(false);
-        last.remove();
+      while (tbody.rows.length > maxRows) {
+        removeRow(tbody.lastElementChild);
+        older.trimmed = true; // the cursor continued below the rows just removed
       }
       empty.hidden = true;
       ensureTabStop();
@@ -148,17 +177,86 @@
     schedule();
   }
 
+  // -- older flows: pages of /api/flows, newest first, continued with the API's cursor ----------------
+
+  function olderParams() {
+    const params = [["limit", String(PAGE)], ...Lumen.urlFilters().filter(([k]) => !older.trimmed || k !== "until")];
+    if (older.trimmed) {
+      // live rows pushed the bottom of the table out: continue from the oldest row still shown
+      const last = tbody.lastElementChild && flowOf.get(tbody.lastElementChild);
+      if (last) params.push(["until", last.time]);
+    } else if (older.cursor) {
+      params.push(["cursor", older.cursor]);
+    }
+    return params;
+  }
+
+  async function loadOlder(signal, first = false) {
+    if (older.loading || older.done) return;
+    older.loading = true;
+    showOlder();
+    try {
+      const page = await Lumen.getJSON(`/api/flows${Lumen.query(olderParams())}`);
+      if (signal.aborted) return;
+      const rows = page.flows.slice().reverse().filter((f) => !shown.has(signature(f))); // newest first
+      const frag = document.createDocumentFragment();
+      for (const f of rows) frag.append(row(f));
+      tbody.append(frag);
+      if (!first) older.loaded += rows.length;
+      maxRows = Math.min(HARD_CAP, Math.max(maxRows, tbody.rows.length));
+      older.cursor = page.cursor;
+      if (first) Object.assign(older, { source: page.source || "", complete: page.complete !== false });
+      older.trimmed = false;
+      older.done = !page.cursor;
+      if (tbody.rows.length) empty.hidden = true;
+      ensureTabStop();
+    } catch (err) {
+      if (!signal.aborted) Lumen.showError(`older flows: ${err.message}`);
+    } finally {
+      older.loading = false;
+      if (first) {
+        backlogReady = true;
+        schedule();
+      }
+      showOlder();
+      showCounts();
+    }
+  }
+
+  function showOlder() {
+    olderBtn.disabled = older.loading || older.done || tbody.rows.length >= HARD_CAP;
+    olderBtn.textContent = older.loading
+      ? "Loading…"
+      : older.done
+        ? "No older flows stored"
+        : `Load ${PAGE} older flows`;
+  }
+
   function start() {
     if (controller) controller.abort();
     controller = new AbortController();
+    const signal = controller.signal;
     pending = [];
     received = skipped = lost = 0;
+    maxRows = MAX_ROWS;
+    older = { cursor: null, done: false, loading: false, loaded: 0, trimmed: false, source: "", complete: true };
+    backlogReady = false;
+    shown.clear();
     tbody.replaceChildren();
     empty.hidden = false;
     closeDetail(false);
     Lumen.showError("");
-    const url = `/api/flows/stream${Lumen.query([["last", String(BACKLOG)], ...Lumen.urlFilters()])}`;
-    Lumen.stream(url, onEvent, controller.signal);
+    // Live first, then the newest stored page: once the stream is open nothing falls between the two, and
+    // a flow in both is drawn once.
+    const url = `/api/flows/stream${Lumen.query(Lumen.urlFilters())}`;
+    let opened = false;
+    Lumen.stream(url, onEvent, signal, () => {
+      if (!opened) {
+        opened = true;
+        loadOlder(signal, true);
+      }
+    });
+    showOlder();
     showCounts();
   }
 
@@ -206,7 +304,7 @@
     put(dl, "Time", f.time);
     put(dl, "Flow start", f.start);
     put(dl, "Last seen", f.end);
-    put(dl, "Duration", `${f.duration_ms} ms`);
+    put(dl, "Duration", Lumen.duration(f.duration_ms));
     put(dl, "Protocol", f.protocol);
     put(dl, "Direction", f.direction);
     for (const [side, ep] of [["Source", f.source], ["Destination", f.destination]]) {
@@ -231,6 +329,16 @@
     } else {
       put(dl, "Node", f.node);
     }
+    // the flow's own time window (a second wider each way: the JSON's times are rounded to microseconds),
+    // with its two ends: what else they did while it lasted, from the history when memory no longer has it
+    const at = (iso, ms) => new Date(new Date(iso).getTime() + ms).toISOString();
+    const around = Lumen.query([
+      ["since", at(f.start, -1000)], ["until", at(f.time, 1000)], ["ip", f.source.ip], ["ip", f.destination.ip],
+    ]);
+    dl.append(
+      Lumen.el("dt", {}, "Time window"),
+      Lumen.el("dd", {}, Lumen.el("a", { href: `/flows${around}`, id: "flow-window" }, "flows of these ends while it lasted")),
+    );
     document.getElementById("detail-body").replaceWith(dl);
     detail.hidden = false;
   }
@@ -319,6 +427,7 @@
     start();
   });
   pauseBtn.addEventListener("click", () => setPaused(!paused));
+  olderBtn.addEventListener("click", () => loadOlder(controller.signal));
   document.getElementById("detail-close").addEventListener("click", () => closeDetail());
 
   fillForm();
