@@ -27,9 +27,9 @@ lint: setup ## ruff lint + format check, mypy on plugin, exporter and bpf (tests
 cni-bin: ## Install the CNI plugin executable `lumen` into DEST (default /opt/cni/bin)
 	@bash scripts/install-cni.sh "$(DEST)"
 
-bench: setup ## Run the benchmarks (bench/cni, bench/datapath with policy scaling, bench/pipeline, bench/cluster)
+bench: setup ## Run the benchmarks (bench/cni, bench/datapath with policy scaling, bench/pipeline, bench/cluster, bench/history)
 	@for s in bench/cni/run.py bench/datapath/run.py bench/datapath/policy.py bench/pipeline/run.py \
-		bench/cluster/run.py bench/cluster/relay.py; do \
+		bench/cluster/run.py bench/cluster/relay.py bench/history/run.py; do \
 		[ -f $$s ] && $(PY) $$s; done; true
 
 .PHONY: help setup demo test test-unit lint cni-bin bench

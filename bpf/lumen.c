@@ -411,8 +411,6 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
     if (direction == LUMEN_DIR_EGRESS) {
         src_ep = skb->ifindex;
         skb->tc_classid = lumen_tc_mark(skb->ifindex);
-    } else if (lumen_endpoint(key.saddr, key.family)) {
-        return TC_ACT_OK; /* accounted (and policy decided) at the source pod's veth, mark lost on the way */
     }
     int want_redirect = direction == LUMEN_DIR_EGRESS && cfg->redirect;
 
@@ -438,6 +436,13 @@ static __always_inline int lumen_handle(struct __sk_buff *skb, __u8 direction)
     __u8 drop_reason;
     __u16 src_slot = 0, dst_slot = 0;
     struct flow_stats *st = lumen_flows.lookup(&key);
+    /* 2. At tc egress, a local pod's packet was accounted (and policy decided) at its own veth; the mark
+     * lets most of them by, this catches those whose mark was lost on the way. Asked for a new flow, and
+     * for an established one only after the endpoints changed (the source may be a local pod's address
+     * now): an established packet from another node or the host costs one hash lookup, as at ingress. */
+    if (direction == LUMEN_DIR_INGRESS && (!st || st->ep_gen != ep_gen) &&
+        lumen_endpoint(key.saddr, key.family))
+        return TC_ACT_OK;
     if (st) {
         __sync_fetch_and_add(&st->packets, 1);
         __sync_fetch_and_add(&st->bytes, len);

@@ -98,6 +98,8 @@ class AgentConfig:
         )
         count("--flow-table-size", self.flow_table_size, 1, 1 << 24)
         count("--flow-store-size", self.flow_store_size, 1, 1 << 24)
+        # slot 0 means "no pod"; the pair matrix is pod_slots^2 x 32 bytes of kernel memory (2048: 128 MiB)
+        count("--pod-slots", self.pod_slots, 2, 2048)
         count("--port", self.port, 0, 65535)
         count("wakeup batch", self.wakeup_batch, 1, 1 << 20)
         count("poll timeout", self.poll_timeout_ms, 1, 60000)
@@ -366,13 +368,14 @@ class Agent:
         emitted = int(self.source.datapath_stats().get("events", 0))
         consumed = self.health.events_consumed
         now = time.monotonic()
-        last_emitted, last_consumed, since = self._emitted_seen
-        if last_emitted < 0 or emitted == last_emitted or consumed != last_consumed:
+        base_emitted, base_consumed, since = self._emitted_seen
+        if base_emitted < 0 or consumed != base_consumed or emitted == base_emitted:
+            # consuming, or nothing emitted since the last look: the window starts again here
             self._emitted_seen = (emitted, consumed, now)
             self._stall = ""
         elif now - since >= STALL_S:
             self._stall = (
-                f"the kernel emitted {emitted - last_emitted} events in {now - since:.0f} s and this agent "
+                f"the kernel emitted {emitted - base_emitted} events in {now - since:.0f} s and this agent "
                 "received none (is another agent reading this datapath?)"
             )
 

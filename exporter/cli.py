@@ -149,8 +149,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         try:
             with open(args.token_file) as f:
                 token = f.read().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            print(f"lumen agent: --token-file {args.token_file}: {exc}", file=sys.stderr)
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the path, undecodable text
+            print(f"lumen agent: --token-file {args.token_file!r}: {exc}", file=sys.stderr)
             return 2
     if not is_loopback(args.host) and not token:
         print(f"lumen agent: binding {args.host} needs --token (or LUMEN_TOKEN)", file=sys.stderr)
@@ -537,6 +537,7 @@ def format_status(st: dict[str, Any]) -> str:
         f"{ev['decode_errors']} undecodable, poll lag {ev['poll_lag_s'] * 1000:.2f} ms",
         f"Tracing:     {'on' if st['otel'] else 'off'}",
         f"History:     {_history_text(st.get('history') or {'backend': 'off'})}",
+        f"Network:     {_network_text(st.get('network') or {}, st['node'])}",
         f"Endpoints:   {len(st['endpoints'])}",
     ]
     for ep in st["endpoints"]:
@@ -545,6 +546,22 @@ def format_status(st: dict[str, Any]) -> str:
             f"  {ep['namespace']}/{ep['pod']:<30} {','.join(ep['ips']):<34} {ep['hostVeth']:<16} {state}"
         )
     return "\n".join(lines)
+
+
+def _network_text(n: dict[str, Any], node: str) -> str:
+    """One line: routing mode, the nodes routed to, masquerade, and what is not routed or failed."""
+    if not n:
+        return "unknown"
+    others = len([name for name in n.get("nodes", []) if name != node])
+    text = (
+        f"{n.get('mode')} routing, {n.get('routes', 0)} routes to {others} other nodes, "
+        f"masquerade {'on' if n.get('masquerade') else 'off'}"
+    )
+    if n.get("problems"):
+        text += "; not routed: " + "; ".join(n["problems"])
+    if n.get("error"):
+        text += f"  FAILED: {n['error']}"
+    return text
 
 
 def _history_text(h: dict[str, Any]) -> str:
@@ -713,8 +730,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dash_dash_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """argparse turns `--port=--` into an empty list, past the option's type: refuse it as the usage
+    error it is."""
+    for arg in argv:
+        if arg.startswith("-") and arg.endswith("=--"):
+            parser.error(f"{arg}: '--' is not a value")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _dash_dash_values(parser, argv)
+    args = parser.parse_args(argv)
     return int(args.func(args))
 
 

@@ -44,8 +44,15 @@ def _ip_version(ip: str) -> str:
     return "IPv6" if ":" in ip else "IPv4"
 
 
-def _labels(labels: Mapping[str, str]) -> list[str]:
+#: Lumen's reserved identities (bpf/include/types.h enum lumen_identity) have Cilium's numbers; Hubble
+#: labels such an endpoint `reserved:<name>`
+RESERVED_IDENTITIES = {1: "host", 2: "world", 3: "unmanaged"}
+
+
+def _labels(labels: Mapping[str, str], identity: int) -> list[str]:
     # Cilium prefixes each label with where it came from; a pod's labels come from Kubernetes.
+    if not labels and identity in RESERVED_IDENTITIES:
+        return [f"reserved:{RESERVED_IDENTITIES[identity]}"]
     return [f"k8s:{k}={v}" for k, v in sorted(labels.items())]
 
 
@@ -57,12 +64,13 @@ def endpoint(ep: Mapping[str, Any]) -> dict[str, Any]:
         if workload.get("name")
         else []
     )
+    identity = int(ep.get("identity") or 0)
     return _pruned(
         {
             "ID": int(ep.get("endpoint_id") or 0),
-            "identity": int(ep.get("identity") or 0),
+            "identity": identity,
             "namespace": ep.get("namespace", ""),
-            "labels": _labels(ep.get("labels") or {}),
+            "labels": _labels(ep.get("labels") or {}, identity),
             "pod_name": ep.get("pod", ""),
             "workloads": workloads,
         }
@@ -70,12 +78,14 @@ def endpoint(ep: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def icmp_type_code(flow: Mapping[str, Any]) -> tuple[int, int]:
-    """ICMP type and code: from the flow's `icmp` object when it has one, else from the ports the datapath
-    keys an ICMP flow by (type in the source port, code in the destination port)."""
+    """ICMP type and code: from the flow's `icmp` object when it has one, else from the key the datapath
+    files an ICMP flow under (the echo identifier as the source port, `type << 8 | code` as the
+    destination port: bpf/include/parse.h)."""
     icmp = flow.get("icmp") or {}
     if "type" in icmp:
         return int(icmp["type"]), int(icmp.get("code", 0))
-    return int(flow["source"].get("port", 0)), int(flow["destination"].get("port", 0))
+    packed = int(flow["destination"].get("port", 0))
+    return packed >> 8, packed & 0xFF
 
 
 def layer4(flow: Mapping[str, Any]) -> dict[str, Any]:

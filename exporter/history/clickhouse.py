@@ -66,13 +66,15 @@ class ClickHouseHistory:
     def __init__(
         self,
         url: str,
-        retention_s: float = 86400.0,
+        retention_s: float | None = None,
         clock: Callable[[], int] = time.time_ns,
         connect_timeout_s: float = 2.0,
     ) -> None:
         self.url = url
         self.host, self.port, self.db = parse_url(url)
-        self.retention_ns = int(retention_s * 1e9)
+        # None: a reader (the relay) that leaves retention to the writers and reads what is there
+        self.retention_ns = None if retention_s is None else int(retention_s * 1e9)
+        self._oldest: tuple[float, int | None] = (0.0, None)  # (when looked, oldest time stored)
         self.clock = clock
         self.connect_timeout_s = connect_timeout_s
         self.dicts = Dictionaries(hashed=True)
@@ -116,8 +118,8 @@ class ClickHouseHistory:
         if self._ready:
             return
         self.server_version = self._run("SELECT version()")[0][0]
-        ttl = _version_tuple(self.server_version) >= (19, 6)
-        days = max(1, -(-self.retention_ns // DAY_NS))
+        ttl = self.retention_ns is not None and _version_tuple(self.server_version) >= (19, 6)
+        days = max(1, -(-(self.retention_ns or 0) // DAY_NS))
         self._run(f"CREATE DATABASE IF NOT EXISTS {self.db}")
         cols = ", ".join(f"{c.name} {c.clickhouse}" for c in COLUMNS)
         self._run(
@@ -190,6 +192,8 @@ class ClickHouseHistory:
     def enforce_retention(self, now_ns: int | None = None) -> list[str]:
         """Drop whole days older than the bound."""
         self._ensure_schema()
+        if self.retention_ns is None:
+            return []
         now = self.clock() if now_ns is None else now_ns
         cutoff_day = (now - self.retention_ns) // DAY_NS  # days since the epoch; older days go
         rows = self._run(
@@ -208,7 +212,20 @@ class ClickHouseHistory:
     # -- reading -----------------------------------------------------------------------------------
 
     def floor_ns(self) -> int:
-        return self.clock() - self.retention_ns
+        """The oldest time a query returns: the age bound (writers), or none (a reader)."""
+        return 0 if self.retention_ns is None else self.clock() - self.retention_ns
+
+    def complete_from_ns(self) -> int:
+        """A window starting before this reaches past what is held: the age bound, or for a reader the
+        oldest flow stored (looked up at most once a minute)."""
+        if self.retention_ns is not None:
+            return self.floor_ns()
+        at, oldest = self._oldest
+        if time.monotonic() - at > 60:
+            found = self._run(f"SELECT min(time), count() FROM {self.db}.lumen_flows")[0]
+            oldest = int(found[0]) if found[1] else None
+            self._oldest = (time.monotonic(), oldest)
+        return self.clock() if oldest is None else oldest
 
     def _window(self, since_ns: int | None, until_ns: int | None) -> tuple[int, int]:
         lo = max(self.floor_ns(), since_ns or 0)
@@ -232,7 +249,7 @@ class ClickHouseHistory:
         self._ensure_schema()
         self._refresh_dicts()
         lo, hi = self._window(since_ns, until_ns)
-        complete = since_ns is not None and since_ns >= self.floor_ns()
+        complete = since_ns is not None and since_ns >= self.complete_from_ns()
         skip = 0
         if cursor:
             hi, skip = _parse_cursor(cursor)
@@ -280,7 +297,7 @@ class ClickHouseHistory:
         self._ensure_schema()
         self._refresh_dicts()
         lo, hi = self._window(since_ns, until_ns)
-        complete = since_ns is not None and since_ns >= self.floor_ns()
+        complete = since_ns is not None and since_ns >= self.complete_from_ns()
         cond = self.translator.condition(q)
         if not cond.exact and q is not None:
             rows: list[EdgeRow] = []
@@ -289,7 +306,7 @@ class ClickHouseHistory:
             for f in page.flows:
                 port = 0 if f.is_reply else f.destination.port
                 rows.append(
-                    EdgeRow(
+                    (
                         self.dicts.endpoint(f.source), self.dicts.endpoint(f.destination), s[f.verdict],
                         f.key[1], port, s[f.drop_reason], int(f.is_reply), 1, f.packets, f.bytes, f.start_ns,
                         f.time_ns,
@@ -304,7 +321,7 @@ class ClickHouseHistory:
             f"WHERE {self._time_sql(lo, hi)} AND ({cond.sql}) "
             "GROUP BY src, dst, verdict, proto, port, reason, reply"
         )
-        return [EdgeRow(*r) for r in result], complete
+        return [tuple(r) for r in result], complete
 
     def stats(self) -> dict[str, Any]:
         self._ensure_schema()
@@ -321,7 +338,7 @@ class ClickHouseHistory:
             "server_version": self.server_version,
             "rows": int(parts[0] or 0),
             "size_bytes": int(parts[1] or 0),
-            "retention_s": self.retention_ns / 1e9,
+            "retention_s": None if self.retention_ns is None else self.retention_ns / 1e9,
             "oldest_ns": int(oldest) if oldest else None,
         }
 

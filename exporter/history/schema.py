@@ -142,6 +142,7 @@ class Dictionaries:
         self.strings: dict[int, str] = {}
         self.new_endpoints: list[tuple[int, str]] = []
         self.new_strings: list[tuple[int, str]] = []
+        self.generation = 0  # bumped when entries are forgotten: caches over the dictionaries start over
         self._ep_cache: dict[tuple[Any, ...], tuple[Mapping[str, str], int]] = {}
 
     def load(self, endpoints: Iterable[tuple[int, str]], strings: Iterable[tuple[int, str]]) -> None:
@@ -164,6 +165,7 @@ class Dictionaries:
         self.new_endpoints.clear()
         self.new_strings.clear()
         self._ep_cache.clear()
+        self.generation += 1
 
     def _next(self, existing: Mapping[int, Any], text: str) -> int:
         if self.hashed:

@@ -165,6 +165,47 @@ def _pod(node: SimNode) -> ClusterPod:
     return next(iter(node.pods.values()))
 
 
+UDP_SINK = r"""
+import socket, sys
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
+# room for the whole burst (root may exceed rmem_max): a busy machine may not schedule this reader
+s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE (not in the socket module)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(5)
+print("ready", flush=True)
+n = 0
+try:
+    while n < int(sys.argv[3]):
+        s.recv(65535)
+        n += 1
+except socket.timeout:
+    pass
+print(n, flush=True)
+"""
+
+
+def udp_transfer(
+    src: ClusterPod, dst: ClusterPod, version: int, count: int, size: int, port: int, sport: int
+) -> int:
+    """`count` datagrams of `size` bytes from one source port; how many the receiver got."""
+    sink = subprocess.Popen(
+        ["ip", "netns", "exec", dst.ns, PY, "-c", UDP_SINK, dst.ip(version), str(port), str(count)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+        client = t.UDP_CLIENT
+        src.exec(PY, "-c", client, dst.ip(version), str(port), str(count), str(size), str(sport), check=True)
+        out, _ = sink.communicate(timeout=30)
+        return int(out.strip())
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
+
+
 @pytest.mark.parametrize("version", [4, 6])
 def test_cross_node_transfer_counted_exactly_on_both_nodes(cluster: Cluster, version: int) -> None:
     n1, n2 = cluster.nodes[0], cluster.nodes[1]
@@ -174,7 +215,7 @@ def test_cross_node_transfer_counted_exactly_on_both_nodes(cluster: Cluster, ver
     # Exactness is checked on a transfer the receiver got whole: a datagram lost to a full socket
     # buffer on this shared machine is not the datapath's to count. A new source port per attempt.
     for sport in range(41000 + version * 10, 41003 + version * 10):
-        if t.udp(src, dst, version, count, size, port=5005, sport=sport) == count:
+        if udp_transfer(src, dst, version, count, size, 5005, sport) == count:
             break
     else:
         pytest.fail("three UDP transfers lost datagrams on the way")

@@ -511,3 +511,23 @@ def test_router_changes_only_what_differs_and_removes_only_its_own() -> None:
     Router(cfg, lambda: kernel).apply(plan(cfg, NODES))  # type: ignore[arg-type,return-value]
     assert "delete link lumen-vxlan" in kernel.changes and kernel.link_index("lumen-vxlan") is None
     assert {r.gateway for r in kernel.routes(ROUTE_PROTO)} == {"192.168.1.2", "192.168.1.3", "fd01::2"}
+
+
+def test_lumen_status_says_the_network_in_one_line() -> None:
+    from exporter.cli import format_status
+
+    st = {
+        "ready": True, "reason": "ok", "node": "n1", "version": "0.1.0", "uptime_s": 3,
+        "flow_table": {"entries": 1, "capacity": 10, "fill_ratio": 0.1},
+        "flow_store": {"flows": 1, "capacity": 10, "evicted": 0},
+        "events": {"consumed": 1, "emitted": 1, "lost": 0, "decode_errors": 0, "poll_lag_s": 0.0},
+        "otel": False, "endpoints": [],
+        "network": {
+            "mode": "vxlan", "masquerade": True, "nodes": ["n1", "n2", "n3"], "routes": 3,
+            "problems": ["node n3: no IPv6 InternalIP to route fd00:1:3::/64 via"], "error": "",
+        },
+    }  # fmt: skip
+    line = next(x for x in format_status(st).splitlines() if x.startswith("Network:"))
+    assert "vxlan routing, 3 routes to 2 other nodes, masquerade on; not routed: node n3" in line
+    st["network"] = {**st["network"], "error": "nft not found", "problems": []}
+    assert "FAILED: nft not found" in format_status(st)

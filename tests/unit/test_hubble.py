@@ -193,3 +193,11 @@ def test_the_checker_catches_what_hubble_would_not_read() -> None:
     doc["flow"]["l4"]["UDP"] = {"source_port": 1}
     with pytest.raises(AssertionError, match="oneof"):
         check_message(doc, SCHEMA["root"], "$")
+
+
+def test_reserved_identities_are_labelled_as_hubble_labels_them() -> None:
+    lumen = sample_dicts()[4]  # TCP to an address outside the cluster
+    lumen["destination"]["identity"] = 2  # WORLD: Lumen's reserved identities have Cilium's numbers
+    out = hubble.response(lumen)
+    check_message(out, SCHEMA["root"], "$")
+    assert out["flow"]["destination"] == {"identity": 2, "labels": ["reserved:world"]}

@@ -224,6 +224,7 @@ def test_stream_pairer_waits_for_the_other_end_then_lets_a_half_go():
     (row,) = p.add(ingress, now=10.1)
     assert row["paired"] and (row["source_node"], row["destination_node"]) == ("a", "b")
     assert p.due(now=11.0) == [], "the waiting half left in the pair"
+    assert p._pending == {} and p.next_deadline() is None, "nothing kept for a paired flow"
     alone = merge.record("a", cross("egress", "src", sport=1).to_dict())
     assert p.add(alone, now=20.0) == [] and p.next_deadline() == 20.25
     assert p.due(now=20.2) == []
@@ -275,3 +276,23 @@ def test_an_agent_with_an_unreadable_answer_is_named_and_left_out(answer, error)
     body = asyncio.run(Relay(SkewedFanout(stores, answer)).flows([], 10))
     assert [f["node"] for f in body["flows"]] == ["a"]
     assert body["unreachable"] == ["b"] and body["errors"]["b"].startswith(error)
+
+
+def test_agents_are_asked_for_their_recent_share_of_pages():
+    # three agents whose flows interleave in time: each holds about a third of any page
+    stores, every = fill({n: [NOW_NS + (3 * i + k) * 1000 for i in range(200)] for k, n in enumerate("abc")})
+    fan = StoreFanout(stores)
+    relay = Relay(fan, pair=False)
+    first = asyncio.run(relay.flows([], 100))
+    assert sorted(fan.asked) == [("a", 101), ("b", 101), ("c", 101)]
+    fan.asked.clear()
+    again = asyncio.run(relay.flows([], 100))
+    assert again["flows"] == first["flows"] and positions(again["flows"]) == sorted(every[:100])
+    assert len(fan.asked) == 3 and all(n < 70 for _, n in fan.asked), fan.asked
+    # one agent becomes the busy one: a second round for it, and the page is still the newest 100
+    for i in range(150):
+        stores["b"].add(make_flow(sport=5000 + i, time_ns=NOW_NS + 10**9 + i * 1000, src="10.0.9.1"))
+    fan.asked.clear()
+    busy = asyncio.run(relay.flows([], 100))
+    assert {f["node"] for f in busy["flows"]} == {"b"} and len(busy["flows"]) == 100
+    assert [name for name, _ in fan.asked].count("b") == 2

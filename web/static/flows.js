@@ -7,7 +7,7 @@
   const MAX_ROWS = 500; // live rows kept in the table (paged-in older rows add to it)
   const HARD_CAP = 20000; // rows kept at most, however many pages are loaded
   const PAGE = 100; // stored flows per page: the first when the page opens or the filters change
-  const FORM_FIELDS = ["from_pod", "to_pod", "namespace", "ip", "port", "protocol", "verdict", "type"];
+  const FORM_FIELDS = ["from_pod", "to_pod", "namespace", "ip", "port", "protocol", "verdict", "type", "since", "until"];
 
   const form = document.getElementById("filters");
   const tbody = document.querySelector("#flows tbody");
@@ -29,7 +29,7 @@
   let controller = null;
   let openRow = null;
   let maxRows = MAX_ROWS;
-  let older = { cursor: null, done: false, loading: false, loaded: 0, trimmed: false };
+  let older = { cursor: null, done: false, loading: false, loaded: 0, trimmed: false, source: "", complete: true };
   let backlogReady = false; // live rows wait until the first page is drawn, so they land above it
   const shown = new Set(); // signatures of the rows in the table: a flow paged in and streamed is one row
 
@@ -121,6 +121,10 @@
   function showCounts() {
     const parts = [`${tbody.rows.length} shown`, `${received} received live`];
     if (older.loaded) parts.push(`${older.loaded} older loaded`);
+    if (older.source === "history") parts.push("older flows from the flow history");
+    if (!older.complete && older.source === "history") {
+      parts.push("the range starts before the oldest flow kept (retention)");
+    }
     if (skipped) parts.push(`${skipped} not drawn (rate above what the table shows)`);
     if (lost) parts.push(`${lost} lost by the server (stream too slow)`);
     if (paused) parts.push(`paused: ${received - pausedAt} new`);
@@ -201,6 +205,7 @@
       if (!first) older.loaded += rows.length;
       maxRows = Math.min(HARD_CAP, Math.max(maxRows, tbody.rows.length));
       older.cursor = page.cursor;
+      if (first) Object.assign(older, { source: page.source || "", complete: page.complete !== false });
       older.trimmed = false;
       older.done = !page.cursor;
       if (tbody.rows.length) empty.hidden = true;
@@ -234,7 +239,7 @@
     pending = [];
     received = skipped = lost = 0;
     maxRows = MAX_ROWS;
-    older = { cursor: null, done: false, loading: false, loaded: 0, trimmed: false };
+    older = { cursor: null, done: false, loading: false, loaded: 0, trimmed: false, source: "", complete: true };
     backlogReady = false;
     shown.clear();
     tbody.replaceChildren();
@@ -324,6 +329,16 @@
     } else {
       put(dl, "Node", f.node);
     }
+    // the flow's own time window (a second wider each way: the JSON's times are rounded to microseconds),
+    // with its two ends: what else they did while it lasted, from the history when memory no longer has it
+    const at = (iso, ms) => new Date(new Date(iso).getTime() + ms).toISOString();
+    const around = Lumen.query([
+      ["since", at(f.start, -1000)], ["until", at(f.time, 1000)], ["ip", f.source.ip], ["ip", f.destination.ip],
+    ]);
+    dl.append(
+      Lumen.el("dt", {}, "Time window"),
+      Lumen.el("dd", {}, Lumen.el("a", { href: `/flows${around}`, id: "flow-window" }, "flows of these ends while it lasted")),
+    );
     document.getElementById("detail-body").replaceWith(dl);
     detail.hidden = false;
   }

@@ -15,6 +15,7 @@
   const SVG_NS = "http://www.w3.org/2000/svg";
 
   const svg = document.getElementById("map");
+  const rangeForm = document.getElementById("range-form");
   const tbody = document.querySelector("#edges tbody");
   const summary = document.getElementById("map-summary");
   let last = "";
@@ -60,7 +61,9 @@
       const n = nodesById.get(id);
       return n.pod ? [`${prefix}_pod`, n.id] : [`${prefix}_ip`, n.ips[0]];
     };
-    return `/flows${Lumen.query([side(e.source, "from"), side(e.destination, "to"), ["verdict", e.verdict.toLowerCase()]])}`;
+    // the map's time range goes with it: an edge of a past window opens that window's flows
+    const range = Lumen.urlFilters().filter(([k]) => k === "since" || k === "until");
+    return `/flows${Lumen.query([side(e.source, "from"), side(e.destination, "to"), ["verdict", e.verdict.toLowerCase()], ...range])}`;
   }
 
   function describe(e) {
@@ -173,13 +176,45 @@
           [...svg.querySelectorAll("a.edge")].find((a) => a.getAttribute("aria-label") === focused)?.focus();
         }
       }
-      summary.textContent = `${data.nodes.length} endpoints · ${data.edges.length} edges · from ${data.stored} stored flows`;
+      const from = data.source === "history"
+        ? `from the flow history${data.complete === false ? " (the range starts before the oldest flow kept)" : ""}`
+        : `from ${data.stored} stored flows`;
+      summary.textContent = `${data.nodes.length} endpoints · ${data.edges.length} edges · ${from}`;
     } catch (err) {
       Lumen.setConn("error");
       Lumen.showError(err.message);
     }
   }
 
+  // -- time range: since/until in the page URL, with the other filters kept ------------------------------
+
+  function fillRange() {
+    const params = new URLSearchParams(location.search);
+    for (const name of ["since", "until"]) rangeForm.elements[name].value = params.get(name) || "";
+  }
+
+  function setRange(pairs) {
+    const keep = Lumen.urlFilters().filter(([k]) => k !== "since" && k !== "until");
+    history.pushState(null, "", `${location.pathname}${Lumen.query([...keep, ...pairs])}`);
+    last = "";
+    refresh();
+  }
+
+  rangeForm.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    setRange(["since", "until"].map((k) => [k, rangeForm.elements[k].value.trim()]).filter(([, v]) => v));
+  });
+  document.getElementById("range-live").addEventListener("click", () => {
+    rangeForm.reset();
+    setRange([]);
+  });
+  window.addEventListener("popstate", () => {
+    fillRange();
+    last = "";
+    refresh();
+  });
+
+  fillRange();
   refresh();
   setInterval(refresh, REFRESH_MS);
 })();
