@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from bpf import vocab
 from exporter import docs, filters
 from exporter.flows import Flow, Subscription
-from exporter.store import CursorError, FlowSource, Page
+from exporter.store import CursorError, FlowSource, Page, SourceError
 
 KEEPALIVE_S = 15.0
 STREAM_BATCH = 512  # flows per SSE write at most
@@ -155,6 +155,8 @@ def query_page(source: FlowSource, req: FlowRequest, limit: int, cursor: str | N
         return source.query(req.query, req.since_ns, req.until_ns, limit, cursor)
     except CursorError as exc:
         raise HTTPException(400, str(exc)) from None
+    except SourceError as exc:
+        raise HTTPException(503, f"history: {exc}") from None
 
 
 def _filter_parameters() -> list[dict[str, Any]]:

@@ -386,8 +386,14 @@ def test_kube_discovery_lists_nodes_and_endpointslices_through_the_client(monkey
             raise RuntimeError("API server away")
 
     kube.client.CoreV1Api = Broken
-    by_nodes._listed = 0.0
-    asyncio.run(by_nodes.refresh())
+
+    async def stale_refresh() -> None:
+        by_nodes._listed -= discovery.REFRESH_S  # stale: re-listed in the background
+        await by_nodes.refresh()
+        assert by_nodes._background is not None
+        await by_nodes._background
+
+    asyncio.run(stale_refresh())
     assert by_nodes.targets() == [Target("worker-1", "http://10.0.0.7:9465")], "the last list is kept"
 
 
