@@ -404,7 +404,10 @@
     const dl = Lumen.el("dl", { id: "detail-body" });
     put(dl, "Verdict", c.verdict);
     put(dl, "Drop reason", c.drop_reason === "none" ? "" : c.drop_reason);
-    put(dl, "Policy", (c.policy && c.policy.summary) || "");
+    const pol = c.policy || {};
+    put(dl, "Policy", pol.summary || "");
+    put(dl, "Egress policy", sideText(pol.egress));
+    put(dl, "Ingress policy", sideText(pol.ingress));
     put(dl, "Protocol", protocolText(c));
     if (c.server_port !== null) put(dl, "Server port", c.server_port);
     putEndpoint(dl, "Client", c.client);
