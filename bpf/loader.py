@@ -242,12 +242,7 @@ class Datapath:
         table = self._map(abi.MAP_ENDPOINTS)
         slot = self._held_slot(ips, endpoint_id)
         if not slot:
-            slot = slots.claim(
-                self._map(abi.MAP_SLOTS).fd,
-                self._map(abi.MAP_PODS).fd,
-                self._map(abi.MAP_PAIRS).fd,
-                endpoint_id,
-            )
+            slot = slots.claim(self._map(abi.MAP_SLOTS).fd, self._map(abi.MAP_PODS).fd, endpoint_id)
         value = pinned.endpoint_info(ifindex, endpoint_id, mac, identity, slot)
         for ip in ips:
             table[pinned.endpoint_key(ip)] = value
@@ -277,17 +272,13 @@ class Datapath:
         """Free the slots of endpoints that are not in `alive` and whose host veth is gone (an ADD killed
         between its claim and its record; DEL frees the others). Returns the slots freed."""
         freed = []
-        claims = self._map(abi.MAP_SLOTS)
+        claims, pods, pairs = (self._map(m).fd for m in (abi.MAP_SLOTS, abi.MAP_PODS, abi.MAP_PAIRS))
         with Netlink() as nl:
             for slot, ep in self.slot_claims().items():
                 if ep in alive or nl.link(index=ep) is not None:
                     continue
-                try:
-                    if claims[ct.c_uint32(slot)] == ep:
-                        del claims[ct.c_uint32(slot)]
-                        freed.append(slot)
-                except KeyError:
-                    pass
+                slots.release(claims, pods, pairs, slot, ep)
+                freed.append(slot)
         return freed
 
     def sync_endpoints(self, state_dir: str) -> list[int]:

@@ -98,6 +98,8 @@ class AgentConfig:
         )
         count("--flow-table-size", self.flow_table_size, 1, 1 << 24)
         count("--flow-store-size", self.flow_store_size, 1, 1 << 24)
+        # slot 0 means "no pod"; the pair matrix is pod_slots^2 x 32 bytes of kernel memory (2048: 128 MiB)
+        count("--pod-slots", self.pod_slots, 2, 2048)
         count("--port", self.port, 0, 65535)
         count("wakeup batch", self.wakeup_batch, 1, 1 << 20)
         count("poll timeout", self.poll_timeout_ms, 1, 60000)

@@ -321,6 +321,8 @@ def create_app(
         because it was read too slowly."""
         params = _params(request)
         req = parse_request(params)
+        if "cursor" in params:
+            raise HTTPException(400, "cursor: a stream has no pages; use last=N for a backlog")
         last = _count(params, "last", 0, view.store.capacity)
         store = view.store
         sub = store.subscribe(req, asyncio.get_running_loop())

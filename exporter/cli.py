@@ -149,8 +149,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         try:
             with open(args.token_file) as f:
                 token = f.read().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            print(f"lumen agent: --token-file {args.token_file}: {exc}", file=sys.stderr)
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the path, undecodable text
+            print(f"lumen agent: --token-file {args.token_file!r}: {exc}", file=sys.stderr)
             return 2
     if not is_loopback(args.host) and not token:
         print(f"lumen agent: binding {args.host} needs --token (or LUMEN_TOKEN)", file=sys.stderr)
@@ -730,8 +730,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dash_dash_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """argparse turns `--port=--` into an empty list, past the option's type: refuse it as the usage
+    error it is."""
+    for arg in argv:
+        if arg.startswith("-") and arg.endswith("=--"):
+            parser.error(f"{arg}: '--' is not a value")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _dash_dash_values(parser, argv)
+    args = parser.parse_args(argv)
     return int(args.func(args))
 
 

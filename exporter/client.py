@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 from exporter.sse import iter_sse
 
@@ -25,7 +23,11 @@ def open_url(
     timeout: float | None,
     data: bytes | None = None,
 ) -> Any:
-    url = server.rstrip("/") + path + ("?" + urllib.parse.urlencode(params) if params else "")
+    import http.client  # with email and ssl: only when a request is made (not for --help)
+    import urllib.error
+    import urllib.request
+
+    url = server.rstrip("/") + path + ("?" + urlencode(params) if params else "")
     try:
         req = urllib.request.Request(
             url, data=data, headers={"Accept": "application/json, text/event-stream"}
@@ -43,7 +45,7 @@ def open_url(
         raise ApiError(
             f"{server}: cannot reach the agent ({exc.reason}); is `lumen agent` running?"
         ) from None
-    except (ValueError, OSError) as exc:  # a malformed URL or header, a reset connection
+    except (ValueError, OSError, http.client.HTTPException) as exc:  # a bad URL or header, a reset
         raise ApiError(f"{server}: {exc}") from None
 
 
@@ -66,6 +68,11 @@ def stream(
     server: str, path: str, params: Sequence[tuple[str, str]], token: str | None
 ) -> Iterator[tuple[str, str]]:
     """(event, data) of a server-sent event stream, until the server closes it."""
+    import http.client
+
     with open_url(server, path, params, token, None) as resp:
         lines = (raw.decode("utf-8", "replace").rstrip("\r\n") for raw in resp)
-        yield from iter_sse(lines)
+        try:
+            yield from iter_sse(lines)
+        except (OSError, http.client.HTTPException) as exc:
+            raise ApiError(f"{server}: the stream broke ({exc})") from None

@@ -78,12 +78,14 @@ def endpoint(ep: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def icmp_type_code(flow: Mapping[str, Any]) -> tuple[int, int]:
-    """ICMP type and code: from the flow's `icmp` object when it has one, else from the ports the datapath
-    keys an ICMP flow by (type in the source port, code in the destination port)."""
+    """ICMP type and code: from the flow's `icmp` object when it has one, else from the key the datapath
+    files an ICMP flow under (the echo identifier as the source port, `type << 8 | code` as the
+    destination port: bpf/include/parse.h)."""
     icmp = flow.get("icmp") or {}
     if "type" in icmp:
         return int(icmp["type"]), int(icmp.get("code", 0))
-    return int(flow["source"].get("port", 0)), int(flow["destination"].get("port", 0))
+    packed = int(flow["destination"].get("port", 0))
+    return packed >> 8, packed & 0xFF
 
 
 def layer4(flow: Mapping[str, Any]) -> dict[str, Any]:

@@ -133,6 +133,13 @@ def observation(flow: Mapping[str, Any]) -> str:
     return "from-endpoint" if flow.get("direction") == "egress" else "to-endpoint"
 
 
+def node_text(flow: Mapping[str, Any]) -> str:
+    """The node that saw the flow; through a relay, a cross-node flow seen at both ends names both."""
+    if flow.get("paired") and flow.get("source_node") != flow.get("destination_node"):
+        return f"{flow.get('source_node', '')}->{flow.get('destination_node', '')}"
+    return str(flow.get("node", ""))
+
+
 def policy_text(flow: Mapping[str, Any]) -> str:
     pol = flow.get("policy") or {}
     if pol.get("egress") is None and pol.get("ingress") is None and not flow.get("is_reply"):
@@ -218,7 +225,7 @@ class Printer:
 
     def compact(self, flow: Mapping[str, Any]) -> str:
         left, arrow, right = oriented(flow)
-        node = f" [{flow.get('node', '')}]" if self.node_name else ""
+        node = f" [{node_text(flow)}]" if self.node_name else ""
         policy = policy_text(flow)
         return (
             f"{self._time(flow)}{node}: {left} {arrow} {right} {observation(flow)} {flow['verdict']} "
@@ -231,7 +238,7 @@ class Printer:
         dst = host_port(flow["destination"], flow["protocol"])
         pairs = [("TIMESTAMP", self._time(flow))]
         if self.node_name:
-            pairs.append(("NODE", str(flow.get("node", ""))))
+            pairs.append(("NODE", node_text(flow)))
         pairs += [
             ("SOURCE", src),
             ("DESTINATION", dst),
@@ -256,7 +263,7 @@ class Printer:
 
     def table_row(self, flow: Mapping[str, Any]) -> list[str]:
         left, arrow, right = oriented(flow)
-        node = [str(flow.get("node", ""))] if self.node_name else []
+        node = [node_text(flow)] if self.node_name else []
         return [
             self._time(flow), *node, left, arrow, right, observation(flow), str(flow["verdict"]),
             str(flow["type"]), str(flow["packets"]), human_bytes(flow["bytes"]), hubble.summary(flow),

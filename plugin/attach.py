@@ -72,7 +72,7 @@ def attach_endpoint(
         prog_in, prog_eg, endpoints = fds
         counters = _open_counters(pin_dir, fds)
         if counters is not None:
-            slot = slots.claim(counters[0], counters[1], counters[2], endpoint_id)
+            slot = slots.claim(counters[0], counters[1], endpoint_id)
             if not slot:
                 log.warn("every counter slot is taken: this pod's counters are not kept (agent --pod-slots)")
         value = endpoint_info(host_ifindex, endpoint_id, mac, identity, slot)
@@ -87,7 +87,7 @@ def attach_endpoint(
             nl.tc_bpf_attach(host_ifindex, "egress", prog_eg, PROG_EGRESS)
     except BaseException:
         if slot and counters is not None:
-            slots.release(counters[0], slot, endpoint_id)
+            slots.release(*counters[:3], slot, endpoint_id)
         raise
     finally:
         for fd in fds:
@@ -118,7 +118,7 @@ def detach_endpoint(pin_dir: str, ips: list[str]) -> None:
         if counters is not None:
             slots.bump_generation(counters[3])  # before the slot can be claimed again
             if slot:
-                slots.release(counters[0], slot, endpoint_id)
+                slots.release(*counters[:3], slot, endpoint_id)
     finally:
         for fd in fds:
             os.close(fd)

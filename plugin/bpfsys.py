@@ -76,17 +76,17 @@ def _buffer(data: bytes | int) -> tuple[int, Any]:
     return ct.addressof(buf), buf
 
 
-def _call(cmd: int, attr: bytes, what: str, ok_errnos: tuple[int, ...] = ()) -> tuple[int, int, bytes]:
-    """(result, errno, attr as the kernel left it). OSError unless the call worked or failed with one of
-    `ok_errnos` (result -1 then)."""
+def _call(cmd: int, attr: bytes, what: str, ok_errnos: tuple[int, ...] = ()) -> tuple[int, int, Any]:
+    """(result, errno, the attr buffer as the kernel left it). OSError unless the call worked or failed
+    with one of `ok_errnos` (result -1 then)."""
     ct = _ctypes()
     buf = ct.create_string_buffer(attr, len(attr))
     ret = int(_cache["syscall"](_cache["nr"], cmd, buf, len(attr)))
     if ret >= 0:
-        return ret, 0, buf.raw
+        return ret, 0, buf
     err = ct.get_errno()
     if err in ok_errnos:
-        return -1, err, buf.raw
+        return -1, err, buf
     raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
@@ -151,7 +151,7 @@ def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
     vaddr, out = _buffer(value_size)
     ret = _call(BPF_MAP_LOOKUP_ELEM, _ELEM.pack(fd, kaddr, vaddr, 0), "map lookup", (errno.ENOENT,))[0]
     del kkeep
-    return None if ret < 0 else bytes(out.raw[:value_size])
+    return None if ret < 0 else bytes(out.raw)
 
 
 def map_update(fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
@@ -176,7 +176,7 @@ def map_next_key(fd: int, key: bytes | None, key_size: int) -> bytes | None:
     naddr, out = _buffer(key_size)
     ret = _call(BPF_MAP_GET_NEXT_KEY, _ELEM.pack(fd, kaddr, naddr, 0), "map walk", (errno.ENOENT,))[0]
     del kkeep
-    return None if ret < 0 else bytes(out.raw[:key_size])
+    return None if ret < 0 else bytes(out.raw)
 
 
 def map_lookup_batch(
@@ -191,8 +191,8 @@ def map_lookup_batch(
     attr = _BATCH.pack(in_addr, out_addr, kaddr, vaddr, count, fd, 0, 0)
     _, err, back = _call(BPF_MAP_LOOKUP_BATCH, attr, "map batch lookup", (errno.ENOENT,))
     del in_keep
-    got = _BATCH.unpack(back)[4]
-    more = None if err == errno.ENOENT else bytes(out_batch.raw[:key_size])
+    got = _BATCH.unpack(back.raw)[4]
+    more = None if err == errno.ENOENT else bytes(out_batch.raw)
     return keys.raw[: key_size * got], values.raw[: value_size * got], got, more
 
 
@@ -234,7 +234,7 @@ class TestRun:
     def __call__(self) -> tuple[int, int]:
         """(the program's return value, average ns per run)."""
         back = _call(BPF_PROG_TEST_RUN, self._attr, "BPF_PROG_TEST_RUN")[2]
-        fields = _TEST_RUN.unpack(back)
+        fields = _TEST_RUN.unpack(back.raw)
         return fields[1], fields[7]
 
 

@@ -533,14 +533,23 @@ class Cluster:
         return proc
 
     def cleanup(self) -> None:
-        for n in self.nodes:
-            with contextlib.suppress(Exception):
-                n.stop_agent()
+        # The relay and the traffic first: an agent's graceful stop waits for the relay's open streams.
         for proc in self._procs:
             if proc.poll() is None:
                 proc.kill()
                 with contextlib.suppress(Exception):
                     proc.wait(timeout=10)
+        agents = [n.agent for n in self.nodes if n.agent is not None and n.agent.poll() is None]
+        for agent in agents:  # every agent told at once, so their stops overlap
+            agent.terminate()
+        for agent in agents:
+            try:
+                agent.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait()
+        for n in self.nodes:
+            n.agent = None
         for n in self.nodes:
             for p in n.pods.values():
                 netns_del(p.ns)

@@ -165,8 +165,8 @@ struct endpoint_info {
 };
 
 /* Per-pod counters, one slot per local pod (lumen_pods, per CPU). A slot is claimed in lumen_slots at
- * ADD, which writes endpoint_id and zeroes the slot's counters (and its pairs) before the pod's endpoint
- * entries exist: a counter never carries a previous pod's traffic. */
+ * ADD, which writes endpoint_id and zeroes the slot's counters before the pod's endpoint entries exist;
+ * DEL zeroes its pairs before freeing it: a counter never carries a previous pod's traffic. */
 struct pod_counters {
     __u32 endpoint_id;    /* the pod the slot was last claimed for */
     __u32 pad;

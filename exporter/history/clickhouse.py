@@ -306,7 +306,7 @@ class ClickHouseHistory:
             for f in page.flows:
                 port = 0 if f.is_reply else f.destination.port
                 rows.append(
-                    EdgeRow(
+                    (
                         self.dicts.endpoint(f.source), self.dicts.endpoint(f.destination), s[f.verdict],
                         f.key[1], port, s[f.drop_reason], 1, f.packets, f.bytes, f.start_ns, f.time_ns,
                     )
@@ -319,7 +319,7 @@ class ClickHouseHistory:
             f"sum(bytes), min(time - start_off), max(time) FROM {self.db}.lumen_flows "
             f"WHERE {self._time_sql(lo, hi)} AND ({cond.sql}) GROUP BY src, dst, verdict, proto, port, reason"
         )
-        return [EdgeRow(*r) for r in result], complete
+        return [tuple(r) for r in result], complete
 
     def stats(self) -> dict[str, Any]:
         self._ensure_schema()

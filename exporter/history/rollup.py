@@ -2,46 +2,35 @@
 
 An edge row sums the flows of one (source endpoint, destination endpoint, verdict, protocol, service port,
 drop reason): what exporter.servicemap needs to draw nodes and edges exactly as it would from the flows
-themselves. The SQLite store keeps these sums per minute and per hour as flows are written, so a 24-hour
-map reads a few thousand rows instead of millions of flows.
+themselves. The SQLite store keeps these sums per minute, ten minutes, hour and six-hour block as flows are
+written, so a 24-hour map reads a few sums per edge instead of millions of flows.
+
+Rows are plain tuples, as the database hands them over (a day's map is thousands of them):
+
+    (src, dst, verdict, protocol, port, reason, flows, packets, bytes, first_ns, last_ns)
+     endpoint ids, verdict and reason string ids, IP protocol number, port 0 for replies,
+     first_ns the earliest start and last_ns the latest time of its flows
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-
-@dataclass(slots=True)
-class EdgeRow:
-    src: int  # endpoint ids
-    dst: int
-    verdict: int  # string id
-    protocol: int  # IP protocol number
-    port: int  # destination port of requests; 0 for replies (schema.service_port)
-    reason: int
-    flows: int
-    packets: int
-    bytes: int
-    first_ns: int  # earliest start of its flows
-    last_ns: int  # latest time of its flows
-
-    @property
-    def key(self) -> tuple[int, int, int, int, int, int]:
-        return (self.src, self.dst, self.verdict, self.protocol, self.port, self.reason)
+EdgeRow = tuple[int, int, int, int, int, int, int, int, int, int, int]
 
 
 def merge(rows: Iterable[EdgeRow]) -> list[EdgeRow]:
     """Rows with the same key summed (partial results of several partitions or buckets)."""
-    out: dict[tuple[int, ...], EdgeRow] = {}
+    out: dict[tuple[int, ...], list[int]] = {}
     for r in rows:
-        have = out.get(r.key)
+        key = r[:6]
+        have = out.get(key)
         if have is None:
-            out[r.key] = EdgeRow(*r.key, r.flows, r.packets, r.bytes, r.first_ns, r.last_ns)
+            out[key] = list(r[6:])
             continue
-        have.flows += r.flows
-        have.packets += r.packets
-        have.bytes += r.bytes
-        have.first_ns = min(have.first_ns, r.first_ns)
-        have.last_ns = max(have.last_ns, r.last_ns)
-    return list(out.values())
+        have[0] += r[6]
+        have[1] += r[7]
+        have[2] += r[8]
+        have[3] = min(have[3], r[9])
+        have[4] = max(have[4], r[10])
+    return [(*k, *v) for k, v in out.items()]  # type: ignore[misc]

@@ -671,12 +671,9 @@ class SqliteHistory:
         try:
             for i in range(0, len(parts), _COMPOUND_MAX):
                 union = " UNION ALL ".join(parts[i : i + _COMPOUND_MAX])
-                rows += [
-                    EdgeRow(*r)
-                    for r in conn.execute(
-                        f"SELECT {_EDGE_GROUP}, {_EDGE_SUM} FROM ({union}) GROUP BY {_EDGE_GROUP}"
-                    )
-                ]
+                rows += conn.execute(
+                    f"SELECT {_EDGE_GROUP}, {_EDGE_SUM} FROM ({union}) GROUP BY {_EDGE_GROUP}"
+                ).fetchall()
         except sqlite3.OperationalError as exc:
             if "no such table" not in str(exc):
                 raise
@@ -729,7 +726,7 @@ class SqliteHistory:
                     if q.matches(f):
                         port = 0 if f.is_reply else f.destination.port
                         out.append(
-                            EdgeRow(row[1], row[2], s[f.verdict], f.key[1], port, s[f.drop_reason], 1,
+                            (row[1], row[2], s[f.verdict], f.key[1], port, s[f.drop_reason], 1,
                                     f.packets, f.bytes, f.start_ns, f.time_ns)
                         )  # fmt: skip
             except sqlite3.OperationalError as exc:

@@ -28,19 +28,20 @@ def build_map(
     d = store.dicts
     endpoints, strings = d.endpoints, d.strings
     b = MapBuilder()
-    for r in rows:
-        b.add(
-            endpoints[r.src],
-            endpoints[r.dst],
-            strings[r.verdict],
-            protocol_name(r.protocol),
-            r.port,
-            strings[r.reason],
-            r.flows,
-            r.packets,
-            r.bytes,
-            r.first_ns,
-            r.last_ns,
+    add = b.add
+    for src, dst, verdict, proto, port, reason, flows, packets, nbytes, first, last in rows:
+        add(
+            endpoints[src],
+            endpoints[dst],
+            strings[verdict],
+            protocol_name(proto),
+            port,
+            strings[reason],
+            flows,
+            packets,
+            nbytes,
+            first,
+            last,
         )
     out = b.result()
     out["complete"] = complete

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from exporter.relay import http
 from exporter.relay.discovery import Discovery, Target
+
+log = logging.getLogger("lumen.relay")
 
 DEFAULT_TIMEOUT_S = 5.0
 STREAM_SILENCE_S = 45.0
@@ -121,11 +124,18 @@ class Fanout:
 
     def mark(self, target: Target, error: str | None, reason: str = "") -> None:
         h = self.health.setdefault(target.name, AgentHealth())
+        was = h.up
         if error is None:
             h.up, h.error, h.last_ok = True, "", time.time()
+            if was is False:
+                log.info("agent answers again", extra={"node": target.name, "url": target.url})
         else:
             h.up, h.error = False, error
             self.metrics.errors.labels(target.name, reason or "error").inc()
+            if was is not False:  # once per outage, not per request
+                log.warning(
+                    "agent does not answer", extra={"node": target.name, "url": target.url, "error": error}
+                )
         self.metrics.up.labels(target.name).set(1 if h.up else 0)
 
     async def get(

@@ -162,6 +162,7 @@ class Page:
     rows: list[dict[str, Any]]  # newest first
     cursor: Position | None  # where the next (older) page starts; None: nothing older
     short: bool  # fewer rows than asked while a truncated answer may hold more: ask for more
+    taken: dict[str, int] = field(default_factory=dict)  # records the page holds, per agent
 
 
 @dataclass(eq=False)
@@ -198,10 +199,11 @@ def merge_page(
     rows: list[_Row] = []
     open_halves: dict[str, list[_Row]] = {}
     last: Position | None = None
+    taken: dict[str, int] = {}
     for r in recs:
         if floor is not None and r.pos < floor:
             full = bool(limit) and len(rows) == limit
-            return Page([x.to_dict() for x in rows], last if rows else after, short=not full)
+            return Page([x.to_dict() for x in rows], last if rows else after, not full, taken)
         partner = None
         if pair:
             for row in open_halves.get(r.tuple5, ()):
@@ -213,16 +215,18 @@ def merge_page(
             open_halves[r.tuple5].remove(partner)
         else:
             if limit and len(rows) == limit:
-                return Page([x.to_dict() for x in rows], last, short=False)
+                return Page([x.to_dict() for x in rows], last, False, taken)
             row = _Row(r)
             rows.append(row)
             open_halves.setdefault(r.tuple5, []).append(row)
         last = r.pos
+        taken[r.node] = taken.get(r.node, 0) + 1
     # Every record returned was consumed: older ones exist only if an answer was truncated.
     cursor = last if truncated else None
     if truncated and not rows:
         cursor = after
-    return Page([x.to_dict() for x in rows], cursor, short=truncated and (not limit or len(rows) < limit))
+    short = truncated and (not limit or len(rows) < limit)
+    return Page([x.to_dict() for x in rows], cursor, short, taken)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ STREAM_BATCH = 512
 KEEPALIVE_S = 15.0
 RETRY_S = (0.5, 1.0, 2.0, 5.0)  # reconnect delays of a lost agent stream
 MAP_TTL_S = 2.0
+ASK_SLACK = 1.5  # first asks: an agent's share of recent pages times this (3 agents evenly: 52 of 100)
+SHARE_WEIGHT = 0.5  # how fast the shares follow where recent flows come from
 
 
 @dataclass
@@ -63,6 +66,7 @@ class Relay:
         self.pair_wait_s = pair_wait_s
         self.history = history
         self.started_at = time.time()
+        self._share: dict[str, float] = {}  # each agent's part of recent pages, 0..1
         self._maps: dict[tuple[tuple[str, str], ...], tuple[float, dict[str, Any]]] = {}
 
     # -- /api/flows --------------------------------------------------------------------------------
@@ -129,9 +133,7 @@ class Relay:
             until = bound if until is None else min(until, bound, key=_iso_key)
         base = [*forward, *([("until", until)] if until else [])]
         targets = await self.fanout.targets()
-        # One more than the page: when the extra one is older than the page's oldest, nothing was cut
-        # inside the page's last microsecond, and one round is enough.
-        ask = {t.name: self._fit(t.name, limit + 1) if limit else 0 for t in targets}
+        ask = {t.name: self._first_ask(t.name, limit) for t in targets}
         results: dict[str, Result] = {}
         todo = list(targets)
         page = merge.Page([], None, short=False)
@@ -156,6 +158,7 @@ class Relay:
                 for r in await asyncio.gather(*(self._flows_of(t, base, ask) for t in todo)):
                     results[r.target.name] = r
                 page = self._merge(results, ask, limit, after)
+        self._learn(page, [name for name, r in results.items() if r.error is None])
         ok = [r.data for r in results.values() if r.error is None]
         return {
             "flows": list(reversed(page.rows)),
@@ -203,6 +206,24 @@ class Relay:
     @staticmethod
     def _truncated(r: Result, asked: int) -> bool:
         return r.error is None and asked > 0 and len(r.data["flows"]) >= asked
+
+    def _first_ask(self, name: str, limit: int) -> int:
+        """How many flows to ask an agent for first: its recent share of pages with room to spare, at
+        most one more than the page (when that extra one is older than the page's oldest, nothing was
+        cut inside the page's last microsecond). Too few only costs a second round for that agent:
+        the merge never shows a flow before it knows nothing newer is missing."""
+        if not limit:
+            return 0
+        share = self._share.get(name, 1.0)
+        return self._fit(name, min(limit + 1, math.ceil(share * limit * ASK_SLACK) + 2))
+
+    def _learn(self, page: merge.Page, answered: Sequence[str]) -> None:
+        total = sum(page.taken.values())
+        if total:
+            for name in answered:
+                part = page.taken.get(name, 0) / total
+                old = self._share.get(name)
+                self._share[name] = part if old is None else old + SHARE_WEIGHT * (part - old)
 
     def _fit(self, name: str, n: int) -> int:
         """n, or 0 (all it holds) when n reaches the agent's store size (it refuses a larger limit)."""

@@ -329,3 +329,29 @@ def test_a_deleted_pod_loses_its_series(env: Env):
     env.node.del_pod("gamma")
     m = env.agent.metrics()
     assert all(dict(labels).get("pod") != "gamma" for _, labels in m)
+
+
+def test_the_history_keeps_finished_flows_across_a_restart(env: Env):
+    agent = env.agent
+    since = time.time() - 1
+    assert t.udp(env.a, env.b, 4, 20, 100, port=5106) == 20
+    window = f"since={since:.6f}&to_port=5106&type=end"
+
+    def kept() -> list[dict]:
+        # the END comes from the idle sweep (--idle-timeout 3), then the history sink writes within ~1 s
+        status = agent.get("/api/status")["history"]
+        return agent.get(f"/api/flows?{window}")["flows"] if status["written"] else []
+
+    assert t.wait_for(lambda: kept() and kept()[0]["source"]["pod"] == "alpha", timeout=30, step=0.5)
+    before = agent.get(f"/api/flows?{window}")
+    assert before["flows"][0]["destination"]["port"] == 5106
+    assert agent.stop() == 0
+    agent.start()
+    after = agent.get(f"/api/flows?{window}")
+    assert after["source"] == "history" and after["flows"] == before["flows"]  # every field
+    assert agent.get("/readyz")["detail"] == {"history": "ok"}
+    out = subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "status", "--server", agent.url],
+        capture_output=True, text=True, timeout=30, cwd=REPO,
+    )  # fmt: skip
+    assert "History:     sqlite" in out.stdout and "written" in out.stdout

@@ -555,7 +555,7 @@ def test_slots_run_out_cleanly_and_the_agent_frees_what_a_killed_add_left(pin_di
     dp = load(pin_dir, pod_slots=3)  # slots 1 and 2
     try:
         a = dnode.add_pod("a")
-        fds = [dp._map(m).fd for m in (abi.MAP_SLOTS, abi.MAP_PODS, abi.MAP_PAIRS)]
+        fds = [dp._map(m).fd for m in (abi.MAP_SLOTS, abi.MAP_PODS)]
         gone = 0x7FFFFFF0  # no device has this ifindex
         leaked = slots.claim(*fds, gone)
         assert leaked and slots.claim(*fds, gone + 1) == 0, "two slots, both taken"

@@ -60,8 +60,11 @@ def sample_flows() -> list[Flow]:
     cart = Endpoint("10.244.2.11", 8080, "shop", "cart", {"app": "cart"}, "n2")
     cart6 = Endpoint("fd00:244:2::b", 51000, "shop", "cart", {"app": "cart"}, "n2")
     outside6 = Endpoint("fd01:244::c8", 443)
-    monitor = Endpoint("10.244.2.12", 8, "ops", "monitor", {"app": "monitor"}, "n2")
-    frontend_icmp = Endpoint("10.244.1.10", 0, "shop", "frontend", {"app": "frontend", "tier": "web"}, "n1")
+    # an echo request as the datapath keys it: echo identifier 4242, type 8 << 8 | code 0
+    monitor = Endpoint("10.244.2.12", 4242, "ops", "monitor", {"app": "monitor"}, "n2")
+    frontend_icmp = Endpoint(
+        "10.244.1.10", 8 << 8, "shop", "frontend", {"app": "frontend", "tier": "web"}, "n1"
+    )
     catalog = Endpoint("10.244.3.13", 38000, "shop", "catalog", {"app": "catalog"}, "n3")
     internet = Endpoint("192.168.244.200", 443)
     return [

@@ -134,11 +134,12 @@ def test_agent_mounts_bpffs_state_and_kernel_headers() -> None:
     (agent,) = pod["containers"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
-    for path in ("/sys/fs/bpf", "/run/lumen", "/lib/modules", "/usr/src"):
+    for path in ("/sys/fs/bpf", "/run/lumen", "/var/lib/lumen", "/lib/modules", "/usr/src"):
         assert volumes[mounts[path]["name"]]["hostPath"]["path"] == path, path
     assert mounts["/lib/modules"]["readOnly"] and mounts["/usr/src"]["readOnly"]
     args = " ".join(agent["command"])
     assert "--pin-dir=/sys/fs/bpf/lumen" in args and "--state-dir=/run/lumen" in args
+    assert "--history=sqlite:///var/lib/lumen/history.sqlite" in args  # on disk, not /run's tmpfs
 
 
 def test_agent_flags_exist_in_the_cli() -> None:

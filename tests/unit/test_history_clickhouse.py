@@ -166,3 +166,14 @@ def test_the_fixture_leaves_nothing_running(tmp_path: Path):
     assert proc is not None
     clickhouse_server.remove(ch)
     assert proc.poll() is not None and not (tmp_path / "ch").exists()
+
+
+def test_a_column_a_newer_release_adds_is_added_to_an_older_table(server):
+    flows = [make_flow(sport=i, time_ns=T0 + i * 10**9, type="END") for i in range(5)]
+    old = _db(server, T0 + HOUR)
+    old.write(flows)
+    old._run(f"ALTER TABLE {old.db}.lumen_flows DROP COLUMN ifindex")  # as an older schema had it
+    again = ClickHouseHistory(old.url, clock=lambda: T0 + HOUR)
+    cols = {r[0] for r in again._run(f"DESCRIBE TABLE {again.db}.lumen_flows")}
+    assert "ifindex" in cols
+    assert [f.source.port for f in _all(again, since=T0)] == [4, 3, 2, 1, 0]  # rows kept, default 0

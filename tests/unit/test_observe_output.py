@@ -151,3 +151,11 @@ def test_endpoints() -> None:
     assert render.host_port({"ip": "10.0.0.1", "port": 53}, "UDP") == "10.0.0.1:53"
     assert render.host_port({"ip": "fd00::1", "port": 135}, "ICMPv6") == "fd00::1"
     assert render.host_port({"ip": "224.0.0.1", "port": 0}, "IGMP") == "224.0.0.1"
+
+
+def test_a_cross_node_flow_paired_by_the_relay_names_both_nodes() -> None:
+    flow = sample_dicts()[0]
+    flow.update(paired=True, source_node="n1", destination_node="n2")
+    out = io.StringIO()
+    render.Printer("compact", out, node_name=True).write([flow])
+    assert out.getvalue().startswith("Jan 14 08:00:00.123 [n1->n2]: shop/frontend:41000 -> shop/cart:8080 ")

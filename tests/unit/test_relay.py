@@ -5,6 +5,7 @@ live stream interleaved and paired, endpoints, the service map, metrics, and `lu
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -285,8 +286,16 @@ def test_lumen_relay_runs_and_serves_the_ui():
             wait_until(up, timeout=20)
             assert [f["node"] for f in httpx.get(f"{url}/api/flows").json()["flows"]] == ["n1"]
             assert "Flows · Lumen" in httpx.get(f"{url}/flows").text
+            # a viewer's live stream stays open: SIGTERM still stops the relay within its grace
+            with httpx.stream("GET", f"{url}/api/flows/stream", timeout=30) as resp:
+                assert next(sse(resp))[0] == "nodes"
+                proc.terminate()
+                started = time.monotonic()
+                proc.wait(timeout=20)
+                assert time.monotonic() - started < 10
         finally:
-            proc.terminate()
+            if proc.poll() is None:
+                proc.kill()
             proc.wait(timeout=10)
 
 
@@ -459,3 +468,19 @@ def test_a_failing_history_leaves_the_agents_answer_with_the_reason():
 def test_relay_history_urls_are_checked():
     out = run_cli("relay", "--agent", "http://h:1", "--history", "postgres://db")
     assert out.returncode == 2 and "expected clickhouse://host:port/database" in out.stderr
+
+
+def test_lumen_observe_a_time_window_through_the_relay_pages_with_its_cursor(three, monkeypatch):
+    import exporter.cli
+
+    with relay(targets(three)) as r:
+        monkeypatch.setattr(exporter.cli, "WINDOW_PAGE", 4)  # four pages of the 15 flows
+        out = io.StringIO()
+        monkeypatch.setattr(sys, "stdout", out)
+        code = exporter.cli.main(
+            ["observe", "--server", r.url, "--since", "2027-01-15T07:00:00Z", "-o", "jsonl"]
+        )
+    assert code == 0
+    flows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(flows) == 15 and len({(f["node"], f["source"]["port"]) for f in flows}) == 15
+    assert [f["time"] for f in flows] == sorted(f["time"] for f in flows)

@@ -276,3 +276,23 @@ def test_an_agent_with_an_unreadable_answer_is_named_and_left_out(answer, error)
     body = asyncio.run(Relay(SkewedFanout(stores, answer)).flows([], 10))
     assert [f["node"] for f in body["flows"]] == ["a"]
     assert body["unreachable"] == ["b"] and body["errors"]["b"].startswith(error)
+
+
+def test_agents_are_asked_for_their_recent_share_of_pages():
+    # three agents whose flows interleave in time: each holds about a third of any page
+    stores, every = fill({n: [NOW_NS + (3 * i + k) * 1000 for i in range(200)] for k, n in enumerate("abc")})
+    fan = StoreFanout(stores)
+    relay = Relay(fan, pair=False)
+    first = asyncio.run(relay.flows([], 100))
+    assert sorted(fan.asked) == [("a", 101), ("b", 101), ("c", 101)]
+    fan.asked.clear()
+    again = asyncio.run(relay.flows([], 100))
+    assert again["flows"] == first["flows"] and positions(again["flows"]) == sorted(every[:100])
+    assert len(fan.asked) == 3 and all(n < 70 for _, n in fan.asked), fan.asked
+    # one agent becomes the busy one: a second round for it, and the page is still the newest 100
+    for i in range(150):
+        stores["b"].add(make_flow(sport=5000 + i, time_ns=NOW_NS + 10**9 + i * 1000, src="10.0.9.1"))
+    fan.asked.clear()
+    busy = asyncio.run(relay.flows([], 100))
+    assert {f["node"] for f in busy["flows"]} == {"b"} and len(busy["flows"]) == 100
+    assert [name for name, _ in fan.asked].count("b") == 2
