@@ -39,3 +39,7 @@ class FlowSource(Protocol):
 
 class CursorError(ValueError):
     """A cursor this source did not hand out (HTTP 400)."""
+
+
+class SourceError(Exception):
+    """The source cannot answer now (a history store that is down or damaged): HTTP 503 with the reason."""

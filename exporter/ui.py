@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bpf import vocab
 from exporter import api, filters, servicemap
 from exporter.api import PAGING_PARAMS, parse_request, pick_source
+from exporter.store import SourceError
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
@@ -100,15 +101,18 @@ def hook(
             view = app.state.view
             store = view.store
             name, source = pick_source(view, req.since_ns)
-            if name == "history" and hasattr(source, "edge_rows"):
-                # aggregated by the history store (SQL sums), not from every flow of the window
-                from exporter.history.views import EdgeSource, build_map
+            try:
+                if name == "history" and hasattr(source, "edge_rows"):
+                    # aggregated by the history store (SQL sums), not from every flow of the window
+                    from exporter.history.views import EdgeSource, build_map
 
-                out = build_map(cast(EdgeSource, source), req.query, req.since_ns, req.until_ns)
-            else:
-                page = source.query(req.query, req.since_ns, req.until_ns)
-                out = servicemap.build(page.flows)
-                out["complete"] = page.complete
+                    out = build_map(cast(EdgeSource, source), req.query, req.since_ns, req.until_ns)
+                else:
+                    page = source.query(req.query, req.since_ns, req.until_ns)
+                    out = servicemap.build(page.flows)
+                    out["complete"] = page.complete
+            except SourceError as exc:
+                raise HTTPException(503, f"history: {exc}") from None
             out["stored"] = len(store)
             out["source"] = name
             return out

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 
+from exporter.store import SourceError
 
-class HistoryError(Exception):
+
+class HistoryError(SourceError):
     """A write that did not happen; `reason` is the label of the dropped-flows counter."""
 
     def __init__(self, reason: str, message: str, retryable: bool = False) -> None:

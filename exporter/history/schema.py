@@ -142,6 +142,7 @@ class Dictionaries:
         self.strings: dict[int, str] = {}
         self.new_endpoints: list[tuple[int, str]] = []
         self.new_strings: list[tuple[int, str]] = []
+        self.generation = 0  # bumped when entries are forgotten: caches over the dictionaries start over
         self._ep_cache: dict[tuple[Any, ...], tuple[Mapping[str, str], int]] = {}
 
     def load(self, endpoints: Iterable[tuple[int, str]], strings: Iterable[tuple[int, str]]) -> None:
@@ -164,6 +165,7 @@ class Dictionaries:
         self.new_endpoints.clear()
         self.new_strings.clear()
         self._ep_cache.clear()
+        self.generation += 1
 
     def _next(self, existing: Mapping[int, Any], text: str) -> int:
         if self.hashed:
@@ -286,7 +288,8 @@ def decoder(d: Dictionaries) -> Callable[[int, tuple[Any, ...]], Flow]:
             egress_policy=None if egress is None or egress < 0 else strings[egress],
             ingress_policy=None if ingress is None or ingress < 0 else strings[ingress],
             is_reply=bool(reply),
-            **{k: v for k, v in kwargs.items() if k in EXTRA_FIELDS},
+            # JSON has no tuples: a tuple field (the ICMP message) comes back as a list
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items() if k in EXTRA_FIELDS},
         )
 
     return decode

@@ -78,7 +78,7 @@ _EDGE_KEY = ("minute", "src", "dst", "node", "proto", "verdict", "reason", "dire
 _EDGE_SUMS = ("flows", "packets", "bytes", "first_off", "last_off")  # *_off: ns from the hour's start
 _SELECT = "id, " + ", ".join(COLUMN_NAMES)
 _QUERY_CHUNK = 2000  # rows read per step when rows are also filtered in Python
-_EDGE_GROUP = "src, dst, verdict, proto, port, reason"
+_EDGE_GROUP = "src, dst, verdict, proto, port, reason, reply"
 _EDGE_SUM = "sum(flows), sum(packets), sum(bytes), min(first_ns), max(last_ns)"
 _COMPOUND_MAX = 400  # SQLite allows 500 SELECTs in one UNION ALL
 
@@ -122,10 +122,7 @@ class SqliteHistory:
         self.retention_ns = int(retention_s * 1e9)
         self.max_bytes = max_bytes
         self.clock = clock
-        self.dicts = Dictionaries()
-        self.translator = translate.Translator(self.dicts)
-        self._encode = encoder(self.dicts)
-        self._decode = decoder(self.dicts)
+        self._new_dictionaries()
         self._hours: set[int] = set()
         self._extent: dict[int, tuple[int, int]] = {}  # hour -> (first, last) ns into it of its flows
         self._lock = threading.Lock()  # the write connection and the dictionaries' pending entries
@@ -135,10 +132,17 @@ class SqliteHistory:
         self.horizon_ns = 0
         self.created_ns = 0
         self.moved_aside: list[str] = []
+        self._damaged = ""  # why a reader found the file damaged, until the writer replaces it
         self.reserve_path = path + ".reserve"
         self.reserve_bytes = min(max(max_bytes // 128, 1 << 20), 16 << 20)
         self._conn: sqlite3.Connection | None = None
         self.open()
+
+    def _new_dictionaries(self) -> None:
+        self.dicts = Dictionaries()
+        self.translator = translate.Translator(self.dicts)
+        self._encode = encoder(self.dicts)
+        self._decode = decoder(self.dicts)
 
     # -- connections -----------------------------------------------------------------------------
 
@@ -304,6 +308,9 @@ class SqliteHistory:
         if not flows:
             return 0
         with self._lock:
+            if self._damaged:  # a reader found the file damaged: start a new one for this batch
+                self._reopen_after_corruption(self._damaged)
+                self._damaged = ""
             try:
                 return self._write(flows)
             except HistoryError:
@@ -319,8 +326,9 @@ class SqliteHistory:
     def _reopen_after_corruption(self, why: str) -> None:
         try:
             self._move_aside(why)
-            self.dicts.__init__()  # type: ignore[misc]
+            self._new_dictionaries()
             self._hours.clear()
+            self._extent.clear()
             self._open()
         except (sqlite3.Error, OSError) as exc:  # the next batch tries again
             log.error("cannot start a new history database", extra={"error": str(exc)})
@@ -563,6 +571,18 @@ class SqliteHistory:
                 return _hour_start(h) + (row[0] >> SEQ_BITS)
         return None
 
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A read that finds the file damaged says so (HTTP 503) and has the writer start a new file
+        before its next batch."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            err = classify(exc)
+            if err.reason == "corrupt":
+                self._damaged = str(exc)
+            raise err from exc
+
     def query(
         self,
         q: FlowQuery | None = None,
@@ -572,6 +592,17 @@ class SqliteHistory:
         cursor: str | None = None,
     ) -> Page:
         """Matching flows newest first, `limit` at most (0: all), continuing below `cursor`."""
+        with self._reading():
+            return self._query(q, since_ns, until_ns, limit, cursor)
+
+    def _query(
+        self,
+        q: FlowQuery | None,
+        since_ns: int | None,
+        until_ns: int | None,
+        limit: int,
+        cursor: str | None,
+    ) -> Page:
         floor = self.floor_ns()
         complete = since_ns is not None and since_ns >= self.complete_from_ns()
         lo_t = max(floor, since_ns or 0)
@@ -642,6 +673,12 @@ class SqliteHistory:
     def edge_rows(
         self, q: FlowQuery | None = None, since_ns: int | None = None, until_ns: int | None = None
     ) -> tuple[list[EdgeRow], bool]:
+        with self._reading():
+            return self._edge_rows(q, since_ns, until_ns)
+
+    def _edge_rows(
+        self, q: FlowQuery | None, since_ns: int | None, until_ns: int | None
+    ) -> tuple[list[EdgeRow], bool]:
         """Service-map sums over [since, until] (and whether the window is complete): whole hours and
         whole minutes from the rollups when the filter allows, the ragged ends from the flows; summed
         by SQLite in one statement, so Python sees one row per edge key, not one per hour and minute."""
@@ -677,7 +714,7 @@ class SqliteHistory:
         except sqlite3.OperationalError as exc:
             if "no such table" not in str(exc):
                 raise
-            return self.edge_rows(q, since_ns, until_ns)  # retention dropped an hour meanwhile
+            return self._edge_rows(q, since_ns, until_ns)  # retention dropped an hour meanwhile
         return (merge(rows) if len(parts) > _COMPOUND_MAX else rows), complete
 
     def _span_parts(self, whole: list[int], where: str) -> list[str]:
@@ -726,8 +763,8 @@ class SqliteHistory:
                     if q.matches(f):
                         port = 0 if f.is_reply else f.destination.port
                         out.append(
-                            (row[1], row[2], s[f.verdict], f.key[1], port, s[f.drop_reason], 1,
-                                    f.packets, f.bytes, f.start_ns, f.time_ns)
+                            (row[1], row[2], s[f.verdict], f.key[1], port, s[f.drop_reason], int(f.is_reply),
+                             1, f.packets, f.bytes, f.start_ns, f.time_ns)
                         )  # fmt: skip
             except sqlite3.OperationalError as exc:
                 if "no such table" not in str(exc):
@@ -736,6 +773,10 @@ class SqliteHistory:
 
     def stats(self) -> dict[str, Any]:
         """For `lumen status` and /metrics: backend, file, size, oldest record, partitions."""
+        with self._reading():
+            return self._stats()
+
+    def _stats(self) -> dict[str, Any]:
         oldest = self.oldest_ns()
         return {
             "backend": self.backend,
@@ -783,7 +824,7 @@ def _raw_part(h: int, a: int, b: int, where: str) -> str:
     base = _hour_start(h)
     lo, hi = a << SEQ_BITS, (b << SEQ_BITS) | SEQ_MASK
     return (
-        "SELECT src, dst, verdict, proto, CASE WHEN reply THEN 0 ELSE dport END AS port, reason, "
+        "SELECT src, dst, verdict, proto, CASE WHEN reply THEN 0 ELSE dport END AS port, reason, reply, "
         "count(*) AS flows, sum(packets) AS packets, sum(bytes) AS bytes, "
         f"min((id >> {SEQ_BITS}) - start_off) + {base} AS first_ns, "
         f"max(id >> {SEQ_BITS}) + {base} AS last_ns FROM flows_{h} "

@@ -82,32 +82,35 @@ class Translator:
 
     def __init__(self, dicts: Dictionaries) -> None:
         self.dicts = dicts
-        self._ep_cache: dict[tuple[str, tuple[str, ...]], tuple[int, set[int]]] = {}
-        self._str_cache: dict[tuple[str, tuple[str, ...]], tuple[int, set[int]]] = {}
+        # (criterion, values) -> (dictionary generation, entries seen, matching ids)
+        self._ep_cache: dict[tuple[str, tuple[str, ...]], tuple[int, int, set[int]]] = {}
+        self._str_cache: dict[tuple[str, tuple[str, ...]], tuple[int, int, set[int]]] = {}
 
     def endpoint_ids(self, base: str, values: tuple[str, ...]) -> set[int]:
         """Ids of the endpoints a `from_<base>` criterion matches."""
         eps = self.dicts.endpoints
         key = (base, values)
-        n, found = self._ep_cache.get(key, (0, set()))
-        if n == len(eps):
+        gen, n, found = self._ep_cache.get(key, (-1, 0, set()))
+        if gen != self.dicts.generation:
+            n, found = 0, set()
+        elif n == len(eps):
             return found
         pred = CRITERIA[f"from_{base}"].build(values)
-        found = set(found) if n else set()
-        for i, ep in list(eps.items())[n:] if n else list(eps.items()):
+        found = set(found)
+        for i, ep in list(eps.items())[n:]:
             probe = dataclasses.replace(
                 _TEMPLATE, key=(6 if ":" in ep.ip else 4, *_TEMPLATE.key[1:]), source=ep
             )
             if pred(probe):
                 found.add(i)
-        self._ep_cache[key] = (len(eps), found)
+        self._ep_cache[key] = (self.dicts.generation, len(eps), found)
         return found
 
     def string_ids(self, name: str, values: tuple[str, ...]) -> set[int]:
         strings = self.dicts.strings
         key = (name, values)
-        n, found = self._str_cache.get(key, (-1, set()))
-        if n == len(strings):
+        gen, n, found = self._str_cache.get(key, (-1, -1, set()))
+        if gen == self.dicts.generation and n == len(strings):
             return found
         pred = CRITERIA[name].build(values)
         attr = STRING_CRITERIA[name]
@@ -117,7 +120,7 @@ class Translator:
             setattr(probe, attr, s)
             if pred(probe):
                 found.add(i)
-        self._str_cache[key] = (len(strings), found)
+        self._str_cache[key] = (self.dicts.generation, len(strings), found)
         return found
 
     def criterion(self, name: str, values: tuple[str, ...]) -> str | None:

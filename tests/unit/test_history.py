@@ -60,7 +60,7 @@ def test_flows_written_before_a_restart_come_back_with_the_same_fields(tmp_path)
     flows[4] = make_flow(
         src="fd00::5", dst="fd00::6", sport=1, time_ns=T0 + 4 * 10**9, type="DROP", verdict="DROPPED"
     )
-    flows[5].protocol, flows[5].key = "47", (4, 47, *flows[5].key[2:])
+    flows[5].protocol, flows[5].key = "253", (4, 253, *flows[5].key[2:])  # a number with no name
     store, clock = _store(tmp_path, now=T0 + HOUR)
     store.write(flows)
     store.close()
@@ -387,3 +387,21 @@ def test_maps_over_many_hours_use_blocks_and_stay_exact_after_retention(tmp_path
     store.enforce_retention()
     for since, until in [(T0, T0 + 30 * HOUR), (T0 + 8 * HOUR, T0 + 30 * HOUR)]:
         check(since, until)
+
+
+def test_a_database_damaged_while_open_is_said_then_replaced_by_the_next_batch(tmp_path):
+    store, clock = _store(tmp_path, now=T0 + HOUR)
+    store.write([make_flow(sport=i, time_ns=T0 + i, type="END") for i in range(500)])
+    store._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[union-attr]
+    with open(store.path, "r+b") as f:  # another hand scribbles over the file
+        f.seek(4096)
+        f.write(b"\xde\xad" * 20000)
+    with pytest.raises(HistoryError, match="corrupt") as err:
+        store.query(None, T0, None, 0)
+    assert err.value.reason == "corrupt"  # the API answers 503 with this
+    sink = HistorySink(store, flush_interval_s=0.05)
+    sink.on_flows([make_flow(sport=1000 + i, time_ns=T0 + 10**9 + i, type="END") for i in range(5)])
+    assert sink.flush() and sink.written == 5 and sink.error == ""
+    assert store.moved_aside and Path(store.moved_aside[0]).exists()  # kept for a post-mortem
+    assert sorted(f.source.port for f in _all(store, since=T0)) == [1000, 1001, 1002, 1003, 1004]
+    sink.close()

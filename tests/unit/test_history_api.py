@@ -197,3 +197,17 @@ def test_status_shows_the_history(server):
     proc = run_cli("status", "--server", server, "-o", "json")
     h = json.loads(proc.stdout)["history"]
     assert h["backend"] == "sqlite" and h["written"] == 120 and h["oldest_ns"] and h["size_bytes"] > 0
+
+
+def test_a_history_that_cannot_answer_is_a_503_with_the_reason(client, view, monkeypatch):
+    from exporter.history.errors import HistoryError
+
+    def broken(*args, **kw):
+        raise HistoryError("corrupt", "database corrupt: database disk image is malformed")
+
+    monkeypatch.setattr(view.history, "query", broken)
+    monkeypatch.setattr(view.history, "edge_rows", broken)
+    for path in ("/api/flows", "/api/map"):
+        r = client.get(path, params={"since": "3h"})
+        assert r.status_code == 503 and "malformed" in r.json()["detail"], path
+    assert client.get("/api/flows").status_code == 200  # memory still answers
