@@ -212,7 +212,8 @@ def exported_metric_names(tmp_path: Path) -> set[str]:
     maps = FakeMaps()
     maps.flows = {("DROPPED", "TCP", "egress"): 1}
     maps.drop_packets = {("policy_denied", "TCP"): 3}
-    maps.decisions = {(0xFFFFFFFF, "DROPPED", "egress"): 1}
+    maps.decisions = {(7, "DROPPED", "egress", True): 1}
+    maps.flags = {("SYN", "IPv4"): 1}
     maps.sources = {"192.0.2.1": (1, 60)}
     registry = CollectorRegistry(auto_describe=False)
     directory = EndpointDirectory(str(tmp_path), None)
