@@ -133,7 +133,7 @@ class Hub:
                 if kind == "flow":
                     try:
                         rows.extend(self._pairer.add(merge.record(node, json.loads(data)), time.monotonic()))
-                    except (ValueError, KeyError, TypeError):
+                    except (ValueError, KeyError, TypeError, AttributeError):
                         self.states.lost += 1  # not a flow this relay can read
             rows.extend(self._pairer.due(time.monotonic()))
             out.extend((merge.record(str(r.get("node", "")), r).pos, sse_row(r)) for r in rows)
