@@ -160,6 +160,15 @@ class Agent:
         self._emitted_seen = (-1, 0, 0.0)  # (kernel events, consumed, when) at the last change
         self.network: Any = None  # exporter.network.NodeNetwork: routes to other nodes' pods
 
+    def _sync_policy(self) -> None:
+        """Policy, identities and remote pods up to date; flows name their ends again when identities or
+        labels changed."""
+        before = (dict(self.enforcer.pod_identities), dict(self.enforcer.address_identities))
+        self.enforcer.sync()
+        self.directory.set_remote(self.enforcer.remote_pods)
+        if (self.enforcer.pod_identities, self.enforcer.address_identities) != before:
+            self.directory.invalidate()
+
     # -- life cycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -210,7 +219,7 @@ class Agent:
 
             self.directory.label_source = ManifestLabels(lambda: self.enforcer.manifests)
         self.network = self._node_network()
-        self.enricher = Enricher(self.directory, self.cfg.node, self.policy_names)
+        self.enricher = Enricher(self.directory, self.cfg.node, self.policy_names, self.enforcer)
         self.decoder = Decoder(self.enricher)
         self.pipeline = Pipeline(EventReader(self.cfg.pin_dir), self.decoder, self.health)
         self.pipeline.register(self.store)
@@ -229,8 +238,7 @@ class Agent:
         )
         self.health.attached_endpoints = self.attachments.sync()
         # identities and policy maps before the plugin server takes its first ADD
-        self.enforcer.sync()
-        self.directory.set_remote(self.enforcer.remote_pods)
+        self._sync_policy()
         self.network.sync(force=True)
         log.info(
             "datapath loaded",
@@ -337,8 +345,7 @@ class Agent:
             try:
                 assert self.attachments is not None
                 self.health.attached_endpoints = self.attachments.sync()
-                self.enforcer.sync()
-                self.directory.set_remote(self.enforcer.remote_pods)
+                self._sync_policy()
                 self.network.sync()
                 self.decoder.sync_clock()
                 self._check_consumption()

@@ -16,11 +16,21 @@ import time
 from typing import Any
 
 from bpf import abi
-from bpf.vocab import DIRECTION_NAMES, DROP_REASON_NAMES, EVENT_TYPE_NAMES, PROTOCOL_NAMES, VERDICT_NAMES
+from bpf.vocab import (
+    DIRECTION_NAMES,
+    DROP_REASON_NAMES,
+    EVENT_TYPE_NAMES,
+    MESSAGE_PROTOCOLS,
+    PORTED_PROTOCOLS,
+    PROTOCOL_NAMES,
+    VERDICT_NAMES,
+)
 from exporter.enrich import Enricher
 from exporter.flows import Endpoint, Flow, FlowKey
 
 STATIC_CACHE_MAX = 131072
+#: what every event of one flow shares: key, protocol, direction, both ends, the ICMP/IGMP message
+Static = tuple[FlowKey, str, str, Endpoint, Endpoint, tuple[int, int, int] | None]
 REPLY = int(abi.FlowFlag.REPLY)
 
 _CODES = {ct.c_uint8: "B", ct.c_uint16: "H", ct.c_uint32: "I", ct.c_uint64: "Q"}
@@ -86,7 +96,7 @@ class Decoder:
         self.enricher = enricher
         self.node = enricher.node
         self._addr = _AddrCache()
-        self._static: dict[tuple[Any, ...], tuple[FlowKey, str, str, Endpoint, Endpoint]] = {}
+        self._static: dict[tuple[Any, ...], Static] = {}
         self._generation = enricher.generation
         self.sync_clock()
 
@@ -106,7 +116,7 @@ class Decoder:
         static = self._static.get(ident)
         if static is None or self._generation != self.enricher.generation:
             static = self._decode_static(ident)
-        key, protocol, dir_name, source, destination = static
+        key, protocol, dir_name, source, destination, message = static
         off = self.mono_to_wall_ns
         policy_name = self.enricher.policy_name
         return Flow(
@@ -130,6 +140,7 @@ class Decoder:
             policy_name(egress_policy),
             policy_name(ingress_policy),
             bool(flags & REPLY),
+            message,
         )
 
     def ended(self, key: abi.FlowKey, st: abi.FlowStats, now_mono_ns: int) -> Flow:
@@ -167,7 +178,7 @@ class Decoder:
         static = self._static.get(ident)
         if static is None or self._generation != self.enricher.generation:
             static = self._decode_static(ident)
-        key, protocol, dir_name, source, destination = static
+        key, protocol, dir_name, source, destination, message = static
         off = self.mono_to_wall_ns
         policy_name = self.enricher.policy_name
         return Flow(
@@ -191,9 +202,10 @@ class Decoder:
             policy_name(egress_policy),
             policy_name(ingress_policy),
             bool(flags & REPLY),
+            message,
         )
 
-    def _decode_static(self, ident: tuple[Any, ...]) -> tuple[FlowKey, str, str, Endpoint, Endpoint]:
+    def _decode_static(self, ident: tuple[Any, ...]) -> Static:
         if self._generation != self.enricher.generation or len(self._static) > STATIC_CACHE_MAX:
             self._static.clear()
             self._generation = self.enricher.generation
@@ -202,9 +214,17 @@ class Decoder:
         dst_ip = self._addr.text(daddr, family)
         dir_name = DIRECTION_NAMES.get(direction, str(direction))
         key: FlowKey = (family, proto, src_ip, dst_ip, sport, dport, dir_name)
+        protocol = PROTOCOL_NAMES.get(proto) or str(proto)
+        message = None
+        if protocol in MESSAGE_PROTOCOLS:
+            # no ports: the key holds the echo identifier and type << 8 | code (bpf/include/types.h)
+            message = abi.icmp_from_key(sport, dport)
+            sport = dport = 0
+        elif protocol not in PORTED_PROTOCOLS:
+            sport = dport = 0
         source = self.enricher.endpoint(src_ep, src_ip, sport)
         destination = self.enricher.endpoint(dst_ep, dst_ip, dport)
-        static = (key, PROTOCOL_NAMES.get(proto) or str(proto), dir_name, source, destination)
+        static = (key, protocol, dir_name, source, destination, message)
         # A pod not known yet (record not written) is looked up again on its next event.
         if (not src_ep or source.pod) and (not dst_ep or destination.pod):
             self._static[ident] = static

@@ -110,7 +110,17 @@ class Enforcer:
         self.pod_identities: dict[str, int] = {}
         #: address -> pod on another node (manifests with status.podIPs, or the API watch)
         self.remote_pods: dict[str, RemotePod] = {}
+        #: address -> identity of what is not a local pod: remote pods, the node's own addresses (HOST)
+        self.address_identities: dict[str, int] = {}
         self._lock = threading.Lock()
+
+    # -- identities of a flow's ends (exporter.enrich.IdentitySource) ---------------------------------
+
+    def pod_identity(self, namespace: str, pod: str) -> int:
+        return self.pod_identities.get(f"{namespace}/{pod}", 0)
+
+    def address_identity(self, ip: str) -> int:
+        return self.address_identities.get(ip, int(abi.Identity.WORLD))
 
     # -- sources -----------------------------------------------------------------------------------
 
@@ -251,7 +261,8 @@ class Enforcer:
             log.warning("cannot list the node's addresses", extra={"error": str(e)})
             host_ips = []
         else:
-            self.dp.set_ipcache({**remote_ips, **{ip: abi.Identity.HOST for ip in host_ips}})
+            self.address_identities = {**remote_ips, **{ip: int(abi.Identity.HOST) for ip in host_ips}}
+            self.dp.set_ipcache(self.address_identities)
 
         self.engine = Engine(policies, self._cluster(local, facts, ns_facts, remote, host_ips))
         return applied

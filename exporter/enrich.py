@@ -17,10 +17,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from bpf.abi import POLICY_DENIED_ID
 from exporter.flows import NO_LABELS, Endpoint
+from exporter.workload import NONE as NO_WORKLOAD
+from exporter.workload import Workload, workload
 from plugin import endpoint as records
 
 log = logging.getLogger("lumen.enrich")
@@ -44,10 +46,25 @@ class Pod:
 
 
 class LabelSource:
-    """Pod labels by (namespace, pod); empty outside a cluster."""
+    """Pod labels and workload by (namespace, pod), for local and remote pods; none by default."""
 
     def labels(self, namespace: str, pod: str) -> Mapping[str, str]:
         return NO_LABELS
+
+    def workload(self, namespace: str, pod: str) -> Workload:
+        return NO_WORKLOAD
+
+
+class IdentitySource(Protocol):
+    """The policy identities the enforcer gave (exporter/enforcer.py)."""
+
+    def pod_identity(self, namespace: str, pod: str) -> int:
+        """The label identity of a pod; 0 if not known."""
+        ...
+
+    def address_identity(self, ip: str) -> int:
+        """The identity of an address that is not a local pod: a remote pod's, HOST or WORLD."""
+        ...
 
 
 class EndpointDirectory:
@@ -115,6 +132,10 @@ class EndpointDirectory:
     def labels(self, pod: Pod) -> Mapping[str, str]:
         return self.label_source.labels(pod.namespace, pod.pod)
 
+    def invalidate(self) -> None:
+        """Something a flow's ends are named from changed (labels, identities): decoders name them again."""
+        self.generation += 1
+
 
 def _pod(rec: dict[str, Any]) -> Pod | None:
     try:
@@ -148,18 +169,27 @@ class ManifestLabels(LabelSource):
         m = self._manifests().pods.get(f"{namespace}/{pod}")
         return m.labels if m is not None and m.labels else NO_LABELS
 
+    def workload(self, namespace: str, pod: str) -> Workload:
+        m = self._manifests().pods.get(f"{namespace}/{pod}")
+        return workload(pod, m.labels if m is not None else {}, m.owners if m is not None else ())
+
 
 class Enricher:
     """What the decoder asks about the ids and addresses in an event. The decoder memoises the endpoints
     per flow and forgets them when `generation` changes (records reloaded, remote pods changed)."""
 
     def __init__(
-        self, directory: EndpointDirectory, node: str = "", policy_names: Mapping[int, str] | None = None
+        self,
+        directory: EndpointDirectory,
+        node: str = "",
+        policy_names: Mapping[int, str] | None = None,
+        identities: IdentitySource | None = None,
     ) -> None:
         self.directory = directory
         self.node = node
         #: policy id -> namespace/name (the enforcer's; grows, never shrinks)
         self.policy_names: Mapping[int, str] = policy_names if policy_names is not None else {}
+        self.identities = identities
 
     @property
     def generation(self) -> int:
@@ -168,12 +198,24 @@ class Enricher:
     def endpoint(self, endpoint_id: int, ip: str, port: int) -> Endpoint:
         """One side of a flow: named if the address or endpoint id is a local pod's or a remote pod's."""
         pod = self.directory.lookup(endpoint_id, ip)
+        ids = self.identities
+        source = self.directory.label_source
         if pod is None:
             far = self.directory.remote.get(ip)  # a pod on another node
+            identity = ids.address_identity(ip) if ids is not None else 0
             if far is None:
-                return Endpoint(ip, port)
-            return Endpoint(ip, port, far.namespace, far.name, far.labels or NO_LABELS, far.node)
-        return Endpoint(ip, port, pod.namespace, pod.pod, self.directory.labels(pod), self.node)
+                return Endpoint(ip, port, identity=identity)
+            labels = far.labels or source.labels(far.namespace, far.name) or NO_LABELS
+            kind, owner = source.workload(far.namespace, far.name)
+            if not owner:
+                kind, owner = workload(far.name, labels)
+            return Endpoint(ip, port, far.namespace, far.name, labels, far.node, kind, owner, identity)
+        labels = self.directory.labels(pod)
+        kind, owner = source.workload(pod.namespace, pod.pod)
+        if not owner:
+            kind, owner = workload(pod.pod, labels)
+        identity = ids.pod_identity(pod.namespace, pod.pod) if ids is not None else 0
+        return Endpoint(ip, port, pod.namespace, pod.pod, labels, self.node, kind, owner, identity)
 
     def policy_name(self, policy_id: int) -> str | None:
         """None: no policy isolates that side; "" no rule admitted it; else namespace/name."""

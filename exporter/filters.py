@@ -283,6 +283,13 @@ CRITERIA: dict[str, Criterion] = {
         ),
         Criterion("ip_version", _norm_ip_version, _attr_in(lambda f: str(f.key[0])), "4 or 6"),
         Criterion(
+            "special",
+            _norm_bool("special"),
+            _attr_in(lambda f: "true" if f.special else "false"),
+            "true: a link-local, multicast or unspecified address at either end (neighbour discovery, MLD,"
+            " DHCP); the UI hides these unless asked",
+        ),
+        Criterion(
             "is_reply",
             _norm_bool("is_reply"),
             _attr_in(lambda f: "true" if f.is_reply else "false"),

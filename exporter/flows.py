@@ -9,6 +9,7 @@ Live readers (SSE) subscribe; a reader too slow to keep up loses flows, counted 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import threading
 import time
 from bisect import bisect_left, bisect_right, insort
@@ -16,10 +17,11 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
-from bpf.vocab import TCP_FLAG_NAMES
+from bpf.vocab import TCP_FLAG_NAMES, message_name
 from exporter.store import CursorError, Page
 
 DEFAULT_CAPACITY = 65536
@@ -39,16 +41,40 @@ def reverse_key(key: FlowKey, direction: str | None = None) -> FlowKey:
     return (family, proto, dst, src, dport, sport, direction if direction is None else direction)
 
 
+@lru_cache(maxsize=65536)
+def address_kind(ip: str) -> str:
+    """ "multicast", "link-local" or "unspecified" for addresses that are no one's endpoint (broadcast
+    counts as multicast), "" for any other. Such traffic (neighbour discovery, MLD, DHCP) is hidden from
+    the service map and the default flow list, never from the counters."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ""
+    if addr.is_multicast or ip == "255.255.255.255":
+        return "multicast"
+    if addr.is_unspecified:
+        return "unspecified"
+    if addr.is_link_local:
+        return "link-local"
+    return ""
+
+
 @dataclass(slots=True)
 class Endpoint:
-    """One side of a flow. namespace/pod are empty when the address is not a local pod."""
+    """One side of a flow. namespace/pod are empty when the address is not a pod Lumen knows."""
 
     ip: str
-    port: int
+    port: int  # 0 for protocols without ports (ICMP, ICMPv6, IGMP, ...)
     namespace: str = ""
     pod: str = ""
     labels: Mapping[str, str] = field(default_factory=lambda: NO_LABELS)
     node: str = ""  # the node the pod runs on ("" when not a pod, or unknown)
+    #: the pod's owner, as `kubectl get` names it (Deployment, StatefulSet, DaemonSet, Job, ...); "" unknown
+    workload_kind: str = ""
+    workload: str = ""
+    #: the policy identity (bpf/include/types.h enum lumen_identity): a label identity for a pod, HOST for
+    #: the node's addresses, WORLD for any other; 0 when not known
+    identity: int = 0
 
     def name(self) -> str:
         return f"{self.namespace}/{self.pod}" if self.pod else self.ip
@@ -61,6 +87,8 @@ class Endpoint:
             "pod": self.pod,
             "labels": dict(self.labels),
             "node": self.node,
+            "workload": {"kind": self.workload_kind, "name": self.workload} if self.workload else None,
+            "identity": self.identity,
         }
 
 
@@ -73,7 +101,7 @@ class Flow:
     time_ns: int
     start_ns: int
     end_ns: int
-    protocol: str  # TCP, UDP, ICMP, ICMPv6 or the protocol number
+    protocol: str  # TCP, UDP, ICMP, ICMPv6, IGMP, ... (bpf/vocab.py) or the protocol number
     direction: str  # egress (leaving the source pod) or ingress (entering the destination pod)
     verdict: str  # FORWARDED, DROPPED, AUDIT
     drop_reason: str  # "none" unless dropped (policy_denied)
@@ -90,6 +118,27 @@ class Flow:
     egress_policy: str | None = None
     ingress_policy: str | None = None
     is_reply: bool = False  # the answer of a connection seen first the other way
+    #: ICMP, ICMPv6, IGMP: (type, code, echo identifier) of the message; None for other protocols
+    message: tuple[int, int, int] | None = None
+
+    @property
+    def special(self) -> bool:
+        """Either end is a link-local, multicast or unspecified address (see address_kind)."""
+        return bool(address_kind(self.source.ip) or address_kind(self.destination.ip))
+
+    def message_name(self) -> str:
+        """`echo-request`, `destination-unreachable/port-unreachable`, ...; "" when not a message."""
+        if self.message is None:
+            return ""
+        return message_name(self.protocol, self.message[0], self.message[1])
+
+    def message_dict(self) -> dict[str, Any]:
+        assert self.message is not None
+        type_, code, ident = self.message
+        out: dict[str, Any] = {"type": type_, "code": code, "name": self.message_name()}
+        if self.protocol != "IGMP":
+            out["id"] = ident
+        return out
 
     @property
     def policies(self) -> list[str]:
@@ -142,7 +191,13 @@ class Flow:
                 "allowed_by": self.policies,
                 "summary": self.policy_summary(),
             },
+            # ICMP and ICMPv6 as "icmp", IGMP as "igmp": type, code, name (and the echo identifier)
+            **({self._message_key(): self.message_dict()} if self.message is not None else {}),
+            "special": self.special,
         }
+
+    def _message_key(self) -> str:
+        return "igmp" if self.protocol == "IGMP" else "icmp"
 
 
 def _iso(ns: int) -> str:
@@ -334,6 +389,12 @@ class FlowStore:
         del self._ids[bisect_left(self._ids, bid)]
 
     # -- reading (exporter.store.FlowSource) -----------------------------------------------------------
+
+    def get(self, key: FlowKey) -> Flow | None:
+        """The latest record of one flow, if stored (a connection's other half)."""
+        with self._lock:
+            bid = self._where.get(key)
+            return None if bid is None else self._buckets[bid].get(key)
 
     def query(
         self,

@@ -77,15 +77,12 @@ def endpoint(ep: Mapping[str, Any]) -> dict[str, Any]:
     )
 
 
-def icmp_type_code(flow: Mapping[str, Any]) -> tuple[int, int]:
-    """ICMP type and code: from the flow's `icmp` object when it has one, else from the key the datapath
-    files an ICMP flow under (the echo identifier as the source port, `type << 8 | code` as the
-    destination port: bpf/include/parse.h)."""
+def icmp_type_code(flow: Mapping[str, Any]) -> tuple[int, int] | None:
+    """ICMP type and code from the flow's `icmp` object (None when the flow does not carry one)."""
     icmp = flow.get("icmp") or {}
-    if "type" in icmp:
-        return int(icmp["type"]), int(icmp.get("code", 0))
-    packed = int(flow["destination"].get("port", 0))
-    return packed >> 8, packed & 0xFF
+    if "type" not in icmp:
+        return None
+    return int(icmp["type"]), int(icmp.get("code", 0))
 
 
 def layer4(flow: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,8 +98,10 @@ def layer4(flow: Mapping[str, Any]) -> dict[str, Any]:
             body["flags"] = {name: True for name in _TCP_FLAGS if name in seen}
         return {proto: _pruned(body)}
     if proto in ("ICMP", "ICMPv6"):
-        icmp_type, code = icmp_type_code(flow)
-        return {"ICMPv4" if proto == "ICMP" else "ICMPv6": _pruned({"type": icmp_type, "code": code})}
+        type_code = icmp_type_code(flow) or (0, 0)
+        return {
+            "ICMPv4" if proto == "ICMP" else "ICMPv6": _pruned({"type": type_code[0], "code": type_code[1]})
+        }
     return {}
 
 
@@ -127,8 +126,8 @@ def summary(flow: Mapping[str, Any]) -> str:
         icmp = flow.get("icmp") or {}
         if icmp.get("name"):
             return f"{family} {icmp['name']}"
-        icmp_type, code = icmp_type_code(flow)
-        return f"{family} type {icmp_type} code {code}"
+        type_code = icmp_type_code(flow)
+        return f"{family} type {type_code[0]} code {type_code[1]}" if type_code else family
     return str(proto)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from exporter.enrich import LabelSource
 from exporter.policy.manifests import AUDIT_ANNOTATION
+from exporter.workload import owners_of, workload
 
 log = logging.getLogger("lumen.kube")
 
@@ -32,6 +33,7 @@ class KubeWatch(LabelSource):
         self._policies: dict[str, Any] = {}
         self._remote: dict[tuple[str, str], tuple[dict[str, str], tuple[Any, ...], tuple[str, ...]]] = {}
         self._remote_node: dict[tuple[str, str], str] = {}
+        self._workloads: dict[tuple[str, str], tuple[str, str]] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -77,10 +79,11 @@ class KubeWatch(LabelSource):
     def on_pod_event(self, kind: str, meta: Any, node: str | None, ips: list[str], obj: Any = None) -> None:
         key = (meta.namespace, meta.name)
         if kind == "DELETED":
-            for table in (self._pods, self._ports, self._remote, self._remote_node):
+            for table in (self._pods, self._ports, self._remote, self._remote_node, self._workloads):
                 table.pop(key, None)
             return
         labels = dict(meta.labels or {})
+        self._workloads[key] = workload(meta.name, labels, owners_of(getattr(meta, "owner_references", None)))
         ports = _container_ports(obj) if obj is not None else ()
         if node == self.node:
             self._pods[key] = labels
@@ -94,6 +97,9 @@ class KubeWatch(LabelSource):
     def remote_pods(self) -> list[tuple[str, str, Mapping[str, str], tuple[Any, ...], tuple[str, ...]]]:
         """(namespace, name, labels, container ports, IPs) of pods on other nodes."""
         return [(ns, name, *v) for (ns, name), v in list(self._remote.items())]
+
+    def workload(self, namespace: str, pod: str) -> tuple[str, str]:
+        return self._workloads.get((namespace, pod), ("", ""))
 
     def node_of(self, namespace: str, name: str) -> str:
         """The node a remote pod runs on ("" if unknown)."""

@@ -1,6 +1,7 @@
 """The service map: flows from the store aggregated into nodes (pods, or bare IPs outside the node's pods;
 multicast, link-local and unspecified addresses as one node each)
-and edges (source -> destination per verdict), so the browser draws a summary instead of every event.
+and edges (client -> server per verdict: a reply is drawn on its request's edge, which names the server's
+ports only), so the browser draws a summary instead of every event.
 
 Each stored flow is one 5-tuple as of its latest event, with cumulative packets and bytes. An edge's rate
 is its bytes over the time its flows were seen (first start to last event, at least one second), so a
@@ -10,12 +11,11 @@ received, flows and drops) feed the Endpoints page.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter.flows import Endpoint, Flow
+from exporter.flows import Endpoint, Flow, address_kind
 
 EXTERNAL = ""  # namespace of nodes that are not pods on this node
 
@@ -60,7 +60,8 @@ class Edge:
     first_ns: int = 0
     last_ns: int = 0
     protocols: set[str] = field(default_factory=set)
-    ports: set[int] = field(default_factory=set)
+    ports: set[int] = field(default_factory=set)  # the server's (destination of requests) ports
+    messages: set[str] = field(default_factory=set)  # ICMP/ICMPv6/IGMP message names
     drop_reasons: set[str] = field(default_factory=set)
 
     @property
@@ -78,27 +79,13 @@ class Edge:
             "bytes_per_s": round(self.bytes_per_s, 1),
             "protocols": sorted(self.protocols),
             "ports": sorted(self.ports)[:20],
+            "messages": sorted(self.messages),
             "drop_reasons": sorted(self.drop_reasons - {"none"}),
         }
 
 
-def _group(ip: str) -> str | None:
-    """Addresses that are no one's endpoint get one node each kind, not one per group or host."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return None
-    if addr.is_multicast or ip == "255.255.255.255":
-        return "multicast"
-    if addr.is_unspecified:
-        return "unspecified"
-    if addr.is_link_local:
-        return "link-local"
-    return None
-
-
 def _node(nodes: dict[str, Node], ep: Endpoint) -> Node:
-    key = ep.name() if ep.pod else _group(ep.ip) or ep.ip
+    key = ep.name() if ep.pod else address_kind(ep.ip) or ep.ip
     node = nodes.get(key)
     if node is None:
         node = nodes[key] = Node(key, ep.namespace if ep.pod else EXTERNAL, ep.pod or key)
@@ -136,7 +123,11 @@ class MapBuilder:
         nbytes: int,
         first_ns: int,
         last_ns: int,
+        reply: bool = False,
+        message: str = "",
     ) -> None:
+        """`reply`: these flows answer connections opened the other way; their edge is drawn from client
+        to server like the requests' (one edge per connection, not two)."""
         src, dst = self._node(source), self._node(destination)
         # The datapath accounts each flow once (where it enters the pod network): no record repeats another.
         src.tx_packets += packets
@@ -147,6 +138,8 @@ class MapBuilder:
         for node in (src, dst):
             node.flows += flows
             node.dropped += dropped
+        if reply:
+            src, dst = dst, src
         edge = self.edges.get((src.id, dst.id, verdict))
         if edge is None:
             edge = self.edges[(src.id, dst.id, verdict)] = Edge(src.id, dst.id, verdict, first_ns=first_ns)
@@ -158,6 +151,8 @@ class MapBuilder:
         edge.protocols.add(protocol)
         if port:
             edge.ports.add(port)
+        if message:
+            edge.messages.add(message)
         edge.drop_reasons.add(drop_reason)
 
     def add_flow(self, f: Flow) -> None:
@@ -173,6 +168,8 @@ class MapBuilder:
             f.bytes,
             f.start_ns,
             f.time_ns,
+            f.is_reply,
+            f.message_name(),
         )
 
     def result(self) -> dict[str, Any]:

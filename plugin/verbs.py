@@ -61,13 +61,33 @@ class Rollback:
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    """Whether the ADD that wrote a "creating" record still runs. A killed one that its parent has not
+    reaped yet (a plugin-server worker, a runtime busy elsewhere) is a zombie: dead, and its work is ours
+    to reclaim."""
+    if pid <= 0:
         return False
-    except PermissionError:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return False
+    except OSError:
         return True
-    return True
+    # the state follows the parenthesised command name, which may itself hold ") "
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] not in (b"Z", b"X")
+
+
+def _still_running(pid: int, grace_s: float = 0.5) -> bool:
+    """Whether that ADD runs on. A caller that saw it die (the launcher, on its worker's closed socket)
+    can get here while the kernel is still tearing the process down: give it a moment to finish dying."""
+    import time
+
+    deadline = time.monotonic() + grace_s
+    while _pid_alive(pid):
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.005)
+    return False
 
 
 def _attach_bpf(conf: NetConf, host_ifindex: int, ips: list[str], mac: str, record: dict[str, Any]) -> bool:
@@ -153,7 +173,7 @@ def cmd_add(env: Env, conf: NetConf, environ: dict[str, str]) -> dict[str, Any]:
                 f"container {env.container_id[:12]} already has {env.ifname} on {existing.get('network')}",
                 "DEL it first",
             )
-        if _pid_alive(int(existing.get("pid", 0))):
+        if _still_running(int(existing.get("pid", 0))):
             raise CNIError(TRY_AGAIN_LATER, "another ADD for this attachment is in progress")
         log.warn(f"reclaiming attachment left by a killed ADD (pid {existing.get('pid')})")
         _teardown(conf, env, environ, existing)

@@ -1,5 +1,6 @@
-/* Packet parsing: Ethernet, one VLAN tag (802.1Q/802.1ad), IPv4, IPv6 (no extension headers),
- * TCP, UDP, SCTP, ICMP, ICMPv6 (type, code and echo identifier). Fills a flow key; returns the offset of the L4 payload, or a negative
+/* Packet parsing: Ethernet, one VLAN tag (802.1Q/802.1ad), IPv4, IPv6 (a hop-by-hop options header is
+ * skipped, other extension headers are not), TCP, UDP, SCTP, ICMP, ICMPv6 (type, code and echo
+ * identifier), IGMP (type). Fills a flow key; returns the offset of the L4 payload, or a negative
  * LUMEN_PARSE_* code. */
 #ifndef LUMEN_PARSE_H
 #define LUMEN_PARSE_H
@@ -18,6 +19,7 @@
 #define LUMEN_PARSE_TRUNCATED (-2) /* IP, but its headers are not in the linear data */
 #define LUMEN_ETH_P_8021Q 0x8100
 #define LUMEN_ETH_P_8021AD 0x88A8
+#define LUMEN_IPPROTO_HOPOPTS 0 /* IPv6 hop-by-hop options: one is skipped */
 
 struct lumen_vlan_hdr {
     __be16 tci;
@@ -67,6 +69,14 @@ static __always_inline int lumen_parse(struct __sk_buff *skb, struct flow_key *k
         key->family = 6;
         l4 = ip6->nexthdr;
         off += sizeof(*ip6);
+        if (l4 == LUMEN_IPPROTO_HOPOPTS) {
+            /* MLD reports and queries carry a router-alert option: name what follows it */
+            __u8 *opt = data + off;
+            if ((void *)(opt + 2) > end)
+                return LUMEN_PARSE_TRUNCATED;
+            l4 = opt[0];
+            off += ((int)opt[1] + 1) * 8;
+        }
     } else {
         return LUMEN_PARSE_NOT_IP; /* ARP and other non-IP: not a flow */
     }
@@ -104,6 +114,13 @@ static __always_inline int lumen_parse(struct __sk_buff *skb, struct flow_key *k
         key->dport = (__u16)icmp[0] << 8 | icmp[1];
         if (lumen_icmp_echo(l4, icmp[0]) && (void *)(icmp + 6) <= end)
             key->sport = (__u16)icmp[4] << 8 | icmp[5];
+        return off + 8;
+    }
+    if (l4 == IPPROTO_IGMP) {
+        __u8 *igmp = data + off;
+        if ((void *)(igmp + 1) > end)
+            return off;
+        key->dport = (__u16)igmp[0] << 8; /* the message type, as for ICMP (no code) */
         return off + 8;
     }
     return off;

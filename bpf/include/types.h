@@ -89,7 +89,7 @@ struct flow_key {
     __u8 saddr[16];    /* IPv4 in the first 4 bytes, rest zero */
     __u8 daddr[16];
     __u16 sport;       /* host byte order; ICMP/ICMPv6: echo identifier (0 for other messages) */
-    __u16 dport;       /* host byte order; ICMP/ICMPv6: type << 8 | code */
+    __u16 dport;       /* host byte order; ICMP/ICMPv6: type << 8 | code; IGMP: type << 8 */
     __u8 proto;        /* IPPROTO_* */
     __u8 family;       /* 4 or 6 */
     __u8 direction;    /* enum lumen_direction */

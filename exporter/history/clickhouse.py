@@ -308,16 +308,18 @@ class ClickHouseHistory:
                 rows.append(
                     (
                         self.dicts.endpoint(f.source), self.dicts.endpoint(f.destination), s[f.verdict],
-                        f.key[1], port, s[f.drop_reason], 1, f.packets, f.bytes, f.start_ns, f.time_ns,
+                        f.key[1], port, s[f.drop_reason], int(f.is_reply), 1, f.packets, f.bytes, f.start_ns,
+                        f.time_ns,
                     )
                 )  # fmt: skip
             from exporter.history.rollup import merge
 
             return merge(rows), complete
         result = self._run(
-            "SELECT src, dst, verdict, proto, if(reply, 0, dport) AS port, reason, count(), sum(packets), "
-            f"sum(bytes), min(time - start_off), max(time) FROM {self.db}.lumen_flows "
-            f"WHERE {self._time_sql(lo, hi)} AND ({cond.sql}) GROUP BY src, dst, verdict, proto, port, reason"
+            "SELECT src, dst, verdict, proto, if(reply, 0, dport) AS port, reason, toUInt8(reply), count(), "
+            f"sum(packets), sum(bytes), min(time - start_off), max(time) FROM {self.db}.lumen_flows "
+            f"WHERE {self._time_sql(lo, hi)} AND ({cond.sql}) "
+            "GROUP BY src, dst, verdict, proto, port, reason, reply"
         )
         return [tuple(r) for r in result], complete
 

@@ -293,7 +293,8 @@ def decoder(d: Dictionaries) -> Callable[[int, tuple[Any, ...]], Flow]:
             egress_policy=None if egress is None or egress < 0 else strings[egress],
             ingress_policy=None if ingress is None or ingress < 0 else strings[ingress],
             is_reply=bool(reply),
-            **{k: v for k, v in kwargs.items() if k in EXTRA_FIELDS},
+            # JSON has no tuples: a tuple field (the ICMP message) comes back as a list
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items() if k in EXTRA_FIELDS},
         )
 
     return decode

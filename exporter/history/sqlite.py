@@ -78,7 +78,7 @@ _EDGE_KEY = ("minute", "src", "dst", "node", "proto", "verdict", "reason", "dire
 _EDGE_SUMS = ("flows", "packets", "bytes", "first_off", "last_off")  # *_off: ns from the hour's start
 _SELECT = "id, " + ", ".join(COLUMN_NAMES)
 _QUERY_CHUNK = 2000  # rows read per step when rows are also filtered in Python
-_EDGE_GROUP = "src, dst, verdict, proto, port, reason"
+_EDGE_GROUP = "src, dst, verdict, proto, port, reason, reply"
 _EDGE_SUM = "sum(flows), sum(packets), sum(bytes), min(first_ns), max(last_ns)"
 _COMPOUND_MAX = 400  # SQLite allows 500 SELECTs in one UNION ALL
 
@@ -763,8 +763,8 @@ class SqliteHistory:
                     if q.matches(f):
                         port = 0 if f.is_reply else f.destination.port
                         out.append(
-                            (row[1], row[2], s[f.verdict], f.key[1], port, s[f.drop_reason], 1,
-                                    f.packets, f.bytes, f.start_ns, f.time_ns)
+                            (row[1], row[2], s[f.verdict], f.key[1], port, s[f.drop_reason], int(f.is_reply),
+                             1, f.packets, f.bytes, f.start_ns, f.time_ns)
                         )  # fmt: skip
             except sqlite3.OperationalError as exc:
                 if "no such table" not in str(exc):
@@ -824,7 +824,7 @@ def _raw_part(h: int, a: int, b: int, where: str) -> str:
     base = _hour_start(h)
     lo, hi = a << SEQ_BITS, (b << SEQ_BITS) | SEQ_MASK
     return (
-        "SELECT src, dst, verdict, proto, CASE WHEN reply THEN 0 ELSE dport END AS port, reason, "
+        "SELECT src, dst, verdict, proto, CASE WHEN reply THEN 0 ELSE dport END AS port, reason, reply, "
         "count(*) AS flows, sum(packets) AS packets, sum(bytes) AS bytes, "
         f"min((id >> {SEQ_BITS}) - start_off) + {base} AS first_ns, "
         f"max(id >> {SEQ_BITS}) + {base} AS last_ns FROM flows_{h} "

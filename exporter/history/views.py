@@ -29,7 +29,7 @@ def build_map(
     endpoints, strings = d.endpoints, d.strings
     b = MapBuilder()
     add = b.add
-    for src, dst, verdict, proto, port, reason, flows, packets, nbytes, first, last in rows:
+    for src, dst, verdict, proto, port, reason, reply, flows, packets, nbytes, first, last in rows:
         add(
             endpoints[src],
             endpoints[dst],
@@ -42,6 +42,7 @@ def build_map(
             nbytes,
             first,
             last,
+            bool(reply),
         )
     out = b.result()
     out["complete"] = complete

@@ -262,8 +262,3 @@ def summary(compiled: Compiled) -> str:
         f"{len(compiled.policy_names)} policies, {len(compiled.markers)} isolated (identity, direction), "
         f"{len(compiled.allows)} allow entries, {len(compiled.cidrs)} CIDR identities"
     )
-
-
-def network_key(net: IPNetwork) -> tuple[bytes, int, int]:
-    """16 address bytes (IPv4 in the first 4), family, prefix length: as struct cidr_key holds them."""
-    return net.network_address.packed.ljust(16, b"\0"), net.version, net.prefixlen

@@ -21,6 +21,7 @@ from exporter.policy.cluster import ContainerPort
 from exporter.policy.errors import PolicyError
 from exporter.policy.model import NetworkPolicy, parse_policy, yaml_objects
 from exporter.policy.selectors import check_label_key, check_label_value
+from exporter.workload import owners_of
 
 #: Namespace annotation: "true" turns policy drops in that namespace into AUDIT verdicts (forwarded)
 AUDIT_ANNOTATION = "lumen.dev/policy-audit"
@@ -36,6 +37,8 @@ class PodManifest:
     #: where it runs and its addresses, when given: a pod on another node is routed and named by them
     node: str = ""
     ips: tuple[str, ...] = ()
+    #: (kind, name) of metadata.ownerReferences, the controller first: the pod's workload
+    owners: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> str:
@@ -99,7 +102,8 @@ def parse_pod(doc: dict, default_namespace: str = "default") -> PodManifest:
     node = spec.get("nodeName") or ""
     if not isinstance(node, str):
         raise PolicyError("spec.nodeName", "must be a string")
-    return PodManifest(namespace, name, _labels(meta, "metadata"), tuple(ports), node, _pod_ips(doc))
+    owners = owners_of(meta.get("ownerReferences"))
+    return PodManifest(namespace, name, _labels(meta, "metadata"), tuple(ports), node, _pod_ips(doc), owners)
 
 
 def _pod_ips(doc: dict) -> tuple[str, ...]:

@@ -121,14 +121,25 @@ class Kube:
         self._targets: list[Target] = []
         self._listed = 0.0
         self._lock = asyncio.Lock()
+        self._background: asyncio.Task[None] | None = None
         self._api: Any = None
 
     def targets(self) -> list[Target]:
         return list(self._targets)
 
     async def refresh(self) -> None:
+        """List now if nothing was listed yet; a stale list is re-listed in the background, so a
+        query never waits on the API server once the relay knows its agents."""
+        if self._listed and time.monotonic() - self._listed < REFRESH_S:
+            return
+        if not self._listed:
+            await self._relist()
+        elif self._background is None or self._background.done():
+            self._background = asyncio.create_task(self._relist())
+
+    async def _relist(self) -> None:
         async with self._lock:
-            if time.monotonic() - self._listed < REFRESH_S and self._listed:
+            if self._listed and time.monotonic() - self._listed < REFRESH_S:
                 return
             try:
                 self._targets = await asyncio.to_thread(self._list)

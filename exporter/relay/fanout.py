@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +64,11 @@ class Metrics:
             "lumen_relay_agent_errors", "failed requests to an agent", ["node", "reason"], registry=registry
         )
         self.streams = Gauge("lumen_relay_streams", "live streams the relay serves", registry=registry)
+        self.hubs = Gauge(
+            "lumen_relay_stream_hubs",
+            "sets of agent streams open, one per distinct filter that viewers follow",
+            registry=registry,
+        )
 
 
 def describe(exc: Exception) -> tuple[str, str]:
@@ -180,7 +185,7 @@ class Fanout:
 
     async def stream(
         self, target: Target, path: str, params: Sequence[tuple[str, str]]
-    ) -> AsyncIterator[tuple[str, str]]:
+    ) -> AsyncGenerator[tuple[str, str], None]:
         """("open", "") once connected, then the (event, data) pairs of one agent's SSE stream until it
         ends; raises httpx.HTTPError or
         StreamError (with the reason) when it cannot be read."""

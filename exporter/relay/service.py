@@ -12,24 +12,18 @@ import json
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-import httpx
 
 from exporter import servicemap
 from exporter.api import FlowRequest
-from exporter.relay import merge
+from exporter.relay import merge, streams
 from exporter.relay.discovery import Target
-from exporter.relay.fanout import Fanout, Result, StreamError, describe
+from exporter.relay.fanout import Fanout, Result
 from exporter.relay.wire import flow_from_dict, time_us
 from exporter.store import FlowSource
 
 MAX_ROUNDS = 4  # fetch rounds for one page: each doubles what truncated agents are asked for
-STREAM_QUEUE = 16384  # events waiting for a slow viewer, beyond which they are counted lost
-STREAM_BATCH = 512
-KEEPALIVE_S = 15.0
-RETRY_S = (0.5, 1.0, 2.0, 5.0)  # reconnect delays of a lost agent stream
 MAP_TTL_S = 2.0
 ASK_SLACK = 1.5  # first asks: an agent's share of recent pages times this (3 agents evenly: 52 of 100)
 SHARE_WEIGHT = 0.5  # how fast the shares follow where recent flows come from
@@ -66,6 +60,7 @@ class Relay:
         self.pair_wait_s = pair_wait_s
         self.history = history
         self.started_at = time.time()
+        self.hubs = streams.Hubs(fanout, lambda: self.pair_wait_s if self.pair else 0.0)
         self._share: dict[str, float] = {}  # each agent's part of recent pages, 0..1
         self._maps: dict[tuple[tuple[str, str], ...], tuple[float, dict[str, Any]]] = {}
 
@@ -242,102 +237,52 @@ class Relay:
         disconnected: Callable[[], Awaitable[bool]],
     ) -> AsyncIterator[str]:
         """SSE text: a `nodes` event (which agents feed the stream, which do not and why) first and on
-        every change, the newest `last` rows, then every agent's live flows interleaved as they come."""
+        every change, the newest `last` rows, then every agent's live flows interleaved as they come
+        (through the hub all viewers of this filter share)."""
         targets = await self.fanout.targets()
-        queue: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue(STREAM_QUEUE)
-        state = _StreamState({t.name: "connecting" for t in targets})
-        pumps = [asyncio.create_task(self._pump(t, forward, queue, state)) for t in targets]
-        pairer = merge.StreamPairer(self.pair_wait_s if self.pair and len(targets) > 1 else 0.0)
+        hub, viewer = self.hubs.join(targets, forward)
         self.fanout.metrics.streams.inc()
         try:
             yield ": lumen relay\n\n"
             backlog = await self.flows(forward, last) if last else None
-            seen: set[merge.Position] = set()
-            if backlog is not None:
-                for name, error in backlog["errors"].items():
-                    state.errors.setdefault(name, error)
-                for row in backlog["flows"]:
-                    seen.add(merge.record(row.get("node", ""), row).pos)
+            seen = {merge.record(r.get("node", ""), r).pos for r in backlog["flows"]} if backlog else set()
             try:  # the first word on the nodes once each agent's stream is open or has failed
-                await asyncio.wait_for(state.settled.wait(), self.fanout.timeout_s)
+                await asyncio.wait_for(hub.states.settled.wait(), self.fanout.timeout_s)
             except TimeoutError:
                 pass
-            yield state.event()
+            said = hub.states.event()
+            yield said
             if backlog is not None:
-                yield "".join(_sse_flow(row) for row in backlog["flows"])
+                yield "".join(streams.sse_row(row) for row in backlog["flows"])
             reported_lost = 0
             while True:
-                deadline = pairer.next_deadline()
-                wait = KEEPALIVE_S if deadline is None else max(0.0, deadline - time.monotonic())
                 try:
-                    first = await asyncio.wait_for(queue.get(), min(wait, KEEPALIVE_S))
-                    items = [first]
-                    while len(items) < STREAM_BATCH and not queue.empty():
-                        items.append(queue.get_nowait())
+                    items = [await asyncio.wait_for(viewer.queue.get(), streams.KEEPALIVE_S)]
+                    while len(items) < streams.BATCH and not viewer.queue.empty():
+                        items.append(viewer.queue.get_nowait())
                 except TimeoutError:
-                    items = []
-                chunk: list[str] = []
-                for kind, node, data in items:
-                    if kind != "flow":
-                        continue
-                    rec = merge.record(node, json.loads(data))
-                    if seen and rec.pos in seen:
-                        continue  # in the backlog already
-                    chunk.extend(map(_sse_flow, pairer.add(rec, time.monotonic())))
-                chunk.extend(map(_sse_flow, pairer.due(time.monotonic())))
-                if state.changed:
-                    chunk.insert(0, state.event())
-                lost = state.lost + sum(state.upstream_lost.values())
+                    if await disconnected():
+                        return
+                    yield ": keepalive\n\n"
+                    continue
+                chunk = []
+                for pos, text in items:
+                    if pos is None:  # the nodes' states changed: say how they are now, if news to it
+                        now = hub.states.event()
+                        if now != said:
+                            said = now
+                            chunk.append(now)
+                    elif pos not in seen:  # a row already sent with the backlog is not sent again
+                        chunk.append(text)
+                lost = hub.lost_for(viewer)
                 if lost != reported_lost:
                     reported_lost = lost
                     chunk.insert(0, f"event: lost\ndata: {json.dumps({'dropped': lost})}\n\n")
                 if chunk:
                     yield "".join(chunk)
-                elif not items:
-                    if await disconnected():
-                        return
-                    yield ": keepalive\n\n"
         finally:
-            for p in pumps:
-                p.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
             self.fanout.metrics.streams.dec()
-
-    async def _pump(
-        self,
-        target: Target,
-        forward: Sequence[tuple[str, str]],
-        queue: asyncio.Queue[tuple[str, str, str]],
-        state: _StreamState,
-    ) -> None:
-        """One agent's live flows into the viewer's queue; reconnects while the viewer stays."""
-        attempt = 0
-        while True:
-            try:
-                async for event, data in self.fanout.stream(
-                    target, "/api/flows/stream", [*forward, ("last", "0")]
-                ):
-                    if event == "open":
-                        attempt = 0
-                        if state.set(target.name, None):
-                            _wake(queue, target.name)
-                    elif event == "flow":
-                        try:
-                            queue.put_nowait(("flow", target.name, data))
-                        except asyncio.QueueFull:
-                            state.lost += 1
-                    elif event == "lost":
-                        state.upstream_lost[target.name] = int(json.loads(data).get("dropped", 0))
-                error, label = "stream ended", "eof"
-            except StreamError as exc:
-                error, label = str(exc), exc.label
-            except httpx.HTTPError as exc:
-                label, error = describe(exc)
-            self.fanout.mark(target, error, label)
-            if state.set(target.name, error):
-                _wake(queue, target.name)
-            await asyncio.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
-            attempt += 1
+            await self.hubs.leave(hub, viewer)
 
     # -- the other routes ----------------------------------------------------------------------------
 
@@ -390,56 +335,6 @@ class Relay:
         if not up:
             return False, "no agent answers"
         return True, f"{up}/{len(results)} agents answer"
-
-
-@dataclass
-class _StreamState:
-    errors: dict[str, str]  # agents not feeding the stream now, and why
-    changed: bool = True
-    lost: int = 0  # dropped here: the viewer read too slowly
-    upstream_lost: dict[str, int] = field(default_factory=dict)  # reported by each agent
-    settled: asyncio.Event = field(default_factory=asyncio.Event)  # no agent still "connecting"
-
-    def __post_init__(self) -> None:
-        if "connecting" not in self.errors.values():
-            self.settled.set()
-
-    def set(self, name: str, error: str | None) -> bool:
-        """Record an agent's state; True if it changed."""
-        old = self.errors.get(name)
-        if error is None:
-            if name not in self.errors:
-                return False
-            del self.errors[name]
-        else:
-            if old == error:
-                return False
-            self.errors[name] = error
-        self.changed = True
-        if "connecting" not in self.errors.values():
-            self.settled.set()
-        return True
-
-    def event(self) -> str:
-        self.changed = False
-        body = {
-            "unreachable": sorted(n for n, e in self.errors.items() if e != "connecting"),
-            "connecting": sorted(n for n, e in self.errors.items() if e == "connecting"),
-            "errors": {n: e for n, e in sorted(self.errors.items()) if e != "connecting"},
-        }
-        return f"event: nodes\ndata: {json.dumps(body, separators=(',', ':'))}\n\n"
-
-
-def _wake(queue: asyncio.Queue[tuple[str, str, str]], name: str) -> None:
-    """Wake the writer so it tells the viewer an agent came or went (a full queue wakes it anyway)."""
-    try:
-        queue.put_nowait(("nodes", name, ""))
-    except asyncio.QueueFull:
-        pass
-
-
-def _sse_flow(row: dict[str, Any]) -> str:
-    return f"event: flow\ndata: {json.dumps(row, separators=(',', ':'))}\n\n"
 
 
 def _iso_key(iso: str) -> int:

@@ -10,11 +10,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bpf import abi, vocab
 from exporter.flows import TCP_FLAG_NAMES, Endpoint, Flow
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 US = timedelta(microseconds=1)
-PROTOCOL_NUMBERS = {"ICMP": 1, "TCP": 6, "UDP": 17, "ICMPv6": 58, "SCTP": 132}
+PROTOCOL_NUMBERS = vocab.PROTOCOL_NUMBERS
 
 
 def time_us(iso: str) -> int:
@@ -35,12 +36,17 @@ def five_tuple(flow: dict[str, Any]) -> str:
 
 
 def _endpoint(d: dict[str, Any]) -> Endpoint:
+    owner = d.get("workload") or {}
     return Endpoint(
         str(d["ip"]),
         int(d["port"]),
         str(d.get("namespace", "")),
         str(d.get("pod", "")),
         d.get("labels") or {},
+        str(d.get("node", "")),
+        str(owner.get("kind", "")),
+        str(owner.get("name", "")),
+        int(d.get("identity") or 0),
     )
 
 
@@ -50,8 +56,14 @@ def flow_from_dict(d: dict[str, Any]) -> Flow:
     number = PROTOCOL_NUMBERS.get(proto, int(proto) if proto.isdigit() else 0)
     policy = d.get("policy") or {}
     flags = set(d.get("tcp_flags") or ())
+    sport, dport = src.port, dst.port
+    message = None
+    raw = d.get("icmp") or d.get("igmp")
+    if isinstance(raw, dict):
+        message = (int(raw.get("type", 0)), int(raw.get("code", 0)), int(raw.get("id", 0)))
+        sport, dport = abi.icmp_key_ports(*message)  # the agent's key: ping sessions stay apart
     return Flow(
-        key=(6 if ":" in src.ip else 4, number, src.ip, dst.ip, src.port, dst.port, str(d["direction"])),
+        key=(6 if ":" in src.ip else 4, number, src.ip, dst.ip, sport, dport, str(d["direction"])),
         type=str(d["type"]),
         time_ns=time_us(d["time"]) * 1000,
         start_ns=time_us(d["start"]) * 1000,
@@ -71,4 +83,5 @@ def flow_from_dict(d: dict[str, Any]) -> Flow:
         egress_policy=policy.get("egress"),
         ingress_policy=policy.get("ingress"),
         is_reply=bool(d.get("is_reply", False)),
+        message=message,
     )

@@ -133,3 +133,25 @@ def test_docs_render_with_the_network_closed(browser, server):
     assert "Lumen agent" in browser.find_element(By.CSS_SELECTOR, ".swagger-ui .info .title").text
     screenshot(browser, "docs")
     assert console_errors(browser) == []
+
+
+def test_older_flows_continue_below_what_live_rows_pushed_out(browser, server, node):
+    """Live rows beyond the table's 500 push the bottom out; older flows then continue from the oldest row
+    still shown (no gap, no row twice), and page on with the cursor."""
+    stored = [flow(src_pod=("trim", "a"), dst_pod=("trim", "b")) for _ in range(150)]
+    node.store.add_many(stored)
+    browser.get(server.url + "/flows?namespace=trim")
+    wait_until(lambda: len(source_ports(browser)) == 100)
+    live = []
+    for _ in range(450):  # 100 + 450 > 500: the 50 oldest rows go
+        node.store.add(f := flow(src_pod=("trim", "a"), dst_pod=("trim", "b")))
+        live.append(f)
+    everything = [f.source.port for f in reversed(stored + live)]  # newest first
+    wait_until(lambda: source_ports(browser) == everything[:500], timeout=20)
+    older = browser.find_element(By.ID, "older")
+    older.click()
+    wait_until(lambda: len(source_ports(browser)) == 600)
+    older.click()
+    wait_until(lambda: older.text == "No older flows stored")
+    assert source_ports(browser) == everything
+    assert console_errors(browser) == []

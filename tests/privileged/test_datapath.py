@@ -19,6 +19,7 @@ import pytest
 
 from bpf import abi
 from bpf.loader import Datapath, DatapathConfig, unpin_all
+from bpf.ringbuf import EventReader
 from plugin.netlink import Netlink
 from tests.cni_harness import PREFIX, Node, Pod, ns_exec
 from tests.privileged import dp_tools as t
@@ -55,6 +56,15 @@ def dp(pin_dir: str) -> Iterator[Datapath]:
         yield d
     finally:
         d.close()
+
+
+@pytest.fixture
+def reader(dp: Datapath) -> Iterator[EventReader]:
+    r = EventReader(dp.cfg.pin_dir)
+    try:
+        yield r
+    finally:
+        r.close()
 
 
 @pytest.fixture
@@ -131,9 +141,10 @@ def test_udp_datagrams_are_counted_exactly_once(dp: Datapath, dnode: Node, versi
 
 
 @pytest.mark.parametrize("version", [4, 6])
-def test_tcp_transfer_counts_payload_and_emits_new_and_end(dp: Datapath, dnode: Node, version: int):
+def test_tcp_transfer_counts_payload_and_emits_new_and_end(
+    dp: Datapath, reader: EventReader, dnode: Node, version: int
+):
     events: list[abi.FlowEvent] = []
-    dp.open_ring_buffer(events.append)
     a, b = dnode.add_pod("a"), dnode.add_pod("b")
     nbytes = 3_000_000
     received, on_wire = t.tcp(a, b, version, nbytes)
@@ -149,7 +160,7 @@ def test_tcp_transfer_counts_payload_and_emits_new_and_end(dp: Datapath, dnode: 
     assert flags.get((version, 0x02), 0) >= 1 and flags.get((version, 0x12), 0) >= 1, "SYN, SYN-ACK counted"
     assert sum(n for (v, f), n in flags.items() if v == version and f & 0x01) >= 2, "a FIN each way"
     for _ in range(20):
-        dp.poll(50)
+        events.extend(map(abi.FlowEvent.from_buffer_copy, reader.read(50)))
     ours = [(e.type, abi.addr_str(e.key.saddr, e.key.family)) for e in events if e.key.proto == TCP]
     for ip in (a.ip(version), b.ip(version)):
         assert (abi.EventType.NEW, ip) in ours
@@ -183,12 +194,11 @@ def test_ping_is_counted_both_ways(dp: Datapath, dnode: Node, version: int):
 
 @pytest.mark.parametrize("version", [4, 6])
 def test_separate_ping_sessions_are_separate_flows_with_their_icmp_type(
-    dp: Datapath, dnode: Node, version: int
+    dp: Datapath, reader: EventReader, dnode: Node, version: int
 ):
     """Two pings at once between the same pods: each session (echo identifier) is its own request flow
     and its own reply flow, the reply marked as the answer of its request; events carry type and code."""
     events: list[abi.FlowEvent] = []
-    dp.open_ring_buffer(events.append)
     a, b = dnode.add_pod("a"), dnode.add_pod("b")
     pings = [
         subprocess.Popen(
@@ -210,7 +220,7 @@ def test_separate_ping_sessions_are_separate_flows_with_their_icmp_type(
         assert rep.packets == requests[echo_id].packets
         assert rep.flags & abi.FlowFlag.REPLY and not requests[echo_id].flags & abi.FlowFlag.REPLY
     for _ in range(10):
-        dp.poll(50)
+        events.extend(map(abi.FlowEvent.from_buffer_copy, reader.read(50)))
     seen = {
         (abi.icmp_from_key(e.key.sport, e.key.dport), e.type)
         for e in events
@@ -269,17 +279,17 @@ def test_a_reused_address_gets_the_new_pods_traffic_on_the_same_flow(dp: Datapat
 
 def test_a_full_ring_buffer_counts_exactly_the_lost_events(pin_dir: str, dnode: Node):
     dp = load(pin_dir, ringbuf_pages=1, aggregation=abi.Aggregation.NONE)
+    reader = EventReader(dp.cfg.pin_dir)
     try:
         a, b = dnode.add_pod("a"), dnode.add_pod("b")
         events: list[abi.FlowEvent] = []
-        dp.open_ring_buffer(events.append)
 
         def settled() -> tuple[int, int, int, int]:
             """(accounted packets, lost, submitted, delivered), read twice alike: the pods' own IPv6
             chatter (router solicitations, MLD) may land between two reads."""
             last = None
             for _ in range(50):
-                dp.poll(20)
+                events.extend(map(abi.FlowEvent.from_buffer_copy, reader.read(20)))
                 now = (
                     sum(v.packets for v in t.flows(dp).values()),
                     dp.lost_events(),
@@ -299,6 +309,7 @@ def test_a_full_ring_buffer_counts_exactly_the_lost_events(pin_dir: str, dnode: 
         assert got1 - got0 == sent1 - sent0, "every submitted event was delivered"
         assert (got1 - got0) + lost == packets1 - packets0, "each packet is an event or a lost one"
     finally:
+        reader.close()
         dp.close()
 
 

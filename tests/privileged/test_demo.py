@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import time
@@ -59,3 +60,49 @@ def test_demo_started_in_the_background_stops_and_cleans_up_on_sigint(tmp_path: 
     # the one-node demo keeps its logs in the work dir; its state and pinned maps go
     assert not (tmp_path / "state").exists() and not (tmp_path / "pins").exists()
     assert nodes == 1 or not workdir.exists()
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_two_demos_with_the_same_flags_run_side_by_side(tmp_path: Path, nodes: int) -> None:
+    """`make demo` twice on one machine: each takes its own names (prefix plus hex), its own subnets
+    (the claimed octet) and its own port; both run, and stopping each cleans up only its own."""
+    import re
+
+    tag = "ux" + secrets.token_hex(2)
+    argv = [str(REPO / ".venv" / "bin" / "python"), str(REPO / "scripts" / "demo.py"), "--nodes", str(nodes),
+            "--no-agent", "--prefix", tag]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    demos = [
+        subprocess.Popen(
+            argv, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        for log in logs
+    ]
+    try:
+        deadline = time.monotonic() + 180
+        for demo, log in zip(demos, logs, strict=True):
+            while "Ctrl-C stops and cleans up" not in log.read_text():
+                assert demo.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        octets = [set(re.findall(r"\b10\.(\d+)\.\d+\.\d+\b", log.read_text())) for log in logs]
+        assert all(len(o) == 1 for o in octets) and octets[0] != octets[1], octets
+        assert tag in _netns() or tag in _links()
+    finally:
+        for demo in demos:
+            if demo.poll() is None:
+                os.killpg(demo.pid, signal.SIGINT)
+        for demo in demos:
+            try:
+                demo.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(demo.pid, signal.SIGKILL)
+                demo.wait()
+    for log in logs:
+        assert "cleaned up" in log.read_text(), log.read_text()
+    assert tag not in _netns() and tag not in _links()
+    assert not list(Path("/run").glob(f"lumen-demo-{tag}*"))  # state dirs
+    kept = list(Path("/tmp").glob(f"lumen-demo-{tag}*"))
+    assert len(kept) == (2 if nodes == 1 else 0)  # the one-node demo keeps its logs for reading, apart
+    for path in kept:
+        shutil.rmtree(path)

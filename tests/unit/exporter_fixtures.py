@@ -8,6 +8,7 @@ import os
 import time
 from typing import Any
 
+from bpf import abi, vocab
 from exporter.flows import Endpoint, Flow, FlowStore
 from exporter.metrics import PodCounts
 
@@ -29,14 +30,23 @@ def make_flow(
     packets: int = 1,
     nbytes: int = 100,
     labels: dict[str, str] | None = None,
+    is_reply: bool = False,
+    message: tuple[int, int, int] | None = None,
 ) -> Flow:
+    """A flow as decode.py makes them; for ICMP pass `message` (type, code, echo id): the key holds the
+    kernel's (echo id, type << 8 | code) and the ends have no port."""
+
     def ep(ip: str, port: int, pod: tuple[str, str] | None) -> Endpoint:
         if pod is None:
             return Endpoint(ip, port)
         return Endpoint(ip, port, pod[0], pod[1], dict(labels or {}))
 
+    key_ports = (sport, dport)
+    if message is not None:
+        key_ports = abi.icmp_key_ports(*message)
+        sport = dport = 0
     return Flow(
-        key=(6 if ":" in src else 4, 6, src, dst, sport, dport, direction),
+        key=(6 if ":" in src else 4, vocab.PROTOCOL_NUMBERS.get(proto, 6), src, dst, *key_ports, direction),
         type=type,
         time_ns=time_ns,
         start_ns=time_ns - 10**9,
@@ -52,6 +62,8 @@ def make_flow(
         tcp_flags=0x12,
         # a dropped flow: the destination is isolated for ingress and no rule admits the source
         ingress_policy="" if verdict == "DROPPED" else None,
+        is_reply=is_reply,
+        message=message,
     )
 
 
@@ -102,7 +114,8 @@ class FakeMaps:
         self.entries = 0
         self.flows: dict[tuple[str, str, str], int] = {}  # (verdict, protocol, direction) -> flows
         self.drop_packets: dict[tuple[str, str], int] = {}
-        self.decisions: dict[tuple[int, str, str], int] = {}
+        self.decisions: dict[tuple[int, str, str, bool], int] = {}
+        self.flags: dict[tuple[str, str], int] = {}
         self.pods: dict[int, PodCounts] = {}
         self.pairs: dict[tuple[int, int, str], int] = {}
         self.sources: dict[str, tuple[int, int]] = {}
@@ -117,8 +130,11 @@ class FakeMaps:
     def drops(self) -> dict[tuple[str, str], int]:
         return dict(self.drop_packets)
 
-    def policy_counts(self) -> dict[tuple[int, str, str], int]:
+    def policy_counts(self) -> dict[tuple[int, str, str, bool], int]:
         return dict(self.decisions)
+
+    def tcp_flags(self) -> dict[tuple[str, str], int]:
+        return dict(self.flags)
 
     def pod_counters(self) -> dict[int, PodCounts]:
         return dict(self.pods)

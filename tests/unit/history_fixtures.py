@@ -43,7 +43,7 @@ def flow_lists(draw: st.DrawFn, max_size: int = 40, span_ns: int = 3 * HOUR) -> 
         v6 = ":" in endpoint(s, 0).ip or ":" in endpoint(d, 0).ip
         if v6:  # one family per flow: both ends v6
             s, d = len(PODS) + 2, len(PODS) + 2
-        proto = draw(st.sampled_from([(6, "TCP"), (17, "UDP"), (1, "ICMP"), (132, "SCTP"), (47, "47")]))
+        proto = draw(st.sampled_from([(6, "TCP"), (17, "UDP"), (1, "ICMP"), (132, "SCTP"), (253, "253")]))
         dport = draw(st.sampled_from([0, 53, 80, 443, 8080]))
         sport = 20000 + k  # distinct keys: the memory store keeps one record per key
         verdict = draw(st.sampled_from(["FORWARDED", "FORWARDED", "DROPPED", "AUDIT"]))

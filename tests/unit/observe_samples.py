@@ -55,29 +55,39 @@ def _flow(
     )
 
 
+#: the frontend pod: labels, node, its Deployment and its policy identity
+FRONTEND: dict[str, Any] = {
+    "labels": {"app": "frontend", "tier": "web"},
+    "node": "n1",
+    "workload_kind": "Deployment",
+    "workload": "frontend",
+    "identity": 256,
+}
+CART: dict[str, Any] = {"labels": {"app": "cart"}, "node": "n2", "identity": 257}
+
+
 def sample_flows() -> list[Flow]:
-    frontend = Endpoint("10.244.1.10", 41000, "shop", "frontend", {"app": "frontend", "tier": "web"}, "n1")
-    cart = Endpoint("10.244.2.11", 8080, "shop", "cart", {"app": "cart"}, "n2")
-    cart6 = Endpoint("fd00:244:2::b", 51000, "shop", "cart", {"app": "cart"}, "n2")
-    outside6 = Endpoint("fd01:244::c8", 443)
-    # an echo request as the datapath keys it: echo identifier 4242, type 8 << 8 | code 0
-    monitor = Endpoint("10.244.2.12", 4242, "ops", "monitor", {"app": "monitor"}, "n2")
-    frontend_icmp = Endpoint(
-        "10.244.1.10", 8 << 8, "shop", "frontend", {"app": "frontend", "tier": "web"}, "n1"
-    )
-    catalog = Endpoint("10.244.3.13", 38000, "shop", "catalog", {"app": "catalog"}, "n3")
-    internet = Endpoint("192.168.244.200", 443)
+    frontend = Endpoint("10.244.1.10", 41000, "shop", "frontend", **FRONTEND)
+    cart = Endpoint("10.244.2.11", 8080, "shop", "cart", **CART)
+    cart6 = Endpoint("fd00:244:2::b", 51000, "shop", "cart", **CART)
+    outside6 = Endpoint("fd01:244::c8", 443, identity=2)  # WORLD: no pod
+    monitor = Endpoint("10.244.2.12", 0, "ops", "monitor", {"app": "monitor"}, "n2", identity=260)
+    frontend_icmp = Endpoint("10.244.1.10", 0, "shop", "frontend", **FRONTEND)  # ICMP has no ports
+    catalog = Endpoint("10.244.3.13", 38000, "shop", "catalog", {"app": "catalog"}, "n3", identity=258)
+    internet = Endpoint("192.168.244.200", 443, identity=2)
+    ping = _flow(monitor, frontend_icmp, "ICMP", num=1, type="DROP", verdict="DROPPED", direction="ingress",
+                 offset_ns=3_000_000, ingress="", packets=1, nbytes=84, duration_ns=0)  # fmt: skip
+    ping.message = (8, 0, 4242)  # echo request, echo identifier 4242
     return [
         _flow(frontend, cart, "TCP", num=6, flags=SYN | ACK | PSH, duration_ns=127_044_825_000,
               ingress="shop/allow-shop", packets=12, nbytes=3400),
-        _flow(Endpoint("10.244.2.11", 8080, "shop", "cart", {"app": "cart"}, "n2"),
-              Endpoint("10.244.1.10", 41000, "shop", "frontend", {"app": "frontend", "tier": "web"}, "n1"),
+        _flow(Endpoint("10.244.2.11", 8080, "shop", "cart", **CART),
+              Endpoint("10.244.1.10", 41000, "shop", "frontend", **FRONTEND),
               "TCP", num=6, type="END", direction="ingress", flags=ACK | PSH | FIN, reply=True,
               offset_ns=1_500_000, duration_ns=127_000_000_000, packets=10, nbytes=52_000),
         _flow(cart6, outside6, "UDP", num=17, node="n2", offset_ns=2_000_000, duration_ns=0, packets=1,
               nbytes=76),
-        _flow(monitor, frontend_icmp, "ICMP", num=1, type="DROP", verdict="DROPPED", direction="ingress",
-              offset_ns=3_000_000, ingress="", packets=1, nbytes=84, duration_ns=0),
+        ping,
         _flow(catalog, internet, "TCP", num=6, type="REPORT", node="n3", flags=ACK | PSH,
               offset_ns=4_000_000, duration_ns=850_000_000, packets=40, nbytes=2_000_000),
     ]  # fmt: skip

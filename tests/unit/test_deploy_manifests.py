@@ -178,7 +178,7 @@ def test_service_and_servicemonitor_reach_the_agent() -> None:
     (svc_port,) = svc["spec"]["ports"]
     assert port_names[svc_port["targetPort"]] == svc_port["port"]
 
-    sm = _one("ServiceMonitor", K8S / "monitoring")
+    sm = _one("ServiceMonitor", K8S / "monitoring", name=AGENT)
     assert sm["apiVersion"] == "monitoring.coreos.com/v1"
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     assert svc["metadata"]["namespace"] in sm["spec"]["namespaceSelector"]["matchNames"]
@@ -289,3 +289,22 @@ def test_relay_runs_unprivileged_and_its_service_reaches_it() -> None:
     assert f"--port={port['port']}" in relay["command"]
     probes = {relay["readinessProbe"]["httpGet"]["path"], relay["livenessProbe"]["httpGet"]["path"]}
     assert probes == {"/readyz", "/healthz"}
+
+
+def test_relay_servicemonitor_scrapes_the_relay_with_its_token() -> None:
+    sm = _one("ServiceMonitor", K8S / "monitoring", name=RELAY)
+    svc = _one("Service", name=RELAY)
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    (endpoint,) = sm["spec"]["endpoints"]
+    (port,) = svc["spec"]["ports"]
+    assert endpoint["port"] == port["name"] and endpoint["path"] == "/metrics"
+    assert endpoint["authorization"]["credentials"]["name"] == "lumen-relay-token"
+    # the alert on unreachable agents selects the job the Service's name becomes
+    rules = yaml.safe_load((REPO / "deploy/prometheus/rules.yaml").read_text())
+    exprs = [
+        r["expr"]
+        for g in rules["groups"]
+        for r in g["rules"]
+        if r.get("alert") == "LumenRelayAgentUnreachable"
+    ]
+    assert exprs == [f'lumen_relay_agent_up{{job="{svc["metadata"]["name"]}"}} == 0']

@@ -159,7 +159,10 @@ def test_flow_json_shape():
         "pod": "client",
         "labels": {},
         "node": "",
+        "workload": None,
+        "identity": 0,
     }
     assert d["tcp_flags"] == ["SYN", "ACK"]
+    assert d["special"] is False and "icmp" not in d
     assert d["duration_ms"] == 1000.0
     assert d["time"].endswith("Z")

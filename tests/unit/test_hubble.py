@@ -104,6 +104,8 @@ def test_a_tcp_request_field_by_field() -> None:
         "namespace": "shop",
         "pod_name": "frontend",
         "labels": ["k8s:app=frontend", "k8s:tier=web"],
+        "identity": 256,
+        "workloads": [{"name": "frontend", "kind": "Deployment"}],
     }
     assert f["destination"]["pod_name"] == "cart" and f["destination"]["labels"] == ["k8s:app=cart"]
     # seen leaving the client pod: Hubble's trace point FROM_ENDPOINT, an egress connection
@@ -131,7 +133,7 @@ def test_udp_over_ipv6_to_an_address_outside_the_cluster() -> None:
     f = hubble.flow(sample_dicts()[2])
     assert f["IP"]["ipVersion"] == "IPv6" and f["IP"]["destination"] == "fd01:244::c8"
     assert f["l4"] == {"UDP": {"source_port": 51000, "destination_port": 443}}
-    assert "destination" not in f  # no pod: every field of the endpoint is empty, so it is left out
+    assert f["destination"] == {"identity": 2, "labels": ["reserved:world"]}  # no pod: the world
     assert f["Summary"] == "UDP"
 
 
@@ -143,7 +145,7 @@ def test_a_dropped_ping() -> None:
     assert "trace_observation_point" not in f  # a drop is no trace event
     assert f["l4"] == {"ICMPv4": {"type": 8}}  # echo request; code 0 is left out, as proto3 JSON does
     assert f["traffic_direction"] == "INGRESS"
-    assert f["Summary"].startswith("ICMPv4 ")
+    assert f["Summary"] == "ICMPv4 echo-request"
 
 
 def test_icmp_names_and_types_from_the_flow_when_it_has_them() -> None:
@@ -159,14 +161,15 @@ def test_icmp_names_and_types_from_the_flow_when_it_has_them() -> None:
     check_message(hubble.response(lumen), SCHEMA["root"], "$")
 
 
-def test_identity_and_workload_when_the_flow_has_them() -> None:
-    lumen = sample_dicts()[0]
-    lumen["source"]["identity"] = 48213
-    lumen["source"]["workload"] = {"kind": "Deployment", "name": "frontend"}
-    out = hubble.response(lumen)
-    check_message(out, SCHEMA["root"], "$")
-    assert out["flow"]["source"]["identity"] == 48213
-    assert out["flow"]["source"]["workloads"] == [{"name": "frontend", "kind": "Deployment"}]
+def test_without_identity_workload_or_icmp_those_fields_are_left_out() -> None:
+    lumen = sample_dicts()[3]
+    for side in ("source", "destination"):
+        lumen[side].update(identity=0, workload=None)
+    del lumen["icmp"]  # a flow from before the agent named ICMP messages
+    f = hubble.flow(lumen)
+    assert "identity" not in f["source"] and "workloads" not in f["destination"]
+    assert f["l4"] == {"ICMPv4": {}} and f["Summary"] == "ICMPv4"
+    check_message(hubble.response(lumen), SCHEMA["root"], "$")
 
 
 def test_a_protocol_without_a_layer4_message() -> None:

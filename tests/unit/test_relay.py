@@ -386,8 +386,14 @@ def test_kube_discovery_lists_nodes_and_endpointslices_through_the_client(monkey
             raise RuntimeError("API server away")
 
     kube.client.CoreV1Api = Broken
-    by_nodes._listed = 0.0
-    asyncio.run(by_nodes.refresh())
+
+    async def stale_refresh() -> None:
+        by_nodes._listed -= discovery.REFRESH_S  # stale: re-listed in the background
+        await by_nodes.refresh()
+        assert by_nodes._background is not None
+        await by_nodes._background
+
+    asyncio.run(stale_refresh())
     assert by_nodes.targets() == [Target("worker-1", "http://10.0.0.7:9465")], "the last list is kept"
 
 
@@ -484,3 +490,31 @@ def test_lumen_observe_a_time_window_through_the_relay_pages_with_its_cursor(thr
     flows = [json.loads(line) for line in out.getvalue().splitlines()]
     assert len(flows) == 15 and len({(f["node"], f["source"]["port"]) for f in flows}) == 15
     assert [f["time"] for f in flows] == sorted(f["time"] for f in flows)
+
+
+def test_viewers_with_the_same_filter_share_one_stream_per_agent():
+    def hubs(r) -> float:
+        line = next(
+            x
+            for x in httpx.get(f"{r.url}/metrics").text.splitlines()
+            if x.startswith("lumen_relay_stream_hubs ")
+        )
+        return float(line.split()[1])
+
+    with agents(["n1", "n2"]) as (n1, n2), relay(targets([n1, n2])) as r:
+        url = f"{r.url}/api/flows/stream"
+        with httpx.stream("GET", url, timeout=10) as a, httpx.stream("GET", url, timeout=10) as b:
+            ea, eb = sse(a), sse(b)
+            assert next(ea)[0] == next(eb)[0] == "nodes"
+            assert (n1.store.subscribers, n2.store.subscribers, hubs(r)) == (1, 1, 1.0)
+            with httpx.stream("GET", url, params={"verdict": "dropped"}, timeout=10) as c:
+                ec = sse(c)  # (one reader per response: a dropped reader closes it)
+                assert next(ec)[0] == "nodes"
+                assert (n1.store.subscribers, hubs(r)) == (2, 2.0), "another filter, its own streams"
+            f = make_flow(sport=77, time_ns=time.time_ns())
+            n1.store.add(f)
+            assert (
+                json.loads(next(ea)[1])["source"]["port"] == json.loads(next(eb)[1])["source"]["port"] == 77
+            )
+        wait_until(lambda: hubs(r) == 0, timeout=10)
+        wait_until(lambda: (n1.store.subscribers, n2.store.subscribers) == (0, 0), timeout=20)

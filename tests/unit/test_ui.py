@@ -179,6 +179,11 @@ def test_relay_docs_work_offline_too():
 
     relay = Relay(Fanout(discovery.Static([]), None, 1.0))
     _offline_docs(TestClient(relay_app(relay)))
+    # with its UI, the relay answers an unknown page with the same HTML 404
+    c = TestClient(relay_app(relay, ui=ui.hook(with_map=False)))
+    resp = c.get("/nope")
+    assert resp.status_code == 404 and "Page not found" in resp.text
+    assert c.get("/api/nope").json() == {"detail": "Not Found"}
 
 
 def test_without_the_assets_docs_are_off_not_blank(monkeypatch):
