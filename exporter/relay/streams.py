@@ -162,7 +162,7 @@ class Hub:
                             except asyncio.QueueFull:
                                 self.states.lost += 1
                         elif event == "lost":
-                            self.states.upstream_lost[target.name] = int(json.loads(data).get("dropped", 0))
+                            self.states.upstream_lost[target.name] = _dropped(data)
                 error, label = "stream ended", "eof"
             except StreamError as exc:
                 error, label = str(exc), exc.label
@@ -183,6 +183,14 @@ class Hub:
 
     def lost_for(self, viewer: Viewer) -> int:
         return viewer.lost + self.states.lost + sum(self.states.upstream_lost.values())
+
+
+def _dropped(data: str) -> int:
+    """An agent's `lost` event: how many flows its stream to the relay missed (0 if unreadable)."""
+    try:
+        return int(json.loads(data).get("dropped", 0))
+    except (ValueError, TypeError, AttributeError):
+        return 0
 
 
 class Hubs:
