@@ -13,6 +13,7 @@ by the `ui` hook of create_app, so this module does not know about templates.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import ipaddress
 import json
@@ -25,7 +26,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from bpf import vocab
-from exporter import docs, filters
+from exporter import connections, docs, filters
 from exporter.flows import Flow, Subscription
 from exporter.store import CursorError, FlowSource, Page, SourceError
 
@@ -33,7 +34,9 @@ KEEPALIVE_S = 15.0
 STREAM_BATCH = 512  # flows per SSE write at most
 DEFAULT_LIMIT = 100
 HISTORY_PAGE_MAX = 10_000  # flows per answer at most from the history
-PAGING_PARAMS = ("limit", "last", "cursor")
+#: how a request is answered, not which flows match: the page, and `view` (flows, or connections)
+PAGING_PARAMS = ("limit", "last", "cursor", "view")
+VIEWS = ("flows", "connections")
 #: parameters that are not filter criteria
 REQUEST_PARAMS = (*PAGING_PARAMS, *filters.TIME_PARAMS)
 
@@ -42,6 +45,10 @@ class LiveFlows(FlowSource, Protocol):
     """The store the API reads recent flows from and streams live ones (exporter.flows.FlowStore)."""
 
     capacity: int
+
+    def get(self, key: Any) -> Flow | None:
+        """The latest record of one flow (a connection's other half)."""
+        ...
 
     def subscribe(self, q: Any = None, loop: asyncio.AbstractEventLoop | None = None) -> Subscription: ...
 
@@ -205,6 +212,36 @@ def sse_event(flow: Flow) -> str:
     return f"event: flow\ndata: {json.dumps(flow.to_dict(), separators=(',', ':'))}\n\n"
 
 
+def view_of(params: Mapping[str, Sequence[str]]) -> str:
+    """`view=flows` (each half of a connection, the default) or `view=connections`; HTTP 400 otherwise."""
+    view = _one(params, "view") or "flows"
+    if view not in VIEWS:
+        raise HTTPException(400, f"view {view!r}: expected {' or '.join(VIEWS)}")
+    return view
+
+
+def connection_page(
+    page: Page, req: FlowRequest, lookup: Callable[[Any], Flow | None] | None, later_pages: bool
+) -> list[connections.Connection]:
+    """A page of flows as connections (newest first), each completed with its other half from `lookup`
+    (the memory store). On a page after the first, a connection already shown with its newer half, which
+    matched and so was on an earlier page, is left out."""
+    conns = connections.fold(page.flows)
+    if lookup is not None:
+        connections.complete(conns, lookup)
+    if later_pages and page.flows:
+        newest = page.flows[0].time_ns
+        conns = [c for c in conns if not any(f.time_ns > newest and req(f) for f in c.halves)]
+    return conns
+
+
+def connection_event(flow: Flow, lookup: Callable[[Any], Flow | None]) -> str:
+    """The connection `flow` is a half of, as it stands now (`id` names it: a client replaces its row)."""
+    (conn,) = connections.fold([flow])
+    connections.complete([conn], lookup)
+    return f"event: connection\ndata: {json.dumps(conn.to_dict(), separators=(',', ':'))}\n\n"
+
+
 def token_check(token: str | None) -> Callable[[Request], None]:
     """The bearer-token dependency every protected route uses (the API's and the UI's alike)."""
 
@@ -291,6 +328,15 @@ def create_app(
         if name == "history" and not limit:
             limit = HISTORY_PAGE_MAX  # "all" of a history is pages: follow `cursor`
         page = query_page(source, req, limit, cursor)
+        if view_of(params) == "connections":
+            conns = connection_page(page, req, getattr(source, "get", None), bool(cursor))
+            return {
+                "connections": [c.to_dict() for c in reversed(conns)],
+                **view.store.stats(),
+                "cursor": page.cursor,
+                "complete": page.complete,
+                "source": name,
+            }
         return {
             "flows": [f.to_dict() for f in reversed(page.flows)],
             **view.store.stats(),
@@ -327,6 +373,9 @@ def create_app(
             raise HTTPException(400, "cursor: a stream has no pages; use last=N for a backlog")
         last = _count(params, "last", 0, view.store.capacity)
         store = view.store
+        render: Callable[[Flow], str] = sse_event
+        if view_of(params) == "connections":
+            render = functools.partial(connection_event, lookup=store.get)
         sub = store.subscribe(req, asyncio.get_running_loop())
         backlog = list(reversed(query_page(store, req, last, None).flows)) if last else []
 
@@ -335,7 +384,7 @@ def create_app(
             try:
                 yield ": lumen flows\n\n"
                 for flow in backlog:
-                    yield sse_event(flow)
+                    yield render(flow)
                 while True:
                     try:
                         await asyncio.wait_for(sub.ready.wait(), KEEPALIVE_S)
@@ -345,7 +394,7 @@ def create_app(
                         yield ": keepalive\n\n"
                         continue
                     batch = sub.take(STREAM_BATCH)
-                    chunk = "".join(map(sse_event, batch))
+                    chunk = "".join(map(render, batch))
                     if sub.dropped != reported_lost:
                         reported_lost = sub.dropped
                         chunk = f"event: lost\ndata: {json.dumps({'dropped': reported_lost})}\n\n" + chunk

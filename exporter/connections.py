@@ -133,6 +133,9 @@ class Connection:
             out |= f.tcp_flags
         return out
 
+    def tcp_flag_names(self) -> list[str]:
+        return [name for bit, name in enumerate(vocab.TCP_FLAG_NAMES) if self.tcp_flags & (1 << bit)]
+
     @property
     def verdict(self) -> str:
         """The worst of both halves: a connection whose reply is dropped is dropped."""
@@ -174,7 +177,7 @@ class Connection:
             "packets": self.packets,
             "bytes": self.bytes,
             "payload_bytes": self.payload_bytes,
-            "tcp_flags": [n for bit, n in enumerate(vocab.TCP_FLAG_NAMES) if self.tcp_flags & (1 << bit)],
+            "tcp_flags": self.tcp_flag_names(),
             "finished": self.finished,
             "node": first.node,
             "special": any(f.special for f in self.halves),

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from bpf import abi
 from bpf.vocab import DIRECTION_NAMES, DROP_REASON_NAMES, VERDICT_NAMES, protocol_name
-from exporter.metrics import PodCounts
+from exporter.metrics import PodCounts, tcp_flag_labels
 
 STAT_KEYS = {s.name.lower(): s for s in abi.Stat}
 
@@ -24,7 +24,9 @@ class CounterReader(Protocol):
 
     def drops(self) -> dict[tuple[int, int], int]: ...
 
-    def policy_counts(self) -> dict[tuple[int, int, int], int]: ...
+    def policy_decisions(self) -> dict[tuple[int, int, int, bool], int]: ...
+
+    def tcp_flags(self) -> dict[tuple[int, int], int]: ...
 
     def pod_counters(self) -> dict[int, tuple[int, int, int, int]]: ...
 
@@ -63,11 +65,19 @@ class DatapathSource:
             out[key] = out.get(key, 0) + n
         return out
 
-    def policy_counts(self) -> dict[tuple[int, str, str], int]:
+    def policy_counts(self) -> dict[tuple[int, str, str, bool], int]:
         return {
-            (pid, VERDICT_NAMES.get(v) or str(v), DIRECTION_NAMES.get(d) or str(d)): n
-            for (pid, v, d), n in self.dp.policy_counts().items()
+            (pid, VERDICT_NAMES.get(v) or str(v), DIRECTION_NAMES.get(d) or str(d), denied): n
+            for (pid, v, d, denied), n in self.dp.policy_decisions().items()
         }
+
+    def tcp_flags(self) -> dict[tuple[str, str], int]:
+        out: dict[tuple[str, str], int] = {}
+        for (version, flags), n in self.dp.tcp_flags().items():
+            for name in tcp_flag_labels(flags):
+                key = (name, f"IPv{version}")
+                out[key] = out.get(key, 0) + n
+        return out
 
     def pod_counters(self) -> dict[int, PodCounts]:
         return {ep: PodCounts(*c) for ep, c in self.dp.pod_counters().items()}

@@ -65,8 +65,13 @@ class MapSource(Protocol):
         """(drop reason, protocol) -> packets."""
         ...
 
-    def policy_counts(self) -> Mapping[tuple[int, str, str], int]:
-        """(policy id, verdict, direction of the side) -> flow decisions."""
+    def policy_counts(self) -> Mapping[tuple[int, str, str, bool], int]:
+        """(policy id, verdict, direction of the side, denied) -> flow decisions; a denied side (no rule
+        admitted it) has the id of the policy isolating it (0: not known)."""
+        ...
+
+    def tcp_flags(self) -> Mapping[tuple[str, str], int]:
+        """(flag: SYN, SYN-ACK, FIN, RST; family: IPv4, IPv6) -> TCP packets."""
         ...
 
     def pod_counters(self) -> Mapping[int, PodCounts]:
@@ -101,8 +106,28 @@ class AgentHealth:
 
 
 def policy_label(policy_id: int, names: Mapping[int, str]) -> str:
-    """The policy label of a decision: "none" when no rule admitted that side."""
-    return "none" if policy_id == abi.POLICY_DENIED_ID else names.get(policy_id, f"#{policy_id}")
+    """The policy label of a decision: the policy that admitted the side, or for a denied side the policy
+    isolating it (whose default deny it is); "unknown" when the kernel did not say."""
+    if not policy_id or policy_id == abi.POLICY_DENIED_ID:
+        return "unknown"
+    return names.get(policy_id, f"#{policy_id}")
+
+
+#: TCP header bits (bpf/vocab.py TCP_FLAG_NAMES order)
+_FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
+
+
+def tcp_flag_labels(flags: int) -> list[str]:
+    """The `flag` labels of one TCP flag byte, as Hubble's hubble_tcp_flags_total has them: SYN, SYN-ACK,
+    FIN, RST (a packet with several counts for each)."""
+    out = []
+    if flags & _SYN:
+        out.append("SYN-ACK" if flags & _ACK else "SYN")
+    if flags & _FIN:
+        out.append("FIN")
+    if flags & _RST:
+        out.append("RST")
+    return out
 
 
 class LumenCollector(Collector):
@@ -167,17 +192,26 @@ class LumenCollector(Collector):
         yield self._counter(
             "lumen_drop", "Packets dropped by the datapath.", ["reason", "protocol"], src.drops()
         )
-        policy: dict[tuple[str, str, str], float] = {}
-        for (pid, verdict, direction), n in src.policy_counts().items():
-            decision = (verdict, direction, policy_label(pid, self.policy_names))
+        policy: dict[tuple[str, str, str, str], float] = {}
+        for (pid, verdict, direction, denied), n in src.policy_counts().items():
+            match = "default-deny" if denied else "rule"
+            decision = (verdict, direction, policy_label(pid, self.policy_names), match)
             policy[decision] = policy.get(decision, 0) + n
         yield self._counter(
             "lumen_policy_verdicts",
             "Flows decided by NetworkPolicy, per isolated side (egress of the source pod, ingress of the "
-            'destination pod) and the policy that admitted it ("none": no rule did): on a flow\'s first '
-            "packet, and again when a policy change changes that side's verdict or policy.",
-            ["verdict", "direction", "policy"],
+            "destination pod): match=rule names the policy whose rule admitted it, match=default-deny the "
+            "policy isolating the pod, whose default deny it is. On a flow's first packet, and again when "
+            "a policy change changes that side's verdict or policy.",
+            ["verdict", "direction", "policy", "match"],
             policy,
+        )
+        yield self._counter(
+            "lumen_tcp_flags",
+            "TCP packets with SYN, SYN-ACK, FIN or RST, by IP family (as Hubble's hubble_tcp_flags_total); "
+            "counted by the datapath where each flow is accounted, any verdict.",
+            ["flag", "family"],
+            src.tcp_flags(),
         )
 
     def _pods(self, pods: Sequence[LocalPod], counts: Mapping[int, PodCounts]) -> Iterator[Metric]:

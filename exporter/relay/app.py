@@ -17,11 +17,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bpf import vocab
-from exporter import docs, filters
-from exporter.api import DEFAULT_LIMIT, PAGING_PARAMS, parse_request, token_check
+from exporter import connections, docs, filters
+from exporter.api import DEFAULT_LIMIT, PAGING_PARAMS, parse_request, token_check, view_of
 from exporter.relay import merge
 from exporter.relay.service import HISTORY_CURSOR, Relay
-from exporter.relay.wire import iso_us, time_us
+from exporter.relay.wire import flow_from_dict, iso_us, time_us
 from exporter.store import CursorError
 
 MAX_LIMIT = 1_000_000
@@ -136,6 +136,10 @@ def create_app(
             answer = await relay.flows(forward, limit, after, until, parse_request(params))
         except (merge.CursorError, CursorError) as exc:
             raise HTTPException(400, str(exc)) from None
+        if view_of(params) == "connections":
+            # folded here, from every node's flows: a connection's halves may come from two nodes
+            conns = connections.fold(flow_from_dict(f) for f in answer.pop("flows"))
+            answer["connections"] = [c.to_dict() for c in reversed(conns)]
         # JSONResponse: the answer is plain JSON already; FastAPI's encoder would walk every flow again
         return JSONResponse(answer)
 
@@ -144,6 +148,10 @@ def create_app(
         """Every node's live flows interleaved (`event: flow`); `event: nodes` says which nodes feed
         the stream and which cannot be reached; `event: lost` counts flows dropped for a slow reader."""
         params = _params(request)
+        if view_of(params) == "connections":
+            raise HTTPException(
+                400, "view=connections: the relay streams flows; poll /api/flows?view=connections"
+            )
         forward, until = _filter(params)
         if until is not None:
             forward.append(("until", until))

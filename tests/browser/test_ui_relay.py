@@ -82,3 +82,30 @@ def test_endpoints_of_every_node_through_the_relay(browser, served):
     ]
     assert pods == ["default/pod-node-a", "default/pod-node-b"]
     assert "node-c" in wait_until(lambda: browser.find_element(By.ID, "partial").text)
+
+
+def test_older_flows_of_every_node_page_in_through_the_relay(browser):
+    with agents(["page-a", "page-b"]) as (a, b), relay([Target(n.name, n.url) for n in (a, b)]) as r:
+        now = time.time_ns()
+        sent = []
+        for i in range(250):  # the two nodes' flows interleave in time
+            f = make_flow(sport=40000 + i, src_pod=("page", "x"), time_ns=now - (250 - i) * 10**6)
+            (a if i % 2 else b).store.add(f)
+            sent.append(f)
+        browser.get(r.url + "/flows?namespace=page")
+        newest_first = [f.source.port for f in reversed(sent)]
+        wait_until(lambda: ports(browser) == newest_first[:100])
+        older = browser.find_element(By.ID, "older")
+        for shown in (200, 250):
+            older.click()
+            wait_until(lambda n=shown: len(ports(browser)) == n)
+        assert ports(browser) == newest_first, "every node's flows once, newest first, no gap"
+        wait_until(lambda: older.text == "No older flows stored")
+        assert console_errors(browser) == []
+
+
+def ports(browser: WebDriver) -> list[int]:
+    return browser.execute_script(
+        "return [...document.querySelectorAll('#flows tbody tr')]"
+        ".map(r => Number(r.cells[1].innerText.split(':').pop()))"
+    )

@@ -129,9 +129,14 @@ def test_a_denied_connection_is_dropped_and_every_surface_says_why(env: Env):
     assert f["drop_reason"] == "policy_denied" and f["source"]["pod"] == "web"
     assert f["policy"]["ingress"] == "" and f["policy"]["summary"] == "no policy allows ingress"
     assert metric(env, "lumen_drop_total", reason="policy_denied") > 0
-    assert (
-        metric(env, "lumen_policy_verdicts_total", verdict="DROPPED", direction="ingress", policy="none") > 0
-    )
+    # the denial is named by the policy isolating shop/db (its default deny), not "none"
+    deny = {
+        "verdict": "DROPPED",
+        "direction": "ingress",
+        "policy": "shop/db-from-api",
+        "match": "default-deny",
+    }
+    assert metric(env, "lumen_policy_verdicts_total", **deny) > 0
     out = cli(env, "explain", "shop/web", "shop/db", "--port", "5432")
     assert out.returncode == 0, out.stderr
     assert "DENIED" in out.stdout and "shop/db-from-api" in out.stdout

@@ -114,7 +114,8 @@ class FakeMaps:
         self.entries = 0
         self.flows: dict[tuple[str, str, str], int] = {}  # (verdict, protocol, direction) -> flows
         self.drop_packets: dict[tuple[str, str], int] = {}
-        self.decisions: dict[tuple[int, str, str], int] = {}
+        self.decisions: dict[tuple[int, str, str, bool], int] = {}
+        self.flags: dict[tuple[str, str], int] = {}
         self.pods: dict[int, PodCounts] = {}
         self.pairs: dict[tuple[int, int, str], int] = {}
         self.sources: dict[str, tuple[int, int]] = {}
@@ -129,8 +130,11 @@ class FakeMaps:
     def drops(self) -> dict[tuple[str, str], int]:
         return dict(self.drop_packets)
 
-    def policy_counts(self) -> dict[tuple[int, str, str], int]:
+    def policy_counts(self) -> dict[tuple[int, str, str, bool], int]:
         return dict(self.decisions)
+
+    def tcp_flags(self) -> dict[tuple[str, str], int]:
+        return dict(self.flags)
 
     def pod_counters(self) -> dict[int, PodCounts]:
         return dict(self.pods)

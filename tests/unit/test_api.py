@@ -211,3 +211,50 @@ def test_observe_reports_bad_filters_and_an_absent_agent():
     assert proc.returncode == 2 and "port 'http'" in proc.stderr
     proc = run_cli("observe", "--server", "http://127.0.0.1:9")
     assert proc.returncode == 1 and "cannot reach the agent" in proc.stderr
+
+
+def test_connections_view_folds_each_reply_into_its_request_and_pages_without_repeats():
+    v = View(FlowStore(100))
+    t0 = 1_800_000_000 * 10**9
+    for i in range(4):
+        v.store.add(make_flow("10.0.0.5", "10.0.0.6", 40000 + i, 80, time_ns=t0 + 2 * i * 10**9))
+        v.store.add(
+            make_flow("10.0.0.6", "10.0.0.5", 80, 40000 + i, is_reply=True, time_ns=t0 + (2 * i + 1) * 10**9)
+        )
+    v.store.add(make_flow("10.0.0.5", "10.0.0.6", proto="ICMP", message=(8, 0, 77), time_ns=t0 + 10**10))
+    c = TestClient(create_app(v))
+    body = c.get("/api/flows?view=connections").json()
+    conns = body["connections"]
+    assert [x["client"]["port"] for x in conns] == [40000, 40001, 40002, 40003, 0]  # oldest first
+    assert all(x["reply"] and x["server_port"] == 80 for x in conns[:4])
+    assert conns[4]["icmp"]["name"] == "echo-request" and conns[4]["server_port"] is None
+    # a filter picks connections by a half; the other half comes along
+    (only,) = c.get("/api/flows?view=connections&is_reply=true&from_port=80&to_port=40002").json()[
+        "connections"
+    ]
+    assert only["request"]["packets"] == 1 and only["client"]["port"] == 40002
+    # pages of three flows: every connection once across the pages
+    seen, cursor = [], None
+    while True:
+        q = "/api/flows?view=connections&limit=3&protocol=tcp" + (f"&cursor={cursor}" if cursor else "")
+        page = c.get(q).json()
+        seen += [x["id"] for x in page["connections"]]
+        cursor = page["cursor"]
+        if not cursor:
+            break
+    assert sorted(seen) == sorted(set(seen)) and len(seen) == 4
+    assert c.get("/api/flows?view=pairs").status_code == 400
+
+
+def test_the_stream_sends_connections_with_their_other_half(view):
+    view.store.add(make_flow("10.22.0.6", "10.22.0.5", 80, 1, is_reply=True, src_pod=("default", "server")))
+    c = TestClient(create_app(view))
+    with c.stream("GET", "/api/flows/stream?view=connections&last=10&is_reply=true") as resp:
+        lines = []
+        for line in resp.iter_lines():
+            lines.append(line)
+            if line.startswith("data:"):
+                break
+    assert "event: connection" in lines
+    conn = json.loads(lines[-1][5:])
+    assert conn["request"]["packets"] == 1 and conn["reply"] and conn["client"]["pod"] == "web"

@@ -120,8 +120,11 @@ def test_the_map_source_names_the_kernels_numbers():
         def drops(self) -> dict:
             return {(int(abi.DropReason.POLICY_DENIED), 6): 3}
 
-        def policy_counts(self) -> dict:
-            return {(5, int(abi.Verdict.DROPPED), int(abi.Direction.INGRESS)): 2}
+        def policy_decisions(self) -> dict:
+            return {(5, int(abi.Verdict.DROPPED), int(abi.Direction.INGRESS), True): 2}
+
+        def tcp_flags(self) -> dict:
+            return {(4, 0x02): 5, (4, 0x12): 4, (6, 0x11): 2, (6, 0x14): 1}
 
         def pod_counters(self) -> dict:
             return {7: (1, 2, 3, 4)}
@@ -132,6 +135,12 @@ def test_the_map_source_names_the_kernels_numbers():
     source = mapsource.DatapathSource(Maps())  # type: ignore[arg-type]
     assert source.flow_counts() == {("FORWARDED", "UDP", "egress"): 9, ("DROPPED", "200", "ingress"): 1}
     assert source.drops() == {("policy_denied", "TCP"): 3}
-    assert source.policy_counts() == {(5, "DROPPED", "ingress"): 2}
+    assert source.policy_counts() == {(5, "DROPPED", "ingress", True): 2}
+    assert source.tcp_flags() == {
+        ("SYN", "IPv4"): 5,
+        ("SYN-ACK", "IPv4"): 4,
+        ("FIN", "IPv6"): 2,
+        ("RST", "IPv6"): 1,
+    }
     assert source.pod_counters()[7].rx_bytes == 4
     assert source.pair_bytes() == {(7, 8, "AUDIT"): 100}

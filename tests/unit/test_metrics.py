@@ -28,7 +28,8 @@ def node(tmp_path):
         ("DROPPED", "TCP", "ingress"): 1,
     }
     maps.drop_packets = {("policy_denied", "TCP"): 3}
-    maps.decisions = {(5, "FORWARDED", "ingress"): 2, (0xFFFFFFFF, "DROPPED", "ingress"): 1}
+    maps.decisions = {(5, "FORWARDED", "ingress", False): 2, (5, "DROPPED", "ingress", True): 1}
+    maps.flags = {("SYN", "IPv4"): 3, ("SYN-ACK", "IPv4"): 3, ("RST", "IPv6"): 1}
     maps.pods = {7: PodCounts(12, 1200, 6, 600), 8: PodCounts(6, 600, 10, 1000)}
     maps.pairs = {(7, 8, "FORWARDED"): 1000, (8, 7, "FORWARDED"): 600}
     maps.sources = {"192.168.1.9": (3, 180), "10.22.0.99": (1, 60)}
@@ -62,8 +63,14 @@ def test_flow_figures_come_from_the_kernel_counters(node):
     )
     assert value(reg, "lumen_drop_total", reason="policy_denied", protocol="TCP") == 3
     verdicts = "lumen_policy_verdicts_total"
-    assert value(reg, verdicts, verdict="FORWARDED", direction="ingress", policy="shop/web") == 2
-    assert value(reg, verdicts, verdict="DROPPED", direction="ingress", policy="none") == 1
+    assert (
+        value(reg, verdicts, verdict="FORWARDED", direction="ingress", policy="shop/web", match="rule") == 2
+    )
+    # a denial names the policy whose default deny it is
+    deny = {"verdict": "DROPPED", "direction": "ingress", "policy": "shop/web", "match": "default-deny"}
+    assert value(reg, verdicts, **deny) == 1
+    assert value(reg, "lumen_tcp_flags_total", flag="SYN-ACK", family="IPv4") == 3
+    assert value(reg, "lumen_tcp_flags_total", flag="RST", family="IPv6") == 1
 
 
 def test_pod_rx_tx(node):

@@ -146,3 +146,66 @@ def test_grpc_is_chosen_by_otel_exporter_otlp_protocol(monkeypatch):
         server.stop(0)
     span = received[0].resource_spans[0].scope_spans[0].spans[0]
     assert attrs(span.attributes)["k8s.pod.name"] == "client"
+
+
+def spans_of(rec: Receiver) -> list:
+    return [s for req in rec.requests for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans]
+
+
+def test_a_connection_is_one_span_from_the_first_packet_to_the_last_with_client_and_server(
+    receiver, monkeypatch
+):
+    rec, url = receiver
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    web, dns = ("shop", "web"), ("kube-system", "coredns")
+    tracer = FlowTracer(node="node-a")
+    try:
+        # a UDP question and its answer, each one packet: together they last from question to answer
+        q = make_flow("10.0.0.5", "10.0.0.9", 5353, 53, "UDP", web, dns, time_ns=NOW_NS, type="NEW")
+        a = make_flow(
+            "10.0.0.9", "10.0.0.5", 53, 5353, "UDP", dns, web, time_ns=NOW_NS + 3 * 10**6, type="NEW",
+            is_reply=True,
+        )  # fmt: skip
+        for f in (q, a):
+            f.start_ns = f.end_ns = f.time_ns
+        tracer.on_flows([q, a])
+        assert tracer.spans == 0, "nothing finished yet"
+        q_end, a_end = make_flow(**{**_udp(q), "type": "END"}), make_flow(**{**_udp(a), "type": "END"})
+        for new, old in ((q_end, q), (a_end, a)):
+            new.start_ns, new.end_ns = old.start_ns, old.end_ns
+        tracer.on_flows([q_end])
+        assert tracer.spans == 0, "the answer has not finished"
+        tracer.on_flows([a_end, a_end])  # a repeated end makes no second span
+        # a dropped connection: one half, an error
+        tracer.on_flows([make_flow("10.0.0.5", "10.0.0.7", 41000, 80, verdict="DROPPED", type="END")])
+        assert tracer.spans == 2
+        assert tracer.flush()
+    finally:
+        tracer.shutdown()
+    assert rec.got.wait(10)
+    spans = spans_of(rec)
+    udp = next(s for s in spans if attrs(s.attributes)["network.transport"] == "udp")
+    u = attrs(udp.attributes)
+    assert udp.name == "connection UDP"
+    assert (udp.start_time_unix_nano, udp.end_time_unix_nano) == (NOW_NS, NOW_NS + 3 * 10**6), "not 0 ms"
+    assert (u["client.address"], u["client.port"], u["server.address"], u["server.port"]) == (
+        "10.0.0.5",
+        5353,
+        "10.0.0.9",
+        53,
+    )
+    assert (u["lumen.client.pod"], u["lumen.server.pod"], u["lumen.packets"]) == ("web", "coredns", 2)
+    assert (u["lumen.request.packets"], u["lumen.reply.packets"]) == (1, 1)
+    assert udp.status.code == 0, "unset: not an error"
+    dropped = next(s for s in spans if attrs(s.attributes)["lumen.verdict"] == "DROPPED")
+    assert dropped.status.code == 2 and dropped.status.message == "policy_denied"  # STATUS_CODE_ERROR
+
+
+def _udp(f) -> dict:
+    """make_flow's arguments that rebuild `f`."""
+    return {
+        "src": f.source.ip, "dst": f.destination.ip, "sport": f.source.port, "dport": f.destination.port,
+        "proto": "UDP", "src_pod": (f.source.namespace, f.source.pod),
+        "dst_pod": (f.destination.namespace, f.destination.pod), "time_ns": f.time_ns, "is_reply": f.is_reply,
+    }  # fmt: skip
