@@ -191,7 +191,8 @@ def main() -> None:
         sys.exit("bench/pipeline needs root (BPF)")
 
     from bpf.loader import unpin_all
-    from exporter.agent import Agent, AgentConfig
+    from exporter.agent import Agent
+    from exporter.config import AgentConfig
 
     tag = secrets.token_hex(4)
     pin = f"/sys/fs/bpf/lbench_{tag}"
