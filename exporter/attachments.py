@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Callable
 
-from exporter.enrich import EndpointDirectory, Pod
+from exporter.enrich import EndpointDirectory, LocalPod
 from plugin import endpoint as records
 
 log = logging.getLogger("lumen.attach")
@@ -28,7 +28,7 @@ class Attachments:
         self.attached: set[int] = set()
         self._plugin_attached: set[int] = set()
 
-    def _attached_by_plugin(self, pod: Pod) -> bool:
+    def _attached_by_plugin(self, pod: LocalPod) -> bool:
         if not pod.observed:
             return False
         if pod.host_ifindex in self._plugin_attached:
@@ -42,7 +42,7 @@ class Attachments:
             return True
         return False
 
-    def is_attached(self, pod: Pod) -> bool:
+    def is_attached(self, pod: LocalPod) -> bool:
         return pod.host_ifindex in self.attached or self._attached_by_plugin(pod)
 
     def sync(self) -> int:

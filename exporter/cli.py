@@ -140,8 +140,9 @@ def _size(value: str) -> int:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     from exporter import logs
-    from exporter.agent import Agent, AgentConfig, ConfigError
+    from exporter.agent import Agent
     from exporter.api import is_loopback
+    from exporter.config import AgentConfig, ConfigError
     from exporter.lock import DatapathLock, LockHeld
 
     token = args.token

@@ -31,7 +31,9 @@ MISS_RECHECK_S = 0.05
 
 
 @dataclass(frozen=True)
-class Pod:
+class LocalPod:
+    """A pod of this node, from its endpoint record (the plugin's, under <stateDir>/endpoints)."""
+
     namespace: str
     pod: str
     container_id: str
@@ -78,9 +80,9 @@ class EndpointDirectory:
         self._mtime_ns = -1
         self._last_miss_check = 0.0
         self._reload_lock = threading.Lock()
-        self.by_ip: dict[str, Pod] = {}
-        self.by_id: dict[int, Pod] = {}
-        self.pods: list[Pod] = []
+        self.by_ip: dict[str, LocalPod] = {}
+        self.by_id: dict[int, LocalPod] = {}
+        self.pods: list[LocalPod] = []
         self.generation = 0  # bumped on every reload: decoders drop what they cached
         #: pods on other nodes by address (the enforcer's index): names the far end of cross-node flows
         self.remote: Mapping[str, Any] = {}
@@ -99,8 +101,8 @@ class EndpointDirectory:
         with self._reload_lock:
             self._mtime_ns = mtime
             pods = [p for p in (_pod(r) for r in records.all_records(self.state_dir)) if p is not None]
-            by_ip: dict[str, Pod] = {}
-            by_id: dict[int, Pod] = {}
+            by_ip: dict[str, LocalPod] = {}
+            by_id: dict[int, LocalPod] = {}
             for p in pods:
                 for ip in p.ips:
                     by_ip[ip] = p
@@ -110,7 +112,7 @@ class EndpointDirectory:
             self.generation += 1
         return True
 
-    def lookup(self, endpoint_id: int, ip: str) -> Pod | None:
+    def lookup(self, endpoint_id: int, ip: str) -> LocalPod | None:
         pod = self.by_id.get(endpoint_id) if endpoint_id else None
         if pod is None:
             pod = self.by_ip.get(ip)
@@ -129,7 +131,7 @@ class EndpointDirectory:
             self.remote = remote
             self.generation += 1
 
-    def labels(self, pod: Pod) -> Mapping[str, str]:
+    def labels(self, pod: LocalPod) -> Mapping[str, str]:
         return self.label_source.labels(pod.namespace, pod.pod)
 
     def invalidate(self) -> None:
@@ -137,10 +139,10 @@ class EndpointDirectory:
         self.generation += 1
 
 
-def _pod(rec: dict[str, Any]) -> Pod | None:
+def _pod(rec: dict[str, Any]) -> LocalPod | None:
     try:
         ips = tuple(str(ipaddress.ip_interface(a).ip) for a in rec.get("ips", []))
-        return Pod(
+        return LocalPod(
             namespace=str(rec.get("namespace", "")),
             pod=str(rec.get("pod", "")),
             container_id=str(rec["containerId"]),

@@ -277,7 +277,8 @@ class FlowStore:
         self.capacity = capacity
         self._buckets: dict[int, OrderedDict[FlowKey, Flow]] = {}  # second -> flows in time order
         self._ids: list[int] = []  # bucket seconds, ascending
-        self._where: dict[FlowKey, int] = {}  # flow -> its bucket
+        #: flow -> the bucket holding it (the object itself: no int per flow, one lookup fewer)
+        self._where: dict[FlowKey, OrderedDict[FlowKey, Flow]] = {}
         self._latest = 0  # newest time_ns stored: a newer flow appends to its bucket
         self._lock = threading.Lock()
         self._subscribers: list[Subscription] = []
@@ -309,9 +310,8 @@ class FlowStore:
                 key = flow.key
                 t = flow.time_ns
                 if t >= latest:
-                    bid = t // BUCKET_NS
-                    if where.get(key) == bid:
-                        b = buckets[bid]
+                    b = where.get(key)
+                    if b is not None and b is buckets.get(t // BUCKET_NS):
                         b.move_to_end(key)
                         b[key] = flow
                         latest = t
@@ -339,10 +339,9 @@ class FlowStore:
         t = flow.time_ns
         bid = t // BUCKET_NS
         buckets = self._buckets
-        old = self._where.get(key)
-        if old is not None:
-            ob = buckets[old]
-            del ob[key]
+        ob = self._where.get(key)
+        if ob is not None:
+            old = ob.pop(key).time_ns // BUCKET_NS
             if not ob and old != bid:
                 self._drop_bucket(old)
         b = buckets.get(bid)
@@ -357,8 +356,8 @@ class FlowStore:
             b[key] = flow
         else:
             self._insert_in_order(b, key, flow)
-        self._where[key] = bid
-        if old is None and len(self._where) > self.capacity:
+        self._where[key] = b
+        if ob is None and len(self._where) > self.capacity:
             self._evict()
 
     @staticmethod
@@ -393,8 +392,8 @@ class FlowStore:
     def get(self, key: FlowKey) -> Flow | None:
         """The latest record of one flow, if stored (a connection's other half)."""
         with self._lock:
-            bid = self._where.get(key)
-            return None if bid is None else self._buckets[bid].get(key)
+            b = self._where.get(key)
+            return None if b is None else b.get(key)
 
     def query(
         self,

@@ -13,7 +13,7 @@ from exporter.metrics import PodCounts, tcp_flag_labels
 STAT_KEYS = {s.name.lower(): s for s in abi.Stat}
 
 
-class Datapath(Protocol):
+class CounterReader(Protocol):
     """The parts of bpf.loader.Datapath the agent's map source reads."""
 
     cfg: Any
@@ -40,7 +40,7 @@ class Datapath(Protocol):
 class DatapathSource:
     """metrics.MapSource over the loaded datapath's pinned maps: numbers named as in flows."""
 
-    def __init__(self, dp: Datapath) -> None:
+    def __init__(self, dp: CounterReader) -> None:
         self.dp = dp
         self.flow_capacity = int(dp.cfg.flow_table_size)
 

@@ -12,15 +12,15 @@ label.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from bpf import abi
-from exporter.enrich import EndpointDirectory
+from exporter.enrich import EndpointDirectory, LocalPod
 from exporter.flows import FlowStore
 
 #: datapath counters (bpf stats map) -> metric name and help
@@ -101,6 +101,8 @@ class AgentHealth:
     last_poll_monotonic: float = 0.0
     attached_endpoints: int = 0
     swept_flows: int = 0
+    #: flow batches a sink of the pipeline failed to take, by sink name (memory, tracer, history)
+    sink_errors: dict[str, int] = field(default_factory=dict)
     #: counts attached endpoints now (the plugin attaches at ADD, between two housekeeping rounds)
     count_attached: Callable[[], int] | None = None
 
@@ -161,6 +163,27 @@ class LumenCollector(Collector):
         started = time.perf_counter()
         self.directory.refresh()
         src = self.source
+        pods = self.directory.pods
+        counts = src.pod_counters()
+        stats = src.datapath_stats()
+        yield from self._flows(src)
+        yield from self._pods(pods, counts)
+        yield from self._pairs(src)
+        yield from self._sources(src, pods, counts, stats)
+        for stat, (name, doc) in DATAPATH_STATS.items():
+            yield self._counter(name, doc, [], {(): stats.get(stat, 0)})
+        yield from self._agent()
+        yield from self._tables(src)
+        yield from self._store()
+        yield _gauge(
+            "lumen_agent_scrape_duration_seconds",
+            "Time the previous scrape took to read the maps.",
+            self.last_scrape_seconds,
+        )
+        self.last_scrape_seconds = time.perf_counter() - started
+
+    def _flows(self, src: MapSource) -> Iterator[Metric]:
+        """Flows, drops and policy decisions, counted in the kernel by what they count."""
         yield self._counter(
             "lumen_flows_processed",
             "Flows seen by the datapath (each counted once, where it enters the pod network, when its "
@@ -193,9 +216,8 @@ class LumenCollector(Collector):
             src.tcp_flags(),
         )
 
+    def _pods(self, pods: Sequence[LocalPod], counts: Mapping[int, PodCounts]) -> Iterator[Metric]:
         # Per pod: sum over the pod's attachments; pods without a record (DEL'd) have no series.
-        pods = self.directory.pods
-        counts = src.pod_counters()
         pod_figures: dict[str, dict[tuple[str, str], float]] = {
             m: {} for m in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
         }
@@ -213,6 +235,7 @@ class LumenCollector(Collector):
         for metric, values in pod_figures.items():
             yield self._counter(f"lumen_pod_{metric}", helps[metric], ["namespace", "pod"], values)
 
+    def _pairs(self, src: MapSource) -> Iterator[Metric]:
         # Pod to pod (both ends local): the service-map matrix. Pods without a record have no series.
         matrix: dict[tuple[str, str, str, str, str], float] = {}
         for (src_ep, dst_ep, verdict), nbytes in src.pair_bytes().items():
@@ -227,6 +250,13 @@ class LumenCollector(Collector):
             matrix,
         )
 
+    def _sources(
+        self,
+        src: MapSource,
+        pods: Sequence[LocalPod],
+        counts: Mapping[int, PodCounts],
+        stats: Mapping[str, int],
+    ) -> Iterator[Metric]:
         # By source: a pod holding a slot is its tx (counted at its veth); a pod without one (every slot
         # taken) by its addresses; any other address is "other" (host, other nodes, a gone pod's).
         src_packets: dict[tuple[str, str], float] = {}
@@ -240,7 +270,6 @@ class LumenCollector(Collector):
                 src_bytes[key] = src_bytes.get(key, 0) + held.tx_bytes
             else:
                 by_addr.update(dict.fromkeys(p.ips, key))
-        stats = src.datapath_stats()
         # sources that found the per-source table full are counted in the datapath stats instead
         other = [stats.get("sources_full_packets", 0), stats.get("sources_full_bytes", 0)]
         for ip, packets, nbytes in src.source_counters():
@@ -276,9 +305,8 @@ class LumenCollector(Collector):
             {(): other[1]},
         )
 
-        for stat, (name, doc) in DATAPATH_STATS.items():
-            yield self._counter(name, doc, [], {(): stats.get(stat, 0)})
-
+    def _agent(self) -> Iterator[Metric]:
+        """The agent's own figures: consumption, decoding, sweeping, attachments."""
         h = self.health
         yield self._counter(
             "lumen_agent_events_consumed",
@@ -291,6 +319,12 @@ class LumenCollector(Collector):
             "Ring-buffer events the agent could not decode.",
             [],
             {(): h.decode_errors},
+        )
+        yield self._counter(
+            "lumen_agent_sink_errors",
+            "Flow batches a sink of the agent's pipeline failed to take (the other sinks still got them).",
+            ["sink"],
+            {(name,): n for name, n in h.sink_errors.items()},
         )
         yield self._counter(
             "lumen_agent_swept_flows",
@@ -314,6 +348,8 @@ class LumenCollector(Collector):
             "Pod veths with the Lumen programs attached.",
             h.count_attached() if h.count_attached else h.attached_endpoints,
         )
+
+    def _tables(self, src: MapSource) -> Iterator[Metric]:
         entries = src.flow_table_entries()
         yield _gauge("lumen_flow_table_entries", "Entries in the kernel flow table.", entries)
         yield _gauge("lumen_flow_table_capacity", "Size of the kernel flow table.", self.source.flow_capacity)
@@ -322,26 +358,21 @@ class LumenCollector(Collector):
             "Entries over capacity of the kernel flow table (LRU: at 1 old flows are evicted).",
             entries / self.source.flow_capacity if self.source.flow_capacity else 0.0,
         )
-        if self.store is not None:
-            yield _gauge(
-                "lumen_flow_store_flows", "Flows held in the agent's recent-flows store.", len(self.store)
-            )
-            yield _gauge(
-                "lumen_flow_store_capacity", "Capacity of the recent-flows store.", self.store.capacity
-            )
-            yield self._counter(
-                "lumen_flow_store_evicted",
-                "Flows evicted from the full store, oldest first.",
-                [],
-                {(): self.store.evicted},
-            )
-            yield _gauge("lumen_flow_subscribers", "Live flow streams (SSE) open.", self.store.subscribers)
+
+    def _store(self) -> Iterator[Metric]:
+        if self.store is None:
+            return
         yield _gauge(
-            "lumen_agent_scrape_duration_seconds",
-            "Time the previous scrape took to read the maps.",
-            self.last_scrape_seconds,
+            "lumen_flow_store_flows", "Flows held in the agent's recent-flows store.", len(self.store)
         )
-        self.last_scrape_seconds = time.perf_counter() - started
+        yield _gauge("lumen_flow_store_capacity", "Capacity of the recent-flows store.", self.store.capacity)
+        yield self._counter(
+            "lumen_flow_store_evicted",
+            "Flows evicted from the full store, oldest first.",
+            [],
+            {(): self.store.evicted},
+        )
+        yield _gauge("lumen_flow_subscribers", "Live flow streams (SSE) open.", self.store.subscribers)
 
 
 def _gauge(name: str, doc: str, value: float) -> Metric:

@@ -32,6 +32,9 @@ HUBBLE_FLAGS: dict[str, tuple[str, ...]] = {
     "direction": ("--traffic-direction",),
 }
 
+#: values Hubble spells its own way -> Lumen's spelling (case-insensitive)
+HUBBLE_VALUES: dict[str, dict[str, str]] = {"protocol": {"icmpv4": "ICMP"}}
+
 _ENTRIES = "filter_entries"  # (negated, criterion, value) in command-line order
 _PENDING_NOT = "filter_pending_not"
 
@@ -59,6 +62,7 @@ class _Filter(argparse.Action):
         self, parser: argparse.ArgumentParser, ns: argparse.Namespace, values: Any, option: Any = None
     ) -> None:
         value = self.fixed if self.fixed is not None else str(values)
+        value = HUBBLE_VALUES.get(self.criterion, {}).get(value.lower(), value)
         negated = self.negate or bool(getattr(ns, _PENDING_NOT, False))
         setattr(ns, _PENDING_NOT, False)
         entries = list(getattr(ns, _ENTRIES, None) or [])

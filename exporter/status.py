@@ -11,29 +11,39 @@ from exporter.attachments import Attachments
 from exporter.enrich import EndpointDirectory
 from exporter.flows import FlowStore
 from exporter.metrics import AgentHealth, MapSource
+from exporter.workload import workload
 
 
 def endpoints(
     directory: EndpointDirectory, attachments: Attachments, identities: Mapping[str, int]
 ) -> list[dict[str, Any]]:
-    """Every endpoint record, with its identity (the enforcer's, else the record's) and attach state."""
+    """Every endpoint record, with its identity (the enforcer's, else the record's), labels, workload
+    and attach state."""
     directory.refresh()
-    return [
-        {
-            "namespace": p.namespace,
-            "pod": p.pod,
-            "containerId": p.container_id,
-            "ifname": p.ifname,
-            "ips": list(p.ips),
-            "hostVeth": p.host_veth,
-            "hostIfindex": p.host_ifindex,
-            "endpointId": p.endpoint_id,
-            "identity": identities.get(f"{p.namespace}/{p.pod}") or p.record.get("identity"),
-            "state": p.state,
-            "attached": attachments.is_attached(p),
-        }
-        for p in directory.pods
-    ]
+    out = []
+    for p in directory.pods:
+        labels = directory.labels(p)
+        kind, owner = directory.label_source.workload(p.namespace, p.pod)
+        if not owner:
+            kind, owner = workload(p.pod, labels)
+        out.append(
+            {
+                "namespace": p.namespace,
+                "pod": p.pod,
+                "containerId": p.container_id,
+                "ifname": p.ifname,
+                "ips": list(p.ips),
+                "hostVeth": p.host_veth,
+                "hostIfindex": p.host_ifindex,
+                "endpointId": p.endpoint_id,
+                "identity": identities.get(f"{p.namespace}/{p.pod}") or p.record.get("identity"),
+                "state": p.state,
+                "attached": attachments.is_attached(p),
+                "labels": dict(labels),
+                "workload": {"kind": kind, "name": owner} if owner else None,
+            }
+        )
+    return out
 
 
 def agent_status(
@@ -78,6 +88,7 @@ def agent_status(
             "lost": stats.get("lost_events", 0),
             "decode_errors": health.decode_errors,
             "poll_lag_s": round(health.poll_lag_seconds, 6),
+            "sink_errors": dict(health.sink_errors),
         },
         "otel": tracing,
         "network": network,

@@ -181,23 +181,33 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--store", type=int, default=65536)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--history",
+        default="off",
+        help="the agent's --history (default off: the pipeline alone, comparable across versions)",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/pipeline needs root (BPF)")
 
     from bpf.loader import unpin_all
-    from exporter.agent import Agent, AgentConfig
+    from exporter.agent import Agent
+    from exporter.config import AgentConfig
 
     tag = secrets.token_hex(4)
     pin = f"/sys/fs/bpf/lbench_{tag}"
     state = tempfile.mkdtemp(prefix="lumen-bench-pipeline-")
-    results: dict = {"machine": f"{os.cpu_count()} vCPU, kernel {platform.release()}"}
+    results: dict = {
+        "machine": f"{os.cpu_count()} vCPU, kernel {platform.release()}",
+        "history": args.history,
+    }
     agent = Agent(
         AgentConfig(
             state_dir=state,
             pin_dir=pin,
             aggregation="none",
             ringbuf_pages=4096,
+            history=args.history,
             flow_store_size=args.store,
             node="bench",
             idle_timeout_s=3600,
@@ -230,7 +240,7 @@ def main() -> None:
         print(json.dumps(results, indent=2))
         return
     fo, pc, sc = results["flat_out"], results["paced_250k"], results["scrape"]
-    print(f"bench/pipeline ({results['machine']})")
+    print(f"bench/pipeline ({results['machine']}, history {results['history']})")
     for name, r in (("flat out", fo), ("paced 250k/s", pc)):
         print(
             f"  {name:<13} offered {r['offered_per_s']:>9,}/s  consumed {r['consumed_per_s']:>9,}/s "

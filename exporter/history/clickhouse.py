@@ -170,7 +170,7 @@ class ClickHouseHistory:
             try:
                 self._ensure_schema()
                 encode = self._encode
-                rows = [(f.time_ns, *encode(f)) for f in flows]
+                rows = [encode(f, f.time_ns) for f in flows]
                 d = self.dicts
                 if d.new_endpoints:
                     self._run(f"INSERT INTO {self.db}.lumen_endpoints (id, doc) VALUES", d.new_endpoints)

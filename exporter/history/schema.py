@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -83,6 +84,7 @@ EXTRA_FIELDS = tuple(name for name in _FLOW_FIELDS if name not in _ENCODED)
 
 _EP_FIELDS = tuple(f.name for f in dataclasses.fields(Endpoint) if f.name != "port")
 _EP_EXTRA = tuple(name for name in _EP_FIELDS if name not in ("ip", "namespace", "pod", "labels"))
+_EP_KEY = operator.attrgetter("ip", "namespace", "pod", *_EP_EXTRA)  # one C call per endpoint
 
 #: strings interned first get the smallest ids (one byte in SQLite)
 SEED_STRINGS = (
@@ -188,10 +190,12 @@ class Dictionaries:
         labels = ep.labels
         # Pods share one labels mapping across their flows: its identity is a cheap key. The cache holds
         # the mapping itself, so that identity cannot be reused by another object while cached.
-        ck: tuple[Any, ...] = (ep.ip, ep.namespace, ep.pod, id(labels))
-        if _EP_EXTRA:
-            ck += tuple(repr(getattr(ep, name)) for name in _EP_EXTRA)
-        hit = self._ep_cache.get(ck)
+        try:
+            ck: tuple[Any, ...] = (_EP_KEY(ep), id(labels))
+            hit = self._ep_cache.get(ck)
+        except TypeError:  # a field without a hash (a newer model's): its text instead
+            ck = (tuple(repr(getattr(ep, n)) for n in _EP_FIELDS if n != "labels"), id(labels))
+            hit = self._ep_cache.get(ck)
         if hit is not None and hit[0] is labels:
             return hit[1]
         doc = endpoint_doc(ep)
@@ -207,9 +211,9 @@ class Dictionaries:
         return i
 
 
-def encoder(d: Dictionaries) -> Callable[[Flow], tuple[Any, ...]]:
-    """flow -> the COLUMNS tuple (without the time key). One closure: attribute and method lookups bound
-    once, since this runs for every stored flow."""
+def encoder(d: Dictionaries) -> Callable[[Flow, int], tuple[Any, ...]]:
+    """(flow, key) -> (key, *the COLUMNS): the key is the store's time key (SQLite's row id, ClickHouse's
+    time). One closure: attribute and method lookups bound once, since this runs for every stored flow."""
     string, endpoint = d.string, d.endpoint
     sids = d.string_ids
     extra_defaults = [(name, _default(name)) for name in EXTRA_FIELDS]
@@ -217,7 +221,7 @@ def encoder(d: Dictionaries) -> Callable[[Flow], tuple[Any, ...]]:
     def policy(p: str | None) -> int | None:
         return None if p is None else string(p)
 
-    def encode(f: Flow) -> tuple[Any, ...]:
+    def encode(f: Flow, first: int) -> tuple[Any, ...]:
         t = f.time_ns
         key = f.key
         extra = None
@@ -225,6 +229,7 @@ def encoder(d: Dictionaries) -> Callable[[Flow], tuple[Any, ...]]:
             found = {n: _jsonable(getattr(f, n)) for n, dflt in extra_defaults if getattr(f, n) != dflt}
             extra = json.dumps(found, sort_keys=True) if found else None
         return (
+            first,
             endpoint(f.source),
             endpoint(f.destination),
             f.source.port,

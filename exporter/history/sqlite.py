@@ -342,17 +342,17 @@ class SqliteHistory:
             t = f.time_ns
             h = t // HOUR_NS
             off = t - h * HOUR_NS
-            row = encode(f)
             seq += 1
+            row = encode(f, (off << SEQ_BITS) | (seq & SEQ_MASK))
             rows = by_hour.get(h)
             if rows is None:
                 rows = by_hour[h] = []
-            rows.append(((off << SEQ_BITS) | (seq & SEQ_MASK), *row))
-            # row: src dst sport dport proto type direction verdict reason node egress ingress reply start_off
-            port = 0 if row[12] else row[3]
-            k = (h, off // MINUTE_NS, row[0], row[1], row[9], row[4], row[7], row[8], row[6], row[12], port)
+            rows.append(row)
+            # row: id src dst sport dport proto type direction verdict reason node egress ingress reply start
+            port = 0 if row[13] else row[4]
+            k = (h, off // MINUTE_NS, row[1], row[2], row[10], row[5], row[8], row[9], row[7], row[13], port)
             e = edges.get(k)
-            start = off - row[13]
+            start = off - row[14]
             if e is None:
                 edges[k] = [1, f.packets, f.bytes, start, off]
             else:

@@ -8,6 +8,8 @@ unchanged; answers add `nodes`, `unreachable` and `errors` (lists answered as JS
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,7 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bpf import vocab
 from exporter import connections, docs, filters
-from exporter.api import DEFAULT_LIMIT, PAGING_PARAMS, parse_request, token_check, view_of
+from exporter.api import DEFAULT_LIMIT, PAGING_PARAMS, connection_event, parse_request, token_check, view_of
+from exporter.flows import Flow
 from exporter.relay import merge
 from exporter.relay.service import HISTORY_CURSOR, Relay
 from exporter.relay.wire import flow_from_dict, iso_us, time_us
@@ -74,6 +77,31 @@ def _absolute(value: str) -> str:
         return iso_us(filters.parse_time(value) // 1000)
     except filters.FilterError as exc:
         raise HTTPException(400, str(exc)) from None
+
+
+FLOW_EVENT = "event: flow\ndata: "
+SEEN_MAX = 16384  # halves one viewer's connection stream remembers, to complete the next event's other half
+
+
+async def as_connections(events: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The relay's flow events as connection events (`view=connections`): each flow becomes the connection
+    it is a half of, completed with the other half if this stream has seen it."""
+    seen: OrderedDict[Any, Flow] = OrderedDict()
+    async for chunk in events:
+        out = []
+        for block in chunk.split("\n\n"):
+            if not block:
+                continue
+            if not block.startswith(FLOW_EVENT):
+                out.append(block + "\n\n")
+                continue
+            flow = flow_from_dict(json.loads(block[len(FLOW_EVENT) :]))
+            seen[flow.key] = flow
+            seen.move_to_end(flow.key)
+            if len(seen) > SEEN_MAX:
+                seen.popitem(last=False)
+            out.append(connection_event(flow, seen.get))
+        yield "".join(out)
 
 
 def _unreachable_headers(missing: dict[str, Any]) -> dict[str, str]:
@@ -148,16 +176,15 @@ def create_app(
         """Every node's live flows interleaved (`event: flow`); `event: nodes` says which nodes feed
         the stream and which cannot be reached; `event: lost` counts flows dropped for a slow reader."""
         params = _params(request)
-        if view_of(params) == "connections":
-            raise HTTPException(
-                400, "view=connections: the relay streams flows; poll /api/flows?view=connections"
-            )
         forward, until = _filter(params)
         if until is not None:
             forward.append(("until", until))
         last = _count(params, "last", 0)
+        events = relay.stream(forward, last, request.is_disconnected)
+        if view_of(params) == "connections":
+            events = as_connections(events)
         return StreamingResponse(
-            relay.stream(forward, last, request.is_disconnected),
+            events,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

@@ -133,7 +133,7 @@ class Hub:
                 if kind == "flow":
                     try:
                         rows.extend(self._pairer.add(merge.record(node, json.loads(data)), time.monotonic()))
-                    except (ValueError, KeyError, TypeError):
+                    except (ValueError, KeyError, TypeError, AttributeError):
                         self.states.lost += 1  # not a flow this relay can read
             rows.extend(self._pairer.due(time.monotonic()))
             out.extend((merge.record(str(r.get("node", "")), r).pos, sse_row(r)) for r in rows)
@@ -162,7 +162,7 @@ class Hub:
                             except asyncio.QueueFull:
                                 self.states.lost += 1
                         elif event == "lost":
-                            self.states.upstream_lost[target.name] = int(json.loads(data).get("dropped", 0))
+                            self.states.upstream_lost[target.name] = _dropped(data)
                 error, label = "stream ended", "eof"
             except StreamError as exc:
                 error, label = str(exc), exc.label
@@ -183,6 +183,14 @@ class Hub:
 
     def lost_for(self, viewer: Viewer) -> int:
         return viewer.lost + self.states.lost + sum(self.states.upstream_lost.values())
+
+
+def _dropped(data: str) -> int:
+    """An agent's `lost` event: how many flows its stream to the relay missed (0 if unreadable)."""
+    try:
+        return int(json.loads(data).get("dropped", 0))
+    except (ValueError, TypeError, AttributeError):
+        return 0
 
 
 class Hubs:

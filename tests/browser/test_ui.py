@@ -40,9 +40,13 @@ class Node(View):
         def ep(pod: str, ip: str, ifindex: int, attached: bool) -> dict[str, Any]:
             return {"namespace": "shop", "pod": pod, "ips": [ip], "endpointId": ifindex,
                     "identity": 256 + ifindex, "state": "ready",
-                    "hostVeth": f"lmn0{pod}", "hostIfindex": ifindex, "attached": attached}  # fmt: skip
+                    "hostVeth": f"lmn0{pod}", "hostIfindex": ifindex, "attached": attached,
+                    "labels": {}, "workload": None}  # fmt: skip
 
-        return [ep("web", "10.22.0.5", 7, True), ep("api", "10.22.0.6", 8, False)]
+        web = ep("web", "10.22.0.5", 7, True)
+        web["labels"] = {"app": "web", "tier": "front"}
+        web["workload"] = {"kind": "Deployment", "name": "web"}
+        return [web, ep("api", "10.22.0.6", 8, False)]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +83,7 @@ def wait_row(browser: WebDriver, text: str) -> str:
 
 
 def test_flows_appear_live_with_verdict_and_endpoints(browser, server, node):
-    open_page(browser, server, "/flows")
+    open_page(browser, server, "/flows?view=flows")  # each half apart: a row per flow event's record
     wait_until(lambda: browser.find_element(By.ID, "conn").text == "live")
     f = flow(src_pod=("shop", "web"), dst_pod=("shop", "api"), dport=8080, packets=3, nbytes=4500)
     node.store.add(f)
@@ -150,7 +154,7 @@ def test_pause_holds_the_table_and_resume_catches_up(browser, server, node):
 
 
 def test_keyboard_navigation_detail_panel_and_labels(browser, server, node):
-    open_page(browser, server, "/flows")
+    open_page(browser, server, "/flows?view=flows")
     node.store.add(a := flow(src_pod=("shop", "web"), dst_pod=("db", "pg"), verdict="DROPPED", type="DROP",
                              labels={"app": "web"}))  # fmt: skip
     node.store.add(b := flow())
@@ -162,7 +166,8 @@ def test_keyboard_navigation_detail_panel_and_labels(browser, server, node):
     assert unlabelled == []
     nav = browser.find_element(By.CSS_SELECTOR, "nav[aria-label=Pages] a[aria-current=page]")
     assert nav.text == "Flows"
-    assert browser.find_element(By.ID, "flows").get_attribute("aria-label") == "Live flows, newest first"
+    label = browser.find_element(By.ID, "flows").get_attribute("aria-label")
+    assert label == "Live flows (each half of a connection), newest first"
     # "/" jumps to the filter bar.
     body = browser.find_element(By.TAG_NAME, "body")
     body.send_keys("/")
@@ -274,11 +279,17 @@ def test_endpoints_show_identity_attach_state_and_counters(browser, server, node
         )
     )
     web, api = cells["shop/web"], cells["shop/api"]
-    assert web[:6] == ["shop/web", "10.22.0.5", "263", "lmn0web (#7)", "ready", "attached"]
-    assert api[5] == "not attached"
+    assert web[:8] == [
+        "shop/web", "Deployment/web", "app=web tier=front", "10.22.0.5", "263", "lmn0web (#7)", "ready",
+        "attached",
+    ]  # fmt: skip
+    assert api[7] == "not attached" and api[1:3] == ["—", "—"]
     sent = node.store.query().flows
     tx = sum(f.packets for f in sent if f.source.namespace == "shop" and f.source.pod == "web")
-    assert web[6].startswith(f"{tx} pkts")
+    assert web[8].startswith(f"{tx} pkts")
+    # a label links to the flows of the pods that carry it
+    link = browser.find_element(By.CSS_SELECTOR, '#endpoints tr[data-pod="shop/web"] a.label')
+    assert parse_qs(urlparse(link.get_attribute("href")).query) == {"label": ["app=web"]}
     assert console_errors(browser) == []
     screenshot(browser, "endpoints")
 

@@ -87,12 +87,12 @@ def test_traffic_between_pods_appears_live_and_on_the_map(browser, live):
         )
 
     wait_until(cells)
-    assert cells()[1] == live.a.ip(4) and cells()[5] == "attached"
-    assert int(cells()[2]) >= 256, "the pod's policy identity"
+    assert cells()[3] == live.a.ip(4) and cells()[7] == "attached"
+    assert int(cells()[4]) >= 256, "the pod's policy identity"
     # The flow's record holds what its latest event (NEW, then a REPORT a second later) counted; the page
     # refreshes every few seconds.
     # (at least: IPv6 noise sent before the pod was quieted may count too)
-    wait_until(lambda: int(cells()[6].split()[0]) >= 20, timeout=15)
+    wait_until(lambda: int(cells()[8].split()[0]) >= 20, timeout=15)
     assert console_errors(browser) == []
     screenshot(browser, "agent-endpoints")
 

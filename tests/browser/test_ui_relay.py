@@ -47,7 +47,7 @@ def rows(browser: WebDriver) -> list[str]:
 def test_flows_of_two_agents_one_row_per_cross_node_flow_and_a_banner(browser, served, nodes):
     a, b = nodes
     a.store.add(make_flow(sport=31001, time_ns=time.time_ns()))  # stored before the page opens
-    browser.get(served.url + "/flows")
+    browser.get(served.url + "/flows?view=flows")  # each record: the relay pairs a cross-node flow's two ends
     browser.get_log("browser")
     wait_until(lambda: browser.find_element(By.ID, "conn").text == "live")
     banner = wait_until(lambda: browser.find_element(By.ID, "partial").text)

@@ -28,7 +28,11 @@ metadata: {name: shop, labels: {tier: prod}}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: web, namespace: shop, labels: {app: web}}
+metadata:
+  name: web-5d4f8b7c9-x2x7k
+  namespace: shop
+  labels: {app: web, pod-template-hash: 5d4f8b7c9}
+  ownerReferences: [{kind: ReplicaSet, name: web-5d4f8b7c9, controller: true}]
 spec: {containers: [{name: web, image: nginx}]}
 ---
 apiVersion: v1
@@ -67,7 +71,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     policy_dir.mkdir()
     (policy_dir / "00-cluster.yaml").write_text(CLUSTER)
     (policy_dir / "10-db.yaml").write_text(DB_ONLY_FROM_API)
-    pods = [("web", "shop"), ("db", "shop")]
+    pods = [("web-5d4f8b7c9-x2x7k", "shop"), ("db", "shop")]
     with agent_with_pods(workdir, pods, args=["--policy-dir", str(policy_dir)]) as (node, agent, (web, db)):
         with probe.servers([db], [5432]):
             yield Env(node, agent, policy_dir, web, db)
@@ -120,13 +124,13 @@ def test_a_denied_connection_is_dropped_and_every_surface_says_why(env: Env):
     assert not reach(env)
     deadline = time.monotonic() + 5
     while (
-        not (dropped := flows(env, verdict="DROPPED", from_pod="shop/web", to_port="5432"))
+        not (dropped := flows(env, verdict="DROPPED", from_pod="shop/web-", to_port="5432"))
         and time.monotonic() < deadline
     ):
         time.sleep(0.2)
     assert dropped, "no DROPPED flow in the API"
     f = dropped[-1]
-    assert f["drop_reason"] == "policy_denied" and f["source"]["pod"] == "web"
+    assert f["drop_reason"] == "policy_denied" and f["source"]["pod"] == "web-5d4f8b7c9-x2x7k"
     assert f["policy"]["ingress"] == "" and f["policy"]["summary"] == "no policy allows ingress"
     assert metric(env, "lumen_drop_total", reason="policy_denied") > 0
     # the denial is named by the policy isolating shop/db (its default deny), not "none"
@@ -137,7 +141,7 @@ def test_a_denied_connection_is_dropped_and_every_surface_says_why(env: Env):
         "match": "default-deny",
     }
     assert metric(env, "lumen_policy_verdicts_total", **deny) > 0
-    out = cli(env, "explain", "shop/web", "shop/db", "--port", "5432")
+    out = cli(env, "explain", "shop/web-5d4f8b7c9-x2x7k", "shop/db", "--port", "5432")
     assert out.returncode == 0, out.stderr
     assert "DENIED" in out.stdout and "shop/db-from-api" in out.stdout
 
@@ -150,7 +154,7 @@ def test_a_changed_manifest_is_applied_while_running(env: Env):
         assert "shop/db-from-web" in st["policies"], st
         assert reach(env)
         deadline = time.monotonic() + 5
-        while not (ok := flows(env, verdict="FORWARDED", from_pod="shop/web", to_port="5432")) and (
+        while not (ok := flows(env, verdict="FORWARDED", from_pod="shop/web-", to_port="5432")) and (
             time.monotonic() < deadline
         ):
             time.sleep(0.2)
@@ -200,3 +204,40 @@ def test_explain_rejects_bad_input_with_a_reason(env: Env):
     assert exc.value.code == 400 and "shop/nope" in json.load(exc.value)["detail"]
     bad = cli(env, "whatif", "-", stdin="")
     assert bad.returncode != 0
+
+
+def test_flows_name_both_ends_and_icmp_sessions_by_message(env: Env):
+    """Two pings at once from db to web: two connections (echo identifiers), each an echo-request and its
+    echo-reply; both ends carry labels, workload and identity; label filters work in the API and the CLI."""
+    pings = [
+        subprocess.Popen(["ip", "netns", "exec", env.db.ns, "ping", "-c", "3", "-i", "0.2", env.web.ip()])
+        for _ in range(2)
+    ]
+    assert [p.wait(timeout=20) for p in pings] == [0, 0]
+    deadline = time.monotonic() + 5
+    while len(icmp := flows(env, protocol="icmp", from_label="app=db")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    requests = [f for f in icmp if f["icmp"]["name"] == "echo-request"]
+    assert len({f["icmp"]["id"] for f in requests}) == 2, "one flow per ping session"
+    f = requests[-1]
+    assert f["source"]["port"] == 0 and f["destination"]["port"] == 0, "no ports for ICMP"
+    src, dst = f["source"], f["destination"]
+    assert src["labels"]["app"] == "db" and dst["labels"]["app"] == "web"
+    assert dst["workload"] == {"kind": "Deployment", "name": "web"}
+    assert src["identity"] >= 256 and dst["identity"] >= 256 and src["identity"] != dst["identity"]
+    replies = flows(env, protocol="icmp", to_label="app=db", is_reply="true")
+    assert {r["icmp"]["name"] for r in replies} == {"echo-reply"}
+    q = "view=connections&protocol=icmp&label=app=db"
+    conns = env.agent.get(f"/api/flows?{q}")["connections"]
+    pinged = [c for c in conns if c["client"]["pod"] == "db" and c["request"] and c["reply"]]
+    # (a record holds what its latest event counted: NEW, then REPORTs and END)
+    assert len(pinged) >= 2 and all(c["icmp"]["name"] == "echo-request" for c in pinged)
+    assert all(c["reply"]["message"] == "echo-reply" and c["server_port"] is None for c in pinged)
+    out = subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "observe", "--server", env.agent.url, "--from-label", "app=db",
+         "--protocol", "icmp", "-o", "jsonl", "--last", "50"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    assert lines and all(x["source"]["labels"]["app"] == "db" for x in lines)

@@ -319,11 +319,13 @@ def test_metrics_carry_policy_verdicts(lab: Lab):
             lab.enforcer.policy_names,
         )
     )
-    allowed = reg.get_sample_value(
-        "lumen_policy_verdicts_total", {"verdict": "FORWARDED", "direction": "ingress", "policy": "y/web"}
-    )
-    denied = reg.get_sample_value(
-        "lumen_policy_verdicts_total", {"verdict": "DROPPED", "direction": "ingress", "policy": "none"}
+    name = "lumen_policy_verdicts_total"
+    side = {"direction": "ingress"}
+    allowed = reg.get_sample_value(name, {**side, "verdict": "FORWARDED", "policy": "y/web", "match": "rule"})
+    # a denial is named by a policy isolating the pod (its default deny), never "none"
+    denied = sum(
+        reg.get_sample_value(name, {**side, "verdict": "DROPPED", "policy": p, "match": "default-deny"}) or 0
+        for p in ("y/deny-all", "y/web")
     )
     dropped = reg.get_sample_value("lumen_drop_total", {"reason": "policy_denied", "protocol": "TCP"})
     assert allowed and allowed > 0 and denied and denied > 0 and dropped and dropped > 0

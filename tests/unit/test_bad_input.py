@@ -157,3 +157,22 @@ def test_ringbuf_pages_must_be_a_power_of_two(value):
 def test_observe_refuses_bad_times_and_values_as_usage_errors(args):
     code, err = run_cli("observe", "--server=http://127.0.0.1:9", *args)
     assert code == 2 and "lumen observe:" in err and "Traceback" not in err
+
+
+MANIFEST_TEXT = st.one_of(
+    st.text(max_size=200),
+    st.builds(
+        lambda field, value: (
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: shop}\n"
+            f"spec:\n  podSelector: {{}}\n  {field}: {value}\n"
+        ),
+        st.sampled_from(["ingress", "egress", "policyTypes", "podSelector"]),
+        st.text(alphabet=string.printable, max_size=40),
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=MANIFEST_TEXT)
+def test_any_manifest_posted_to_whatif_is_answered_or_refused_with_a_reason(client, body):
+    answered(client.post("/api/policy/whatif", content=body.encode("utf-8", "surrogatepass")))

@@ -148,6 +148,8 @@ def test_hubble_spellings() -> None:
         "not_ip_version": ["6"],
         "tcp_flags": ["SYN"],
     }
+    args, _ = parse(["--protocol", "ICMPv4"])  # Hubble's name of ICMP
+    assert observe_args.filter_params(observe_args.entries(args)) == {"protocol": ["ICMP"]}
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ live stream interleaved and paired, endpoints, the service map, metrics, and `lu
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -518,3 +519,35 @@ def test_viewers_with_the_same_filter_share_one_stream_per_agent():
             )
         wait_until(lambda: hubs(r) == 0, timeout=10)
         wait_until(lambda: (n1.store.subscribers, n2.store.subscribers) == (0, 0), timeout=20)
+
+
+def test_an_unreadable_live_flow_is_counted_lost_and_the_stream_goes_on():
+    from fastapi import FastAPI
+    from fastapi.responses import StreamingResponse
+
+    from tests.relay_harness import Served
+
+    good = make_flow(sport=99, time_ns=time.time_ns()).to_dict()
+    odd = FastAPI()  # an agent of another version, or a proxy in the way
+
+    @odd.get("/api/flows/stream")
+    async def stream():
+        async def events():
+            yield 'event: flow\ndata: [1, 2]\n\nevent: flow\ndata: {"time": "soon"}\n\n'
+            yield f"event: flow\ndata: {json.dumps(good)}\n\n"
+            await asyncio.sleep(30)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    served = Served(odd).start()
+    try:
+        with (
+            relay([Target("odd", served.url)]) as r,
+            httpx.stream("GET", f"{r.url}/api/flows/stream", timeout=10) as resp,
+        ):
+            events = sse(resp)
+            got = [e for e in (next(events) for _ in range(3))]
+        assert [kind for kind, _ in got] == ["nodes", "lost", "flow"]
+        assert json.loads(got[1][1]) == {"dropped": 2} and json.loads(got[2][1])["source"]["port"] == 99
+    finally:
+        served.stop()

@@ -117,6 +117,38 @@ const Lumen = (() => {
     return [...new URLSearchParams(location.search)].filter(([k]) => k !== "limit" && k !== "last");
   }
 
+  // Link-local, multicast and unspecified traffic (neighbour discovery, MLD, DHCP) is hidden unless the page
+  // URL says show_special=1 (one checkbox on Flows and the Service map) or the filters name `special`
+  // themselves; the counters still count it.
+  const SPECIAL_TOGGLE = "show_special";
+
+  function showsSpecial() {
+    return new URLSearchParams(location.search).has(SPECIAL_TOGGLE);
+  }
+
+  function apiFilters() {
+    const url = urlFilters();
+    const out = url.filter(([k]) => k !== SPECIAL_TOGGLE);
+    if (!url.some(([k]) => k === SPECIAL_TOGGLE || k === "special" || k === "not_special")) {
+      out.push(["special", "false"]);
+    }
+    return out;
+  }
+
+  // The checkbox `input` toggles show_special=1 in the page URL and calls `changed`.
+  function specialToggle(input, changed) {
+    input.checked = showsSpecial();
+    input.addEventListener("change", () => {
+      const keep = urlFilters().filter(([k]) => k !== SPECIAL_TOGGLE);
+      if (input.checked) keep.push([SPECIAL_TOGGLE, "1"]);
+      history.pushState(null, "", `${location.pathname}${query(keep)}`);
+      changed();
+    });
+    window.addEventListener("popstate", () => {
+      input.checked = showsSpecial();
+    });
+  }
+
   function query(pairs) {
     const qs = new URLSearchParams(pairs).toString();
     return qs ? `?${qs}` : "";
@@ -174,7 +206,8 @@ const Lumen = (() => {
   }
 
   return {
-    getJSON, stream, urlFilters, query, bytes, duration, endpoint, time, el, verdictBadge, showError, setConn,
+    getJSON, stream, urlFilters, apiFilters, specialToggle, query, bytes, duration, endpoint, time, el,
+    verdictBadge, showError, setConn,
     showUnreachable,
     vocab,
   };

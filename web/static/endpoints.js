@@ -7,6 +7,17 @@
   const tbody = document.querySelector("#endpoints tbody");
   const summary = document.getElementById("ep-summary");
 
+  // Each label links to the flows of the pods that carry it (the label filter of the API).
+  function labelsCell(labels) {
+    const td = Lumen.el("td", { class: "labels" });
+    for (const [k, v] of Object.entries(labels || {})) {
+      const href = `/flows?label=${encodeURIComponent(`${k}=${v}`)}`;
+      td.append(Lumen.el("a", { class: "label", href }, `${k}=${v}`), " ");
+    }
+    if (!td.childNodes.length) td.append("—");
+    return td;
+  }
+
   function text(v) {
     return v === undefined || v === null || v === "" ? "—" : String(v);
   }
@@ -26,6 +37,8 @@
           "tr",
           { "data-pod": id },
           Lumen.el("th", { scope: "row" }, Lumen.el("a", { href: `/flows?pod=${encodeURIComponent(id)}` }, id)),
+          Lumen.el("td", {}, text(ep.workload && `${ep.workload.kind}/${ep.workload.name}`)),
+          labelsCell(ep.labels),
           Lumen.el("td", {}, text((ep.ips || []).join(", "))),
           // the policy identity (label set) when the agent enforces policy; the endpoint id says which veth
           Lumen.el("td", { title: `endpoint id ${ep.endpointId}` }, text(ep.identity ?? "unmanaged")),

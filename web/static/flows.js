@@ -1,6 +1,8 @@
 // Flows page: a live table fed by /api/flows/stream. Events are queued and drawn once per animation frame,
 // the queue and the table are both capped, so thousands of events per second cost one DOM update a frame.
 // Below the live rows, older flows page in from /api/flows with the API's cursor, 100 at a time.
+// By default a row is a connection (view=connections: client -> server:port, a request and its reply in one
+// row, updated in place as either half changes); view=flows in the page URL shows each half apart.
 "use strict";
 
 (() => {
@@ -31,14 +33,50 @@
   let maxRows = MAX_ROWS;
   let older = { cursor: null, done: false, loading: false, loaded: 0, trimmed: false, source: "", complete: true };
   let backlogReady = false; // live rows wait until the first page is drawn, so they land above it
-  const shown = new Set(); // signatures of the rows in the table: a flow paged in and streamed is one row
+  const shown = new Map(); // signature -> row: a flow paged in and streamed is one row; a connection's
+  // newer state replaces its row
+
+  // -- view: connections (default) or each half, kept in the URL -----------------------------------------
+
+  const halvesBox = document.getElementById("halves");
+
+  function view() {
+    return new URLSearchParams(location.search).get("view") === "flows" ? "flows" : "connections";
+  }
+
+  function apiParams() {
+    return [...Lumen.apiFilters().filter(([k]) => k !== "view"), ["view", view()]];
+  }
+
+  function isConn(f) {
+    return f.client !== undefined;
+  }
+
+  function setHeaders() {
+    const conn = view() === "connections";
+    const th = document.querySelectorAll("#flows thead th");
+    th[1].textContent = conn ? "Client" : "Source";
+    th[2].textContent = conn ? "Server" : "Destination";
+    th[10].textContent = conn ? "Reply" : "Event";
+    halvesBox.checked = !conn;
+    document.getElementById("flows").setAttribute(
+      "aria-label", conn ? "Live connections, newest first" : "Live flows (each half of a connection), newest first");
+  }
 
   // -- filters <-> URL -------------------------------------------------------------------------------
+
+  // The page's toggles (view, show_special) live in the URL beside the filters, not in the filter form.
+  const TOGGLES = ["view", "show_special"];
+
+  function toggles() {
+    return Lumen.urlFilters().filter(([k]) => TOGGLES.includes(k));
+  }
 
   function fillForm() {
     const extra = [];
     const seen = new Set();
     for (const [k, v] of Lumen.urlFilters()) {
+      if (TOGGLES.includes(k)) continue;
       if (FORM_FIELDS.includes(k) && !seen.has(k)) {
         form.elements[k].value = v;
         seen.add(k);
@@ -64,20 +102,25 @@
       }
       pairs.push([token.slice(0, at), token.slice(at + 1)]);
     }
-    return pairs;
+    return [...pairs.filter(([k]) => !TOGGLES.includes(k)), ...toggles()];
   }
 
   // -- rendering ---------------------------------------------------------------------------------------
 
+  function labelText(labels) {
+    return Object.entries(labels || {}).map(([k, v]) => `${k}=${v}`).join(" ");
+  }
+
   function endpointCell(ep) {
     const e = Lumen.endpoint(ep);
-    const td = Lumen.el("td", { class: "ep" });
+    const td = Lumen.el("td", { class: "ep", title: labelText(ep.labels) });
     if (e.name) td.append(Lumen.el("span", { class: "pod" }, e.name), " ");
     td.append(Lumen.el("span", { class: "addr" }, e.addr));
     return td;
   }
 
   function signature(f) {
+    if (isConn(f)) return `c|${f.id}`;
     const ep = (e) => `${e.ip}:${e.port}`;
     return `${f.time}|${ep(f.source)}|${ep(f.destination)}|${f.protocol}|${f.direction}|${f.type}`;
   }
@@ -90,25 +133,61 @@
     return pol.summary || "";
   }
 
+  // ICMP, ICMPv6, IGMP: the message by name (echo-request, neighbor-solicitation, ...), not ports
+  function protocolText(f) {
+    const msg = f.icmp || f.igmp;
+    return msg ? `${f.protocol} ${msg.name}` : f.protocol;
+  }
+
+  function halfText(h) {
+    return h ? `${h.packets} pkts, ${Lumen.bytes(h.bytes)}` : "none seen";
+  }
+
+  function connRow(c) {
+    const replyCell = c.reply
+      ? Lumen.el("td", { title: `reply: ${halfText(c.reply)}` }, "↔ yes")
+      : Lumen.el("td", { class: "muted" }, "→ none");
+    const tr = Lumen.el(
+      "tr",
+      { tabindex: "-1", class: `r-${c.verdict.toLowerCase()}`, "data-conn": c.id },
+      Lumen.el("td", { class: "time" }, Lumen.time(c.time)),
+      endpointCell(c.client),
+      endpointCell(c.server),
+      Lumen.el("td", {}, protocolText(c)),
+      Lumen.el("td", { class: "flags" }, c.tcp_flags.join(" ")),
+      Lumen.el("td", {}, Lumen.verdictBadge(c.verdict)),
+      Lumen.el("td", {}, c.drop_reason === "none" ? "" : c.drop_reason),
+      Lumen.el("td", { class: "policy", title: policyText(c) }, policyText(c)),
+      Lumen.el("td", { class: "num" }, String(c.packets)),
+      Lumen.el("td", { class: "num" }, Lumen.bytes(c.bytes)),
+      replyCell,
+    );
+    flowOf.set(tr, c);
+    tr.dataset.sig = signature(c);
+    shown.set(tr.dataset.sig, tr);
+    return tr;
+  }
+
   function row(f) {
+    if (isConn(f)) return connRow(f);
     const tr = Lumen.el(
       "tr",
       { tabindex: "-1", class: `r-${f.verdict.toLowerCase()}` },
       Lumen.el("td", { class: "time" }, Lumen.time(f.time)),
       endpointCell(f.source),
       endpointCell(f.destination),
-      Lumen.el("td", {}, f.protocol),
+      Lumen.el("td", {}, protocolText(f)),
       Lumen.el("td", { class: "flags" }, f.tcp_flags.join(" ")),
       Lumen.el("td", {}, Lumen.verdictBadge(f.verdict)),
       Lumen.el("td", {}, f.drop_reason === "none" ? "" : f.drop_reason),
       Lumen.el("td", { class: "policy", title: policyText(f) }, policyText(f)),
       Lumen.el("td", { class: "num" }, String(f.packets)),
       Lumen.el("td", { class: "num" }, Lumen.bytes(f.bytes)),
-      Lumen.el("td", {}, f.type),
+      Lumen.el("td", {}, f.is_reply ? `${f.type} ↩ reply` : f.type),
     );
     flowOf.set(tr, f);
     tr.dataset.sig = signature(f);
-    shown.add(tr.dataset.sig);
+    shown.set(tr.dataset.sig, tr);
     return tr;
   }
 
@@ -137,8 +216,20 @@
       showCounts();
       return;
     }
-    // Events are parsed here, only those that will be drawn.
-    const batch = pending.map((data) => JSON.parse(data)).filter((f) => !shown.has(signature(f)));
+    // Events are parsed here, only those that will be drawn. A connection's newest state replaces its row.
+    const latest = new Map();
+    for (const data of pending) {
+      const f = JSON.parse(data);
+      const sig = signature(f);
+      if (!isConn(f) && shown.has(sig)) continue;
+      latest.delete(sig);
+      latest.set(sig, f);
+    }
+    for (const sig of latest.keys()) {
+      const old = shown.get(sig);
+      if (old) removeRow(old);
+    }
+    const batch = [...latest.values()];
     pending = [];
     if (batch.length) {
       const frag = document.createDocumentFragment();
@@ -167,7 +258,7 @@
       lost = JSON.parse(data).dropped;
       return;
     }
-    if (name !== "flow") return;
+    if (name !== "flow" && name !== "connection") return;
     received++;
     pending.push(data);
     if (pending.length > MAX_ROWS) {
@@ -180,7 +271,7 @@
   // -- older flows: pages of /api/flows, newest first, continued with the API's cursor ----------------
 
   function olderParams() {
-    const params = [["limit", String(PAGE)], ...Lumen.urlFilters().filter(([k]) => !older.trimmed || k !== "until")];
+    const params = [["limit", String(PAGE)], ...apiParams().filter(([k]) => !older.trimmed || k !== "until")];
     if (older.trimmed) {
       // live rows pushed the bottom of the table out: continue from the oldest row still shown
       const last = tbody.lastElementChild && flowOf.get(tbody.lastElementChild);
@@ -198,7 +289,8 @@
     try {
       const page = await Lumen.getJSON(`/api/flows${Lumen.query(olderParams())}`);
       if (signal.aborted) return;
-      const rows = page.flows.slice().reverse().filter((f) => !shown.has(signature(f))); // newest first
+      const records = page.connections || page.flows;
+      const rows = records.slice().reverse().filter((f) => !shown.has(signature(f))); // newest first
       const frag = document.createDocumentFragment();
       for (const f of rows) frag.append(row(f));
       tbody.append(frag);
@@ -248,7 +340,8 @@
     Lumen.showError("");
     // Live first, then the newest stored page: once the stream is open nothing falls between the two, and
     // a flow in both is drawn once.
-    const url = `/api/flows/stream${Lumen.query(Lumen.urlFilters())}`;
+    setHeaders();
+    const url = `/api/flows/stream${Lumen.query(apiParams())}`;
     let opened = false;
     Lumen.stream(url, onEvent, signal, () => {
       if (!opened) {
@@ -285,12 +378,68 @@
     return p === "" ? "no rule admits it" : p;
   }
 
+  function putEndpoint(dl, side, ep) {
+    const e = Lumen.endpoint(ep);
+    put(dl, side, e.name ? `${e.name} (${e.addr})` : `${e.addr} (not a pod Lumen knows)`);
+    put(dl, `${side} labels`, labels(ep.labels));
+    if (ep.workload) put(dl, `${side} workload`, `${ep.workload.kind}/${ep.workload.name}`);
+    if (ep.identity) put(dl, `${side} identity`, ep.identity);
+    if (ep.node) put(dl, `${side} node`, ep.node); // a cross-node flow names both nodes
+  }
+
+  function windowLink(dl, f, ends) {
+    // the record's own time window (a second wider each way: the JSON's times are rounded to microseconds),
+    // with its two ends: what else they did while it lasted, from the history when memory no longer has it
+    const at = (iso, ms) => new Date(new Date(iso).getTime() + ms).toISOString();
+    const around = Lumen.query([
+      ["since", at(f.start, -1000)], ["until", at(f.time, 1000)], ["ip", ends[0].ip], ["ip", ends[1].ip],
+    ]);
+    dl.append(
+      Lumen.el("dt", {}, "Time window"),
+      Lumen.el("dd", {}, Lumen.el("a", { href: `/flows${around}`, id: "flow-window" }, "flows of these ends while it lasted")),
+    );
+  }
+
+  function connDetail(c) {
+    const dl = Lumen.el("dl", { id: "detail-body" });
+    put(dl, "Verdict", c.verdict);
+    put(dl, "Drop reason", c.drop_reason === "none" ? "" : c.drop_reason);
+    const pol = c.policy || {};
+    put(dl, "Policy", pol.summary || "");
+    put(dl, "Egress policy", sideText(pol.egress));
+    put(dl, "Ingress policy", sideText(pol.ingress));
+    put(dl, "Protocol", protocolText(c));
+    if (c.server_port !== null) put(dl, "Server port", c.server_port);
+    putEndpoint(dl, "Client", c.client);
+    putEndpoint(dl, "Server", c.server);
+    for (const [name, h] of [["Request", c.request], ["Reply", c.reply]]) {
+      put(dl, name, h ? `${h.packets} pkts, ${Lumen.bytes(h.bytes)}, ${h.verdict}, ${h.type}${h.message ? `, ${h.message}` : ""}` +
+        `${h.tcp_flags.length ? `, ${h.tcp_flags.join(" ")}` : ""}` : "none seen");
+    }
+    put(dl, "Started", c.start);
+    put(dl, "Last packet", c.end);
+    put(dl, "Duration", Lumen.duration(c.duration_ms));
+    put(dl, "Packets", c.packets);
+    put(dl, "Bytes", `${c.bytes} (${Lumen.bytes(c.bytes)})`);
+    put(dl, "Finished", c.finished ? "yes" : "no");
+    put(dl, "Node", c.node);
+    windowLink(dl, c, [c.client, c.server]);
+    return dl;
+  }
+
   function openDetail(tr) {
     const f = flowOf.get(tr);
     if (!f) return;
     if (openRow) openRow.removeAttribute("aria-current");
     openRow = tr;
     tr.setAttribute("aria-current", "true");
+    if (isConn(f)) {
+      document.getElementById("detail-title").textContent = "Connection detail";
+      document.getElementById("detail-body").replaceWith(connDetail(f));
+      detail.hidden = false;
+      return;
+    }
+    document.getElementById("detail-title").textContent = "Flow detail";
     const dl = Lumen.el("dl", { id: "detail-body" });
     put(dl, "Verdict", f.verdict);
     put(dl, "Drop reason", f.drop_reason === "none" ? "" : f.drop_reason);
@@ -305,14 +454,9 @@
     put(dl, "Flow start", f.start);
     put(dl, "Last seen", f.end);
     put(dl, "Duration", Lumen.duration(f.duration_ms));
-    put(dl, "Protocol", f.protocol);
+    put(dl, "Protocol", protocolText(f));
     put(dl, "Direction", f.direction);
-    for (const [side, ep] of [["Source", f.source], ["Destination", f.destination]]) {
-      const e = Lumen.endpoint(ep);
-      put(dl, side, e.name ? `${e.name} (${e.addr})` : `${e.addr} (not a pod on this node)`);
-      put(dl, `${side} labels`, labels(ep.labels));
-      if (ep.node) put(dl, `${side} node`, ep.node); // a cross-node flow names both nodes
-    }
+    for (const [side, ep] of [["Source", f.source], ["Destination", f.destination]]) putEndpoint(dl, side, ep);
     put(dl, "TCP flags seen", f.tcp_flags.join(" "));
     put(dl, "Packets", f.packets);
     put(dl, "Bytes", `${f.bytes} (${Lumen.bytes(f.bytes)})`);
@@ -329,16 +473,7 @@
     } else {
       put(dl, "Node", f.node);
     }
-    // the flow's own time window (a second wider each way: the JSON's times are rounded to microseconds),
-    // with its two ends: what else they did while it lasted, from the history when memory no longer has it
-    const at = (iso, ms) => new Date(new Date(iso).getTime() + ms).toISOString();
-    const around = Lumen.query([
-      ["since", at(f.start, -1000)], ["until", at(f.time, 1000)], ["ip", f.source.ip], ["ip", f.destination.ip],
-    ]);
-    dl.append(
-      Lumen.el("dt", {}, "Time window"),
-      Lumen.el("dd", {}, Lumen.el("a", { href: `/flows${around}`, id: "flow-window" }, "flows of these ends while it lasted")),
-    );
+    windowLink(dl, f, [f.source, f.destination]);
     document.getElementById("detail-body").replaceWith(dl);
     detail.hidden = false;
   }
@@ -418,7 +553,7 @@
   });
   document.getElementById("clear").addEventListener("click", () => {
     form.reset();
-    history.pushState(null, "", location.pathname);
+    history.pushState(null, "", `${location.pathname}${Lumen.query(toggles())}`);
     fillForm();
     start();
   });
@@ -427,6 +562,13 @@
     start();
   });
   pauseBtn.addEventListener("click", () => setPaused(!paused));
+  halvesBox.addEventListener("change", () => {
+    const keep = Lumen.urlFilters().filter(([k]) => k !== "view");
+    if (halvesBox.checked) keep.push(["view", "flows"]);
+    history.pushState(null, "", `${location.pathname}${Lumen.query(keep)}`);
+    start();
+  });
+  Lumen.specialToggle(document.getElementById("show-special"), start);
   olderBtn.addEventListener("click", () => loadOlder(controller.signal));
   document.getElementById("detail-close").addEventListener("click", () => closeDetail());
 

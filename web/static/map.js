@@ -152,7 +152,8 @@
         Lumen.el("td", { class: "num" }, `${Lumen.bytes(e.bytes_per_s)}/s`),
         Lumen.el("td", { class: "num" }, String(e.flows)),
         Lumen.el("td", { class: "num" }, Lumen.bytes(e.bytes)),
-        Lumen.el("td", {}, `${e.protocols.join(" ")} ${e.ports.join(", ")}`),
+        // the server's ports only: replies are drawn on their request's edge
+        Lumen.el("td", {}, [e.protocols.join(" "), e.ports.join(", "), (e.messages || []).join(", ")].filter(Boolean).join(" ")),
         Lumen.el("td", {}, e.drop_reasons.join(", ")),
       ),
     );
@@ -161,7 +162,7 @@
 
   async function refresh() {
     try {
-      const data = await Lumen.getJSON(`/api/map${Lumen.query(Lumen.urlFilters())}`);
+      const data = await Lumen.getJSON(`/api/map${Lumen.query(Lumen.apiFilters())}`);
       Lumen.setConn("live");
       Lumen.showError("");
       const text = JSON.stringify([data.nodes, data.edges]);
@@ -214,6 +215,10 @@
     refresh();
   });
 
+  Lumen.specialToggle(document.getElementById("show-special"), () => {
+    last = "";
+    refresh();
+  });
   fillRange();
   refresh();
   setInterval(refresh, REFRESH_MS);
