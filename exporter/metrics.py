@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -101,6 +101,8 @@ class AgentHealth:
     last_poll_monotonic: float = 0.0
     attached_endpoints: int = 0
     swept_flows: int = 0
+    #: flow batches a sink of the pipeline failed to take, by sink name (memory, tracer, history)
+    sink_errors: dict[str, int] = field(default_factory=dict)
     #: counts attached endpoints now (the plugin attaches at ADD, between two housekeeping rounds)
     count_attached: Callable[[], int] | None = None
 
@@ -317,6 +319,12 @@ class LumenCollector(Collector):
             "Ring-buffer events the agent could not decode.",
             [],
             {(): h.decode_errors},
+        )
+        yield self._counter(
+            "lumen_agent_sink_errors",
+            "Flow batches a sink of the agent's pipeline failed to take (the other sinks still got them).",
+            ["sink"],
+            {(name,): n for name, n in h.sink_errors.items()},
         )
         yield self._counter(
             "lumen_agent_swept_flows",

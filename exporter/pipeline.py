@@ -51,13 +51,16 @@ class Health(Protocol):
     decode_errors: int
     poll_lag_seconds: float
     last_poll_monotonic: float
+    sink_errors: dict[str, int]
 
 
 class _Health:
-    events_consumed = 0
-    decode_errors = 0
-    poll_lag_seconds = 0.0
-    last_poll_monotonic = 0.0
+    def __init__(self) -> None:
+        self.events_consumed = 0
+        self.decode_errors = 0
+        self.poll_lag_seconds = 0.0
+        self.last_poll_monotonic = 0.0
+        self.sink_errors: dict[str, int] = {}
 
 
 class Pipeline:
@@ -69,7 +72,6 @@ class Pipeline:
         self.health: Health = health if health is not None else _Health()
         self.sinks: list[FlowSink] = []
         self._fanout = threading.Lock()
-        self.sink_errors: dict[str, int] = {}
         self.error = ""  # the last poll failure, until a poll succeeds again
 
     def register(self, sink: FlowSink) -> None:
@@ -87,7 +89,8 @@ class Pipeline:
                 try:
                     sink.on_flows(flows)
                 except Exception as exc:  # noqa: BLE001 - one sink's failure must not starve the others
-                    self.sink_errors[sink.name] = self.sink_errors.get(sink.name, 0) + 1
+                    errors = self.health.sink_errors
+                    errors[sink.name] = errors.get(sink.name, 0) + 1
                     log.error("flow sink failed", extra={"sink": sink.name, "error": str(exc)})
 
     def decode(self, records: Sequence[bytes]) -> list[Flow]:

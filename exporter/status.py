@@ -88,6 +88,7 @@ def agent_status(
             "lost": stats.get("lost_events", 0),
             "decode_errors": health.decode_errors,
             "poll_lag_s": round(health.poll_lag_seconds, 6),
+            "sink_errors": dict(health.sink_errors),
         },
         "otel": tracing,
         "network": network,

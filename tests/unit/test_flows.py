@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter import filters
 from exporter.flows import FlowStore, reverse_key
@@ -166,3 +168,41 @@ def test_flow_json_shape():
     assert d["special"] is False and "icmp" not in d
     assert d["duration_ms"] == 1000.0
     assert d["time"].endswith("Z")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    events=st.lists(
+        st.tuples(st.integers(0, 12), st.integers(0, 40).map(lambda k: k * 10**8)),  # (flow, 0-4 s, ties)
+        min_size=1,
+        max_size=120,
+    ),
+    window=st.tuples(*[st.none() | st.integers(0, 40).map(lambda k: k * 10**8)] * 2),
+    limit=st.integers(1, 9),
+    odd_ports=st.booleans(),
+)
+def test_pages_of_the_time_index_are_the_latest_records_in_time_order(events, window, limit, odd_ports):
+    """Whatever the arrival order, walking the cursor gives each flow's latest record once, newest first
+    (ties: the later arrival first), inside the window and the filter: what a full sort would give."""
+    store = FlowStore(1000)
+    latest: dict[int, tuple[int, int]] = {}  # flow -> (time, arrival)
+    for arrival, (n, offset) in enumerate(events):
+        store.add(make_flow(sport=n, time_ns=NOW_NS + offset))
+        latest[n] = (NOW_NS + offset, arrival)
+    since, until = (None if w is None else NOW_NS + w for w in window)
+    q = filters.parse({"port": [",".join(str(p) for p in range(1, 13, 2))]}) if odd_ports else None
+    want = [
+        n
+        for n, (t, _) in sorted(latest.items(), key=lambda kv: kv[1], reverse=True)
+        if (since is None or t >= since) and (until is None or t <= until) and (not odd_ports or n % 2)
+    ]
+    got: list[int] = []
+    cursor = None
+    for _ in range(len(events) + 2):
+        page = store.query(q, since, until, limit, cursor)
+        assert len(page.flows) <= limit
+        got += [f.source.port for f in page.flows]
+        cursor = page.cursor
+        if cursor is None:
+            break
+    assert got == want
