@@ -192,5 +192,14 @@ def as_json() -> dict[str, Any]:
         "drop_reasons": list(DROP_REASON_NAMES.values()),
         "protocols": list(PROTOCOL_NAMES.values()),
         "ported_protocols": list(PORTED_PROTOCOLS),
+        # ICMP/ICMPv6/IGMP type -> name (codes of the types that have several under "message_codes")
+        "messages": {
+            proto: {str(t): n for t, n in types.items()} for proto, (types, _) in _MESSAGE_TABLES.items()
+        },
+        "message_codes": {
+            proto: {str(t): {str(c): n for c, n in cs.items()} for t, cs in codes.items()}
+            for proto, (_, codes) in _MESSAGE_TABLES.items()
+            if codes
+        },
         "tcp_flags": list(TCP_FLAG_NAMES),
     }

@@ -113,6 +113,9 @@ def test_vocabulary_names_every_protocol_it_lists_and_numbers_the_rest():
     assert vocab.message_name("ICMP", 42) == "type 42"
     assert vocab.message_name("ICMP", 3, 99) == "destination-unreachable/code 99"
     assert not vocab.has_ports("ICMP") and vocab.has_ports("SCTP")
+    served = vocab.as_json()  # /api/vocabulary and the pages: the same names
+    assert served["messages"]["ICMP"]["8"] == "echo-request"
+    assert served["message_codes"]["ICMPv6"]["1"]["4"] == "port-unreachable"
 
 
 @given(st.integers(0, 255), st.integers(0, 255), st.integers(0, 65535))
