@@ -31,8 +31,14 @@ def iso_us(us: int) -> str:
 
 
 def five_tuple(flow: dict[str, Any]) -> str:
+    """What pairs two nodes' records of one flow; an ICMP message has no ports: its type, code and echo
+    identifier tell ping sessions apart."""
     src, dst = flow["source"], flow["destination"]
-    return f"{flow['protocol']}|{src['ip']}|{src['port']}|{dst['ip']}|{dst['port']}"
+    out = f"{flow['protocol']}|{src['ip']}|{src['port']}|{dst['ip']}|{dst['port']}"
+    msg = flow.get("icmp") or flow.get("igmp")
+    if isinstance(msg, dict):
+        out += f"|{msg.get('type')}|{msg.get('code')}|{msg.get('id', 0)}"
+    return out
 
 
 def _endpoint(d: dict[str, Any]) -> Endpoint:

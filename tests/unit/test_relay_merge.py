@@ -296,3 +296,17 @@ def test_agents_are_asked_for_their_recent_share_of_pages():
     busy = asyncio.run(relay.flows([], 100))
     assert {f["node"] for f in busy["flows"]} == {"b"} and len(busy["flows"]) == 100
     assert [name for name, _ in fan.asked].count("b") == 2
+
+
+def test_two_ping_sessions_across_nodes_pair_by_echo_identifier():
+    """ICMP has no ports: each node's record of a session pairs with the other node's record of the same
+    session (echo identifier), not with the other session's."""
+    a, b = FlowStore(100), FlowStore(100)
+    for ident, dt in ((7, 0), (9, 1000)):
+        kw = {"src": "10.1.0.5", "dst": "10.2.0.7", "proto": "ICMP", "message": (8, 0, ident)}
+        a.add(make_flow(**kw, src_pod=("shop", "web"), dst_pod=None, time_ns=NOW_NS + dt, packets=ident))
+        b.add(make_flow(**kw, src_pod=None, dst_pod=("db", "pg"), direction="ingress", time_ns=NOW_NS + dt))
+    rows = asyncio.run(Relay(StoreFanout({"a": a, "b": b})).flows([], 10))["flows"]
+    assert len(rows) == 2 and all(r.get("paired") for r in rows)
+    for r in rows:
+        assert r["ends"]["egress"]["packets"] == r["icmp"]["id"], "each session with its own other end"
