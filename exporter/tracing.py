@@ -33,6 +33,7 @@ PROTOCOLS = ("http/protobuf", "grpc")
 _SPANNED_MAX = 65536
 _OPEN_MAX = 65536  # connections followed at once
 GRACE_NS = 30 * 10**9  # how long a finished half waits for the other
+EXPIRE_EVERY_NS = 10**9
 
 
 def otlp_protocol(env: dict[str, str] | None = None) -> str:
@@ -130,6 +131,7 @@ class FlowTracer:
         #: halves already in a span, by (flow key, first seen): a retransmitted FIN makes no second span
         self._spanned: OrderedDict[tuple[Any, int], None] = OrderedDict()
         self.spans = 0
+        self._expired_at = 0
 
     name = "tracer"
 
@@ -160,6 +162,10 @@ class FlowTracer:
             self._open.popitem(last=False)  # never finished: no span
 
     def _expire(self, now_ns: int) -> None:
+        # a scan of every open connection: once a second, not once per batch
+        if now_ns - self._expired_at < EXPIRE_EVERY_NS:
+            return
+        self._expired_at = now_ns
         stale = [k for k, (c, at) in self._open.items() if at and now_ns - at >= GRACE_NS]
         for key in stale:
             conn, _ = self._open[key]

@@ -209,3 +209,28 @@ def _udp(f) -> dict:
         "proto": "UDP", "src_pod": (f.source.namespace, f.source.pod),
         "dst_pod": (f.destination.namespace, f.destination.pod), "time_ns": f.time_ns, "is_reply": f.is_reply,
     }  # fmt: skip
+
+
+def test_a_half_that_never_ends_is_left_out_after_the_grace(receiver, monkeypatch):
+    from exporter import tracing
+
+    rec, url = receiver
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    tracer = FlowTracer(node="node-a")
+    try:
+        request = make_flow("10.0.0.5", "10.0.0.6", 43000, 80, type="END", packets=4)
+        reply = make_flow("10.0.0.6", "10.0.0.5", 80, 43000, type="REPORT", is_reply=True, packets=9)
+        tracer.on_flows([reply, request])
+        assert tracer.spans == 0, "the reply is still open"
+        monkeypatch.setattr(tracing, "GRACE_NS", 0)
+        tracer._expired_at = 0  # the next batch scans
+        tracer.on_flows([])
+        assert tracer.spans == 1
+        assert tracer.flush()
+    finally:
+        tracer.shutdown()
+    assert rec.got.wait(10)
+    (span,) = spans_of(rec)
+    a = attrs(span.attributes)
+    assert a["lumen.request.packets"] == 4 and "lumen.reply.packets" not in a
