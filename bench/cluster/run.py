@@ -175,8 +175,8 @@ def verdict(ok: bool) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--seconds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=10, help="more, shorter rounds: background load drifts")
+    ap.add_argument("--seconds", type=int, default=2)
     ap.add_argument("--modes", default="direct,vxlan")
     ap.add_argument("--requests", type=int, default=40, help="relay fan-out: requests per p50")
     args = ap.parse_args()

@@ -146,7 +146,7 @@ class Translator:
             ids = self.string_ids(name, values)
             sql = _in(STRING_CRITERIA[name], ids)
             forwarded = self.dicts.string_ids.get("FORWARDED")
-            if name == "verdict" and ids and forwarded not in ids:
+            if name == "verdict" and ids and forwarded is not None and forwarded not in ids:
                 # the same words as the SQLite store's partial index on what is not FORWARDED
                 sql = f"({sql} AND verdict != {forwarded})"
             return sql

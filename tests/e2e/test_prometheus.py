@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
 LUMEN = REPO / ".venv/bin/lumen"
 RULES = REPO / "deploy/prometheus/rules.yaml"
 JOB = "lumen-agent"
+RELAY_JOB = "lumen-relay"
 PINGS = 25
 # Data that only a Prometheus running for more than a few minutes has.
 NEEDS_HISTORY = re.compile(r"offset 5m|lumen:drops:rate1h_before")
@@ -174,6 +175,28 @@ def agent(node: Node, pin_dir: str, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
+def relay(node: Node, agent: Agent, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
+    """`lumen relay` over the agent, scraped as job lumen-relay (the relay's alert rule selects it)."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("relay") / "relay.log"
+    argv = [
+        str(LUMEN),
+        "relay",
+        "--port",
+        str(port),
+        "--agent",
+        f"lt-{node.tag}=http://127.0.0.1:{agent.port}",
+    ]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/readyz", proc, log)
+        yield Agent(port, proc)
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(scope="module")
 def traffic(node: Node, agent: Agent) -> dict[str, str]:
     """Three pods in two namespaces (added once the datapath is pinned, so ADD attaches it); pings, those
     from ops into shop dropped by policy."""
@@ -213,7 +236,7 @@ def traffic(node: Node, agent: Agent) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def prometheus(
-    agent: Agent, traffic: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    agent: Agent, relay: Agent, traffic: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Prometheus]:
     binary = shutil.which("prometheus")
     assert binary, "prometheus not on PATH: run `make setup` (Debian package prometheus)"
@@ -221,7 +244,10 @@ def prometheus(
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(RULES)],
-        "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{agent.port}"]}]}],
+        "scrape_configs": [
+            {"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{agent.port}"]}]},
+            {"job_name": RELAY_JOB, "static_configs": [{"targets": [f"127.0.0.1:{relay.port}"]}]},
+        ],
     }
     (work / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = _free_port()
@@ -284,6 +310,9 @@ def test_prometheus_sees_the_pods_traffic(prometheus: Prometheus) -> None:
     assert sent[("shop", "front")] >= PINGS and sent[("ops", "probe")] >= PINGS
     up = prometheus.query(f'up{{job="{JOB}"}}')["data"]["result"]
     assert [s["value"][1] for s in up] == ["1"]
+    # the relay reaches the agent and says so
+    relayed = prometheus.query(f'lumen_relay_agent_up{{job="{RELAY_JOB}"}}')["data"]["result"]
+    assert [s["value"][1] for s in relayed] == ["1"]
 
 
 def test_every_dashboard_expression_returns_data(prometheus: Prometheus) -> None:
