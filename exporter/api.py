@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from bpf import vocab
 from exporter import connections, docs, filters
 from exporter.flows import Flow, Subscription
-from exporter.jsonbody import FastJSONResponse
+from exporter.jsonbody import FastJSONResponse, RowCache, rows_response
 from exporter.store import CursorError, FlowSource, Page, SourceError
 
 KEEPALIVE_S = 15.0
@@ -274,6 +274,7 @@ def create_app(
     app.state.view = view
 
     check_token = token_check(token)
+    rows = RowCache()
 
     async def require_token(request: Request) -> None:
         # awaited in the loop: a sync dependency costs a worker-thread hop on every request
@@ -320,10 +321,11 @@ def create_app(
         },
         responses={400: {"description": "a filter value that cannot be parsed"}},
     )
-    def flows(request: Request) -> FastJSONResponse:
+    def flows(request: Request) -> Response:
         """The newest matching flows of the window, oldest first, filtered (allow-list, and `not_*`
         deny-list). `cursor` in the answer fetches the next older page."""
-        # to_dict gives plain JSON already: FastAPI's own encoding would walk every flow again
+        # to_dict gives plain JSON already: FastAPI's own encoding would walk every flow again; each
+        # flow's bytes are kept for the next answer that holds it (the newest page is asked often)
         params = _params(request)
         req = parse_request(params)
         # a page of history may be longer than memory holds
@@ -345,14 +347,10 @@ def create_app(
                     "source": name,
                 }
             )
-        return FastJSONResponse(
-            {
-                "flows": [f.to_dict() for f in reversed(page.flows)],
-                **view.store.stats(),
-                "cursor": page.cursor,
-                "complete": page.complete,
-                "source": name,
-            }
+        return rows_response(
+            "flows",
+            rows.encode(reversed(page.flows)),
+            {**view.store.stats(), "cursor": page.cursor, "complete": page.complete, "source": name},
         )
 
     @api.get(
