@@ -28,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from bpf import vocab
 from exporter import connections, docs, filters
 from exporter.flows import Flow, Subscription
+from exporter.jsonbody import FastJSONResponse
 from exporter.store import CursorError, FlowSource, Page, SourceError
 
 KEEPALIVE_S = 15.0
@@ -272,7 +273,11 @@ def create_app(
     docs.mount(app)
     app.state.view = view
 
-    require_token = token_check(token)
+    check_token = token_check(token)
+
+    async def require_token(request: Request) -> None:
+        # awaited in the loop: a sync dependency costs a worker-thread hop on every request
+        check_token(request)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
@@ -315,9 +320,10 @@ def create_app(
         },
         responses={400: {"description": "a filter value that cannot be parsed"}},
     )
-    def flows(request: Request) -> dict[str, Any]:
+    def flows(request: Request) -> FastJSONResponse:
         """The newest matching flows of the window, oldest first, filtered (allow-list, and `not_*`
         deny-list). `cursor` in the answer fetches the next older page."""
+        # to_dict gives plain JSON already: FastAPI's own encoding would walk every flow again
         params = _params(request)
         req = parse_request(params)
         # a page of history may be longer than memory holds
@@ -330,20 +336,24 @@ def create_app(
         page = query_page(source, req, limit, cursor)
         if view_of(params) == "connections":
             conns = connection_page(page, req, getattr(source, "get", None), bool(cursor))
-            return {
-                "connections": [c.to_dict() for c in reversed(conns)],
+            return FastJSONResponse(
+                {
+                    "connections": [c.to_dict() for c in reversed(conns)],
+                    **view.store.stats(),
+                    "cursor": page.cursor,
+                    "complete": page.complete,
+                    "source": name,
+                }
+            )
+        return FastJSONResponse(
+            {
+                "flows": [f.to_dict() for f in reversed(page.flows)],
                 **view.store.stats(),
                 "cursor": page.cursor,
                 "complete": page.complete,
                 "source": name,
             }
-        return {
-            "flows": [f.to_dict() for f in reversed(page.flows)],
-            **view.store.stats(),
-            "cursor": page.cursor,
-            "complete": page.complete,
-            "source": name,
-        }
+        )
 
     @api.get(
         "/flows/stream",

@@ -163,7 +163,7 @@ class Flow:
         return self.type == "END"
 
     def tcp_flag_names(self) -> list[str]:
-        return [name for bit, name in enumerate(TCP_FLAG_NAMES) if self.tcp_flags & (1 << bit)]
+        return list(_flag_names(self.tcp_flags))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -198,6 +198,12 @@ class Flow:
 
     def _message_key(self) -> str:
         return "igmp" if self.protocol == "IGMP" else "icmp"
+
+
+@lru_cache(maxsize=512)
+def _flag_names(flags: int) -> tuple[str, ...]:
+    # to_dict runs for every row of every /api/flows answer; a flow's flags are one of few combinations
+    return tuple(name for bit, name in enumerate(TCP_FLAG_NAMES) if flags & (1 << bit))
 
 
 def _iso(ns: int) -> str:

@@ -22,6 +22,7 @@ from bpf import vocab
 from exporter import connections, docs, filters
 from exporter.api import DEFAULT_LIMIT, PAGING_PARAMS, connection_event, parse_request, token_check, view_of
 from exporter.flows import Flow
+from exporter.jsonbody import FastJSONResponse
 from exporter.relay import merge
 from exporter.relay.service import HISTORY_CURSOR, Relay
 from exporter.relay.wire import flow_from_dict, iso_us, time_us
@@ -148,7 +149,7 @@ def create_app(
     api = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
 
     @api.get("/flows", tags=["flows"], responses={400: {"description": "a bad filter, limit or cursor"}})
-    async def flows(request: Request) -> JSONResponse:
+    async def flows(request: Request) -> FastJSONResponse:
         """Recent flows of every node, oldest first: the newest `limit` across nodes, the two ends of a
         cross-node flow in one row. `cursor` (from an answer) continues with older flows."""
         params = _params(request)
@@ -168,8 +169,8 @@ def create_app(
             # folded here, from every node's flows: a connection's halves may come from two nodes
             conns = connections.fold(flow_from_dict(f) for f in answer.pop("flows"))
             answer["connections"] = [c.to_dict() for c in reversed(conns)]
-        # JSONResponse: the answer is plain JSON already; FastAPI's encoder would walk every flow again
-        return JSONResponse(answer)
+        # plain JSON already: FastAPI's encoder would walk every flow again
+        return FastJSONResponse(answer)
 
     @api.get("/flows/stream", tags=["flows"], response_class=StreamingResponse)
     async def stream(request: Request) -> StreamingResponse:

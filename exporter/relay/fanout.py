@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from exporter import jsonbody
 from exporter.relay import http
 from exporter.relay.discovery import Discovery, Target
 
@@ -161,7 +162,7 @@ class Fanout:
             self.mark(target, text, str(resp.status))
             return Result(target, error=text, status=resp.status)
         try:
-            data = json.loads(resp.body)
+            data = jsonbody.loads(resp.body)
         except ValueError:
             self.mark(target, "answer is not JSON", "format")
             return Result(target, error="answer is not JSON", status=200)
