@@ -1,6 +1,8 @@
 """The agent's one door to rtnetlink: the only exporter module that imports pyroute2 (a ruff banned-api
-rule keeps it so). The plugin speaks rtnetlink itself (plugin/netlink.py, stdlib only, fast start-up);
-the resident agent can afford pyroute2's import.
+rule keeps it so). The plugin speaks rtnetlink itself (plugin/netlink.py, stdlib only, fast start-up).
+pyroute2 costs the agent ~10 MB resident and ~120 ms, so it is imported on the first `Netlink()`, not
+with this module: a node with nothing to route asks `owns_anything` (the plugin's stdlib client) and
+never opens it.
 
 Every call goes through `_retry`: a dump the kernel marks interrupted (NLM_F_DUMP_INTR: the table changed
 while it was read) or a call interrupted by a signal is repeated, so a reconciler never decides on half a
@@ -18,12 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
-
-from pyroute2 import IPRoute  # type: ignore[import-untyped]
-from pyroute2.netlink.exceptions import (  # type: ignore[import-untyped]
-    NetlinkDumpInterrupted,
-    NetlinkError,
-)
 
 log = logging.getLogger("lumen.netlink")
 
@@ -53,7 +49,29 @@ def family_of(address: str) -> int:
     return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
+def owns_anything(proto: int, vxlan_device: str | None) -> bool:
+    """Whether this namespace holds routes tagged `proto` or (if named) a VXLAN device of that name:
+    two dumps through the stdlib client, so a node with nothing to route or remove skips pyroute2."""
+    from plugin.netlink import RT_TABLE_MAIN
+    from plugin.netlink import Netlink as Dumper
+
+    with Dumper() as nl:
+        routes = (r for version in (4, 6) for r in nl.routes(version))
+        if any(r.proto == proto and r.table == RT_TABLE_MAIN for r in routes):
+            return True
+        if vxlan_device is None:
+            return False
+        link = nl.link(name=vxlan_device)
+        return link is not None and link.kind == "vxlan"
+
+
 def _retry(what: str, fn: Callable[[], T]) -> T:
+    # Only called inside Netlink's methods: pyroute2 is loaded by then, this import is a dict lookup.
+    from pyroute2.netlink.exceptions import (  # type: ignore[import-untyped]
+        NetlinkDumpInterrupted,
+        NetlinkError,
+    )
+
     for attempt in range(RETRIES):
         try:
             return fn()
@@ -72,6 +90,8 @@ class Netlink:
     """One rtnetlink socket (in the calling thread's network namespace). Use as a context manager."""
 
     def __init__(self) -> None:
+        from pyroute2 import IPRoute  # type: ignore[import-untyped]  # here, not at import: see above
+
         self._ipr: Any = IPRoute()
 
     def __enter__(self) -> Netlink:

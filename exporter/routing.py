@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from exporter.netlink import Netlink, NetlinkFailure, Route
+from exporter.netlink import Netlink, NetlinkFailure, Route, owns_anything
 from exporter.nodes import NodeInfo
 
 log = logging.getLogger("lumen.routing")
@@ -118,9 +118,15 @@ def plan(cfg: RoutingConfig, nodes: Mapping[str, NodeInfo]) -> Plan:
 class Router:
     """Applies plans. Keeps nothing between calls but the last problems said (to say them once)."""
 
-    def __init__(self, cfg: RoutingConfig, netlink: Callable[[], Netlink] = Netlink) -> None:
+    def __init__(
+        self,
+        cfg: RoutingConfig,
+        netlink: Callable[[], Netlink] = Netlink,
+        owns: Callable[[int, str | None], bool] = owns_anything,
+    ) -> None:
         self.cfg = cfg
         self._netlink = netlink
+        self._owns = owns
         self._said: tuple[str, ...] = ()
 
     def apply(self, p: Plan) -> None:
@@ -128,6 +134,8 @@ class Router:
             for problem in p.problems:
                 log.warning("not routed", extra={"reason": problem})
             self._said = p.problems
+        if self._nothing_to_do(p):
+            return
         with self._netlink() as nl:
             vxlan = self._vxlan(nl, p) if self.cfg.mode == "vxlan" else None
             if self.cfg.mode == "direct":
@@ -142,6 +150,15 @@ class Router:
                     self._try(nl.delete_route, route, ROUTE_PROTO)
             if vxlan is not None:
                 self._vxlan_entries(nl, vxlan, p)
+
+    def _nothing_to_do(self, p: Plan) -> bool:
+        """A plan that wants nothing in the kernel (no remote node, no VXLAN device) against a kernel
+        holding nothing of Lumen's: asked through the stdlib client, so a lone node never loads pyroute2."""
+        wants_device = self.cfg.mode == "vxlan" and p.local is not None
+        if p.routes or wants_device:
+            return False
+        # direct mode removes a VXLAN device left from vxlan mode; vxlan mode without an underlay leaves it
+        return not self._owns(ROUTE_PROTO, self.cfg.vxlan_device if self.cfg.mode == "direct" else None)
 
     def remove(self) -> None:
         """Everything Lumen added: its routes and its VXLAN device (with its entries)."""

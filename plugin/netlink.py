@@ -171,16 +171,22 @@ class Link:
 
 
 class Route:
-    __slots__ = ("dst", "gateway", "oif", "table")
+    __slots__ = ("dst", "gateway", "oif", "table", "proto")
 
-    def __init__(self, dst: IPNet, gateway: IPAddr | None, oif: int | None, table: int) -> None:
+    def __init__(
+        self, dst: IPNet, gateway: IPAddr | None, oif: int | None, table: int, proto: int = 0
+    ) -> None:
         self.dst = dst
         self.gateway = gateway
         self.oif = oif
         self.table = table
+        self.proto = proto  # rtm_protocol: who added it (the agent's routes carry its own number)
 
     def __repr__(self) -> str:
-        return f"Route(dst={self.dst}, gateway={self.gateway}, oif={self.oif}, table={self.table})"
+        return (
+            f"Route(dst={self.dst}, gateway={self.gateway}, oif={self.oif}, table={self.table}, "
+            f"proto={self.proto})"
+        )
 
 
 _setns_addr: list[int] = []
@@ -492,7 +498,7 @@ class Netlink:
         for t, payload in self.dump(RTM_GETROUTE, body):
             if t != RTM_NEWROUTE:
                 continue
-            _fam, dst_len, _s, _tos, table, _proto, _scope, _type, _flags = _RTMSG.unpack_from(payload)
+            _fam, dst_len, _s, _tos, table, proto, _scope, _type, _flags = _RTMSG.unpack_from(payload)
             attrs = parse_attrs(payload, _RTMSG.size)
             if RTA_TABLE in attrs:
                 table = _u32(attrs[RTA_TABLE])
@@ -504,6 +510,7 @@ class Netlink:
                     gateway=ip_address(attrs[RTA_GATEWAY]) if RTA_GATEWAY in attrs else None,
                     oif=_u32(attrs[RTA_OIF]) if RTA_OIF in attrs else None,
                     table=table,
+                    proto=proto,
                 )
             )
         return out

@@ -365,8 +365,12 @@ def test_agent_refuses_bad_network_settings_before_loading_anything(
 def test_interrupted_dumps_are_retried_and_refusals_carry_the_errno() -> None:
     import errno
 
+    from pyroute2.netlink.exceptions import (  # noqa: TID251 - what the wrapper gets from pyroute2
+        NetlinkDumpInterrupted,
+        NetlinkError,
+    )
+
     from exporter import netlink
-    from exporter.netlink import NetlinkDumpInterrupted, NetlinkError  # pyroute2's, as the wrapper sees them
 
     calls = []
 
@@ -511,6 +515,85 @@ def test_router_changes_only_what_differs_and_removes_only_its_own() -> None:
     Router(cfg, lambda: kernel).apply(plan(cfg, NODES))  # type: ignore[arg-type,return-value]
     assert "delete link lumen-vxlan" in kernel.changes and kernel.link_index("lumen-vxlan") is None
     assert {r.gateway for r in kernel.routes(ROUTE_PROTO)} == {"192.168.1.2", "192.168.1.3", "fd01::2"}
+
+
+def test_a_lone_node_opens_netlink_only_to_remove_what_lumen_left() -> None:
+    from exporter.routing import ROUTE_PROTO, Router
+
+    kernel, opened, asked = FakeKernel(), [], []
+
+    def open_kernel() -> FakeKernel:
+        opened.append(1)
+        return kernel
+
+    def owns(proto: int, device: str | None) -> bool:
+        asked.append((proto, device))
+        return bool(kernel.routes(proto)) or (device is not None and kernel.link_index(device) is not None)
+
+    alone = {"n1": N1}
+    direct = RoutingConfig("n1", "direct")
+    router = Router(direct, open_kernel, owns)  # type: ignore[arg-type]
+    router.apply(plan(direct, alone))
+    assert opened == [] and asked == [(ROUTE_PROTO, "lumen-vxlan")] and kernel.changes == []
+    router.apply(plan(direct, NODES))  # remote nodes: the full reconcile, no question asked
+    assert opened == [1] and len(asked) == 1 and len(kernel.routes(ROUTE_PROTO)) == 3
+    router.apply(plan(direct, alone))  # the last remote node went: its routes go with it
+    assert opened == [1, 1] and kernel.routes(ROUTE_PROTO) == []
+    kernel.links[9] = {"name": "lumen-vxlan", "kind": "vxlan", "mtu": 1450, "up": True}
+    router.apply(plan(direct, alone))  # a device left from vxlan mode goes too
+    assert opened == [1, 1, 1] and kernel.link_index("lumen-vxlan") is None
+
+    vx = RoutingConfig("n1", "vxlan")
+    Router(vx, open_kernel, owns).apply(plan(vx, alone))  # vxlan mode keeps its device up even alone
+    assert len(opened) == 4 and kernel.link_index("lumen-vxlan") is not None
+    lost = NodeInfo("n1", (), N1.pod_cidrs)  # no underlay: the device stays, only routes would go
+    Router(vx, open_kernel, owns).apply(plan(vx, {"n1": lost}))
+    assert len(opened) == 4 and asked[-1] == (ROUTE_PROTO, None)
+
+
+AGENT_ALONE = """
+import sys, types
+from exporter.agent import Agent
+from exporter.config import AgentConfig
+from exporter.nodes import NodeInfo
+from exporter.netlink import owns_anything
+from exporter.routing import ROUTE_PROTO
+
+n1 = NodeInfo("n1", ("192.168.1.1",), ("10.1.1.0/24",))
+n2 = NodeInfo("n2", ("192.168.1.2",), ("10.1.2.0/24",))
+nodes = {"n1": n1}
+agent = Agent(AgentConfig(node="n1", state_dir=sys.argv[1], masquerade=False))
+agent.enforcer = types.SimpleNamespace(manifests=types.SimpleNamespace(nodes=nodes))  # the manifests' Nodes
+network = agent._node_network()
+network.sync(force=True)
+print("leftovers", owns_anything(ROUTE_PROTO, "lumen-vxlan"), "error", repr(network.status.error))
+print("alone", "pyroute2" in sys.modules)
+nodes["n2"] = n2
+network.sync(force=True)
+print("two nodes", "pyroute2" in sys.modules)
+"""
+
+
+def test_a_single_node_agent_never_imports_pyroute2(tmp_path: Path) -> None:
+    """pyroute2 costs the agent ~10 MB resident: a node with nothing to route must not load it. In a
+    fresh network namespace (nothing of Lumen's in it) where user namespaces allow, else in this one."""
+    import os
+    import subprocess
+    import sys
+
+    repo = str(Path(__file__).resolve().parents[2])
+    env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
+    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-c", AGENT_ALONE, str(tmp_path)]
+    isolated = subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0
+    out = subprocess.run(
+        (["unshare", "-rn"] if isolated else []) + cmd, env=env, capture_output=True, text=True, cwd=repo
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "leftovers False error ''", out.stdout  # the premise: nothing to remove, no failure
+    assert lines[1] == "alone False", out.stderr
+    assert lines[2] == "two nodes True"  # the probe sees pyroute2 when there is routing work
 
 
 def test_lumen_status_says_the_network_in_one_line() -> None:
