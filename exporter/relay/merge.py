@@ -67,15 +67,19 @@ class Record:
         return time_us(self.flow["start"])  # only pairing candidates need it: parsed on demand
 
 
+#: which end a direction's record counts, and the field naming that end's node
+_SIDE = {"egress": ("source", "source_node"), "ingress": ("destination", "destination_node")}
+
+
 def record(node: str, flow: dict[str, Any]) -> Record:
     """An agent's flow, stamped (in place: it is the relay's own decoded copy) with the node it came
     from and the node each end is on when the direction says so (egress is counted at the source's
     node, ingress at the destination's)."""
     if not flow.get("node"):
         flow["node"] = node
-    side = {"egress": ("source", "source_node"), "ingress": ("destination", "destination_node")}
-    if flow.get("direction") in side:
-        end, key = side[flow["direction"]]
+    where = _SIDE.get(flow.get("direction"))
+    if where is not None:
+        end, key = where
         flow.setdefault(key, flow["node"])
         ep = flow.get(end)
         if isinstance(ep, dict) and ep.get("pod") and not ep.get("node"):
