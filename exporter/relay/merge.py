@@ -77,7 +77,7 @@ def record(node: str, flow: dict[str, Any]) -> Record:
     node, ingress at the destination's)."""
     if not flow.get("node"):
         flow["node"] = node
-    where = _SIDE.get(flow.get("direction"))
+    where = _SIDE.get(flow.get("direction", ""))
     if where is not None:
         end, key = where
         flow.setdefault(key, flow["node"])
