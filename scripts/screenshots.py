@@ -44,10 +44,17 @@ def main() -> int:
             driver.execute_script("sessionStorage.setItem('lumen-token', arguments[0])", args.token)
             driver.get(f"{base}/flows")
         wait_until(lambda: {"FORWARDED", "DROPPED"} <= verdicts_in_table(driver), timeout=args.wait)
-        # open a DROPPED flow's detail: the policy that dropped it is part of what the page shows
-        driver.find_element(By.CSS_SELECTOR, "#flows tbody tr.r-dropped").click()
+        driver.find_element(By.ID, "pause").click()  # hold the rows still while the picture is taken
+        # open a DROPPED flow's detail, in the middle of the table: the policy that dropped it shows
+        dropped = driver.find_element(By.CSS_SELECTOR, "#flows tbody tr.r-dropped")
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", dropped)
+        dropped.click()
         wait_until(lambda: driver.find_element(By.ID, "detail").is_displayed())
-        driver.execute_script("document.querySelector('.table-wrap').scrollLeft = 0")
+        driver.execute_script(
+            "document.querySelector('.table-wrap').scrollLeft = 0; window.scrollTo(0, 0);"
+            "arguments[0].scrollIntoView({block: 'center'}); window.scrollTo(0, 0);",
+            dropped,
+        )
         driver.save_screenshot(str(out / "ui-flows.png"))
         driver.get(f"{base}/map")
         wait_until(
