@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 from bpf.vocab import TCP_FLAG_NAMES, message_name
 from exporter.store import CursorError, Page
 
 DEFAULT_CAPACITY = 65536
+
+_T = TypeVar("_T")
 
 #: shared by every endpoint without labels (64k stored flows would otherwise hold 128k empty dicts)
 NO_LABELS: Mapping[str, str] = MappingProxyType({})
@@ -59,12 +61,16 @@ def address_kind(ip: str) -> str:
     return ""
 
 
-@dataclass(slots=True)
-class Endpoint:
-    """One side of a flow. namespace/pod are empty when the address is not a pod Lumen knows."""
+#: EndpointFacts are interned: at most this many distinct sets are remembered (pods churn; the table is
+#: emptied when full, which only loses sharing, never correctness)
+FACTS_MAX = 65536
 
-    ip: str
-    port: int  # 0 for protocols without ports (ICMP, ICMPv6, IGMP, ...)
+
+@dataclass(frozen=True, slots=True)
+class EndpointFacts:
+    """What is known about the owner of an address, shared by every endpoint with the same facts: a pod's
+    flows all carry one of these instead of seven fields each (64k stored flows hold 128k endpoints)."""
+
     namespace: str = ""
     pod: str = ""
     labels: Mapping[str, str] = field(default_factory=lambda: NO_LABELS)
@@ -76,20 +82,138 @@ class Endpoint:
     #: the node's addresses, WORLD for any other; 0 when not known
     identity: int = 0
 
+
+_FACTS: dict[tuple[Any, ...], EndpointFacts] = {}
+
+
+def endpoint_facts(
+    namespace: str = "",
+    pod: str = "",
+    labels: Mapping[str, str] = NO_LABELS,
+    node: str = "",
+    workload_kind: str = "",
+    workload: str = "",
+    identity: int = 0,
+) -> EndpointFacts:
+    """The one shared EndpointFacts for these values. Labels are kept read-only (a caller's dict is
+    copied), so a shared object cannot change under the endpoints that hold it."""
+    items = frozenset(labels.items()) if labels else ()
+    key = (namespace, pod, items, node, workload_kind, workload, identity)
+    facts = _FACTS.get(key)
+    if facts is None:
+        if not labels:
+            labels = NO_LABELS
+        elif not isinstance(labels, MappingProxyType):
+            labels = MappingProxyType(dict(labels))
+        facts = EndpointFacts(namespace, pod, labels, node, workload_kind, workload, identity)
+        if len(_FACTS) >= FACTS_MAX:
+            _FACTS.clear()
+        _FACTS[key] = facts
+    return facts
+
+
+class _Fact(Generic[_T]):
+    """An attribute of Endpoint kept in its shared EndpointFacts: reading reads the facts, writing swaps in
+    the interned facts with that one value changed."""
+
+    __slots__ = ("name",)
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, ep: None, owner: type) -> _Fact[_T]: ...
+    @overload
+    def __get__(self, ep: Endpoint, owner: type) -> _T: ...
+    def __get__(self, ep: Endpoint | None, owner: type) -> _T | _Fact[_T]:
+        if ep is None:
+            return self
+        value: _T = getattr(ep.facts, self.name)
+        return value
+
+    def __set__(self, ep: Endpoint, value: _T) -> None:
+        f = ep.facts
+        values = {n: getattr(f, n) for n in FACT_FIELDS}
+        values[self.name] = value
+        ep.facts = endpoint_facts(**values)
+
+
+class Endpoint:
+    """One side of a flow: its address and port, and the facts about its owner (EndpointFacts, shared).
+    namespace/pod are empty when the address is not a pod Lumen knows. Reads and writes of the facts'
+    fields work as attributes of the endpoint."""
+
+    __slots__ = ("ip", "port", "facts")
+
+    ip: str
+    port: int  # 0 for protocols without ports (ICMP, ICMPv6, IGMP, ...)
+    facts: EndpointFacts
+
+    def __init__(
+        self,
+        ip: str,
+        port: int,
+        namespace: str = "",
+        pod: str = "",
+        labels: Mapping[str, str] = NO_LABELS,
+        node: str = "",
+        workload_kind: str = "",
+        workload: str = "",
+        identity: int = 0,
+    ) -> None:
+        self.ip = ip
+        self.port = port
+        self.facts = endpoint_facts(namespace, pod, labels, node, workload_kind, workload, identity)
+
+    namespace: _Fact[str] = _Fact()
+    pod: _Fact[str] = _Fact()
+    labels: _Fact[Mapping[str, str]] = _Fact()
+    node: _Fact[str] = _Fact()
+    workload_kind: _Fact[str] = _Fact()
+    workload: _Fact[str] = _Fact()
+    identity: _Fact[int] = _Fact()
+
+    def with_port(self, port: int) -> Endpoint:
+        """The same endpoint at another port (shares the facts)."""
+        ep = Endpoint.__new__(Endpoint)
+        ep.ip, ep.port, ep.facts = self.ip, port, self.facts
+        return ep
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not Endpoint:
+            return NotImplemented
+        assert isinstance(other, Endpoint)
+        return self.ip == other.ip and self.port == other.port and self.facts == other.facts
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it replaced
+
+    def __repr__(self) -> str:
+        f = self.facts
+        fields = ", ".join(f"{n}={getattr(f, n)!r}" for n in FACT_FIELDS)
+        return f"Endpoint(ip={self.ip!r}, port={self.port!r}, {fields})"
+
     def name(self) -> str:
-        return f"{self.namespace}/{self.pod}" if self.pod else self.ip
+        f = self.facts
+        return f"{f.namespace}/{f.pod}" if f.pod else self.ip
 
     def to_dict(self) -> dict[str, Any]:
+        f = self.facts
         return {
             "ip": self.ip,
             "port": self.port,
-            "namespace": self.namespace,
-            "pod": self.pod,
-            "labels": dict(self.labels),
-            "node": self.node,
-            "workload": {"kind": self.workload_kind, "name": self.workload} if self.workload else None,
-            "identity": self.identity,
+            "namespace": f.namespace,
+            "pod": f.pod,
+            "labels": dict(f.labels),
+            "node": f.node,
+            "workload": {"kind": f.workload_kind, "name": f.workload} if f.workload else None,
+            "identity": f.identity,
         }
+
+
+#: the facts' field names, in Endpoint's argument order after ip and port
+FACT_FIELDS = ("namespace", "pod", "labels", "node", "workload_kind", "workload", "identity")
+#: every field an Endpoint reads and writes, in its argument order
+ENDPOINT_FIELDS = ("ip", "port", *FACT_FIELDS)
 
 
 @dataclass(slots=True)

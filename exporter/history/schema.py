@@ -24,7 +24,7 @@ from types import MappingProxyType
 from typing import Any
 
 from bpf.vocab import protocol_name
-from exporter.flows import NO_LABELS, Endpoint, Flow
+from exporter.flows import ENDPOINT_FIELDS, NO_LABELS, Endpoint, Flow
 
 HOUR_NS = 3600 * 10**9
 MINUTE_NS = 60 * 10**9
@@ -82,7 +82,7 @@ _ENCODED = {
 _FLOW_FIELDS = {f.name: f for f in dataclasses.fields(Flow)}
 EXTRA_FIELDS = tuple(name for name in _FLOW_FIELDS if name not in _ENCODED)
 
-_EP_FIELDS = tuple(f.name for f in dataclasses.fields(Endpoint) if f.name != "port")
+_EP_FIELDS = tuple(name for name in ENDPOINT_FIELDS if name != "port")
 _EP_EXTRA = tuple(name for name in _EP_FIELDS if name not in ("ip", "namespace", "pod", "labels"))
 _EP_KEY = operator.attrgetter("ip", "namespace", "pod", *_EP_EXTRA)  # one C call per endpoint
 
@@ -261,8 +261,7 @@ def decoder(d: Dictionaries) -> Callable[[int, tuple[Any, ...]], Flow]:
     strings, endpoints = d.strings, d.endpoints
 
     def ep(i: int, port: int) -> Endpoint:
-        e = endpoints[i]
-        return dataclasses.replace(e, port=port)
+        return endpoints[i].with_port(port)
 
     def decode(t: int, row: tuple[Any, ...]) -> Flow:
         (

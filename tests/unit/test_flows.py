@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter import filters
-from exporter.flows import FlowStore, reverse_key
+from exporter.flows import Endpoint, FlowStore, reverse_key
 from tests.unit.exporter_fixtures import NOW_NS, make_flow
 
 
@@ -206,3 +206,24 @@ def test_pages_of_the_time_index_are_the_latest_records_in_time_order(events, wi
         if cursor is None:
             break
     assert got == want
+
+
+def test_endpoints_share_their_facts_and_read_and_write_them_as_attributes():
+    a = Endpoint("10.0.0.1", 80, "shop", "cart", {"app": "cart"}, "n1", "Deployment", "cart", 300)
+    b = Endpoint("10.0.0.1", 81, "shop", "cart", {"app": "cart"}, "n1", "Deployment", "cart", 300)
+    assert a.facts is b.facts and a != b and a == b.with_port(80)
+    assert (a.namespace, a.pod, dict(a.labels), a.node, a.identity) == (
+        "shop",
+        "cart",
+        {"app": "cart"},
+        "n1",
+        300,
+    )
+    labels = {"app": "web"}
+    c = Endpoint("10.0.0.2", 0, "shop", "web", labels)
+    labels["app"] = "changed"  # the caller's dict is copied: shared facts do not change under other flows
+    assert c.labels == {"app": "web"}
+    b.node = "n2"  # a write changes this endpoint only
+    assert (a.node, b.node, b.pod) == ("n1", "n2", "cart") and a.facts is not b.facts
+    assert b.to_dict()["node"] == "n2" and a.to_dict()["workload"] == {"kind": "Deployment", "name": "cart"}
+    assert Endpoint("10.0.0.3", 1).to_dict()["labels"] == {} and Endpoint("10.0.0.3", 1).name() == "10.0.0.3"
