@@ -312,6 +312,19 @@ def _relay_parser(sub: Any) -> None:
         metavar="URL",
         help="clickhouse://host:port/db the agents write to: time ranges older than they hold come from it",
     )
+    p.add_argument(
+        "--history-write",
+        action="store_true",
+        help="with --history: the relay writes every agent's finished flows, drops and policy verdicts "
+        "there itself (one writer for a cluster whose agents run with --history off)",
+    )
+    p.add_argument(
+        "--history-retention",
+        type=_duration,
+        default="24h",
+        metavar="AGE",
+        help="with --history-write: keep history this long: 90m, 24h, 7d (default 24h)",
+    )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=cmd_relay)
 
@@ -351,6 +364,8 @@ def cmd_relay(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return usage(str(exc))
     history = None
+    if args.history_write and not args.history:
+        return usage("--history-write needs --history clickhouse://host:port/db")
     if args.history:
         from exporter.relay.history import open_history
 
@@ -367,11 +382,21 @@ def cmd_relay(args: argparse.Namespace) -> int:
     from exporter.relay.service import Relay
 
     logs.setup(args.log_level)
+    fanout = Fanout(found, agent_token, args.timeout)
+    writer = None
+    if args.history_write:
+        from exporter.history.clickhouse import ClickHouseHistory
+        from exporter.history.sink import HistorySink
+        from exporter.relay.writer import HistoryWriter
+
+        # its own store: the writer's thread and the API's queries each hold their own client
+        writer = HistoryWriter(fanout, HistorySink(ClickHouseHistory(args.history, args.history_retention)))
     relay = Relay(
-        Fanout(found, agent_token, args.timeout),
+        fanout,
         pair=not args.no_pair,
         pair_wait_s=args.pair_wait,
         history=history,
+        writer=writer,
     )
     app = create_app(relay, token=token, ui=ui.hook(token, with_map=False))
     print(f"lumen relay: API on http://{args.host}:{args.port}/api/flows", file=sys.stderr, flush=True)
@@ -620,6 +645,8 @@ def format_relay_status(st: dict[str, Any]) -> str:
             f"  {agent['node']:<24} {state}  {fs.get('flows', '?')}/{fs.get('capacity', '?')} flows, "
             f"{len(node.get('endpoints') or [])} endpoints  {agent['url']}"
         )
+    if st.get("history"):  # after the agents: older relays' answers have none
+        lines.append(f"History:     {_history_text(st['history'])}")
     return "\n".join(lines)
 
 

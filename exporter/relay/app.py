@@ -116,7 +116,11 @@ def create_app(
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if relay.writer is not None:
+            relay.writer.start()
         yield
+        if relay.writer is not None:
+            await relay.writer.aclose()
         await relay.fanout.aclose()
 
     app = FastAPI(

@@ -17,10 +17,12 @@ from typing import Any
 
 from exporter import servicemap
 from exporter.api import FlowRequest
+from exporter.history.sink import HistoryCollector
 from exporter.relay import merge, streams
 from exporter.relay.discovery import Target
 from exporter.relay.fanout import Fanout, Result
 from exporter.relay.wire import flow_from_dict, time_us
+from exporter.relay.writer import HistoryWriter
 from exporter.store import FlowSource
 
 MAX_ROUNDS = 4  # fetch rounds for one page: each doubles what truncated agents are asked for
@@ -54,11 +56,15 @@ class Relay:
         pair: bool = True,
         pair_wait_s: float = 0.25,
         history: FlowSource | None = None,
+        writer: HistoryWriter | None = None,
     ) -> None:
         self.fanout = fanout
         self.pair = pair
         self.pair_wait_s = pair_wait_s
         self.history = history
+        self.writer = writer  # the relay writes the agents' flows to history (--history-write)
+        if writer is not None:
+            fanout.registry.register(HistoryCollector(writer.sink))
         self.started_at = time.time()
         self.hubs = streams.Hubs(fanout, lambda: self.pair_wait_s if self.pair else 0.0)
         self._share: dict[str, float] = {}  # each agent's part of recent pages, 0..1
@@ -307,8 +313,19 @@ class Relay:
                 for r in results
             ],
             "nodes": {r.target.name: r.data for r in results if r.error is None},
+            "history": await self._history_status(),
             **missing.to_dict(),
         }
+
+    async def _history_status(self) -> dict[str, Any]:
+        """The history backend as `lumen status` shows it: the writer's state (it asks the store for its
+        size, in a thread), else the store read from, else off."""
+        if self.writer is not None:
+            return await asyncio.to_thread(self.writer.sink.status)
+        if self.history is not None:
+            h = self.history
+            return {"backend": getattr(h, "backend", "history"), "url": getattr(h, "url", "")}
+        return {"backend": "off"}
 
     async def service_map(self, forward: Sequence[tuple[str, str]]) -> dict[str, Any]:
         """The agent's service map over every node's flows, cross-node flows counted once (paired).

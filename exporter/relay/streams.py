@@ -162,7 +162,7 @@ class Hub:
                             except asyncio.QueueFull:
                                 self.states.lost += 1
                         elif event == "lost":
-                            self.states.upstream_lost[target.name] = _dropped(data)
+                            self.states.upstream_lost[target.name] = dropped_of(data)
                 error, label = "stream ended", "eof"
             except StreamError as exc:
                 error, label = str(exc), exc.label
@@ -185,7 +185,7 @@ class Hub:
         return viewer.lost + self.states.lost + sum(self.states.upstream_lost.values())
 
 
-def _dropped(data: str) -> int:
+def dropped_of(data: str) -> int:
     """An agent's `lost` event: how many flows its stream to the relay missed (0 if unreadable)."""
     try:
         return int(json.loads(data).get("dropped", 0))

@@ -247,6 +247,7 @@ def test_lumen_status_through_the_relay_lists_every_node(three):
     assert lines[0].startswith("Relay:       3/4 agents answer")
     assert "n1" in lines[1] and "ready  5/10000 flows, 1 endpoints" in lines[1]
     assert lines[4].split()[:2] == ["n9", "UNREACHABLE"]
+    assert lines[5] == "History:     off"
 
 
 @pytest.mark.parametrize(
@@ -257,6 +258,7 @@ def test_lumen_status_through_the_relay_lists_every_node(three):
         (["--agent", "ftp://x"], "expected http(s)://host:port"),
         (["--agent", "a=http://h:1", "--agent", "a=http://h:2"], "agent names given twice: a"),
         (["--agent", "http://h:1", "--token-file", "/nonexistent/lumen-token"], "/nonexistent/lumen-token"),
+        (["--agent", "http://h:1", "--history-write"], "--history-write needs --history"),
     ],
 )
 def test_relay_command_line_errors_are_usage_errors(args, message):

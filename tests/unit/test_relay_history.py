@@ -11,12 +11,19 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from exporter.filters import FlowQuery
+from exporter.flows import Flow
 from exporter.history.clickhouse import ClickHouseHistory
-from exporter.relay.discovery import Target
+from exporter.history.sink import HistorySink
+from exporter.relay.app import create_app as create_relay_app
+from exporter.relay.discovery import Static, Target
+from exporter.relay.fanout import Fanout
 from exporter.relay.history import open_history
+from exporter.relay.service import Relay
 from exporter.relay.wire import iso_us
+from exporter.relay.writer import HistoryWriter
 from tests import clickhouse_server
-from tests.relay_harness import agents, relay
+from tests.relay_harness import Served, agents, relay, wait_until
 from tests.unit.exporter_fixtures import make_flow
 
 
@@ -72,3 +79,47 @@ def test_an_old_time_range_comes_from_clickhouse_paired_and_paged(clickhouse):
         rest = httpx.get(f"{r.url}/api/flows", params={**since, "limit": 4, "cursor": page["cursor"]}).json()
         assert [f["source"]["port"] for f in rest["flows"]] == [700, 701] and rest["cursor"] is None
         assert httpx.get(f"{r.url}/api/flows").json()["source"] == "agents"
+
+
+def test_the_relay_writes_every_agents_flows_to_clickhouse(clickhouse):
+    """`--history-write`: the relay streams both agents' live flows and writes what their history sinks
+    would keep (ends, drops, first non-FORWARDED verdicts; not REPORTs), each with its fields intact,
+    counted on the relay's /metrics and shown in its status."""
+    url = clickhouse.url.replace("/lumen", "/relay_write")
+    with agents(["w1", "w2"]) as nodes:
+        fanout = Fanout(Static([Target(n.name, n.url) for n in nodes]), timeout_s=2.0)
+        sink = HistorySink(ClickHouseHistory(url, retention_s=86400.0), flush_interval_s=0.1)
+        r = Relay(fanout, history=open_history(url), writer=HistoryWriter(fanout, sink))
+        served = Served(create_relay_app(r))
+        served.server.config.lifespan = "on"  # the writer starts and stops with the app
+        served.start()
+        try:
+            wait_until(lambda: all(fanout.health.get(n.name) and fanout.health[n.name].up for n in nodes))
+            now = time.time_ns() // 1000 * 1000  # the wire carries microseconds
+            kept: list[Flow] = []
+            for i, node in enumerate(nodes):
+                flows = [
+                    make_flow(sport=900 + i, type="END", time_ns=now + i),
+                    make_flow(sport=910 + i, type="DROP", verdict="DROPPED", time_ns=now + 10 + i),
+                    make_flow(sport=920 + i, type="REPORT", time_ns=now + 20 + i),  # not history
+                ]
+                for f in flows:
+                    f.node = node.name
+                node.store.add_many(flows)
+                kept += flows[:2]
+            wait_until(lambda: sink.written >= len(kept))
+            stored = ClickHouseHistory(url).query(FlowQuery((), ()), None, None, 100, None).flows
+            by_key = {(f.node, f.source.port): f.to_dict() for f in stored}
+            assert len(stored) == len(kept) == 4
+            for f in kept:
+                assert by_key[(f.node, f.source.port)] == f.to_dict()
+            metrics = httpx.get(f"{served.url}/metrics").text
+            assert 'lumen_history_written_total{backend="clickhouse"} 4.0' in metrics
+            status = httpx.get(f"{served.url}/api/status").json()["history"]
+            assert (status["backend"], status["written"], status["ok"]) == ("clickhouse", 4, True)
+        finally:
+            served.server.should_exit = True  # graceful: the lifespan closes the writer and its sink
+            served.thread.join(timeout=30)
+    assert not served.thread.is_alive()
+    assert r.writer is not None and not r.writer.streams
+    assert not sink._thread.is_alive() and not sink.dropped
