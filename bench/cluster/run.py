@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,57 +27,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from bench.datapath.run import rr_latency, throughput  # noqa: E402 - the same iperf3/sockperf runs
 from plugin.pinned import PROG_EGRESS, PROG_INGRESS, PROG_PINS  # noqa: E402
 from tests.cluster_harness import Cluster, ClusterPod, SimNode, ns_http  # noqa: E402
 
 GOALS = (("gbps", 0.95, False), ("rr_us", 1.05, True))  # (measure, bound, at most?)
 FANOUT_GOAL = 2.0
 PY = "/usr/bin/python3"
-
-
-def in_ns(ns: str, *argv: str, cpu: int | None = None) -> list[str]:
-    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
-    return ["ip", "netns", "exec", ns, *pin, *argv]
-
-
-def throughput(client: ClusterPod, server_ip: str, seconds: int) -> float:
-    out = subprocess.run(
-        in_ns(client.ns, "iperf3", "-c", server_ip, "-t", str(seconds), "-J"),
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-        check=True,
-    )
-    import json
-
-    return float(json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
-
-
-def rr_latency(client: ClusterPod, server_ip: str, seconds: int) -> float:
-    out = subprocess.run(
-        in_ns(
-            client.ns,
-            "sockperf",
-            "ping-pong",
-            "--tcp",
-            "-i",
-            server_ip,
-            "-p",
-            "11111",
-            "-t",
-            str(seconds),
-            cpu=0,
-        ),
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-        check=True,
-    )
-    text = out.stdout + out.stderr
-    m = re.search(r"<MEDIAN>\s*observation\s*=\s*([\d.]+)", text) or re.search(r"avg-latency=([\d.]+)", text)
-    if not m:
-        raise RuntimeError(f"cannot parse sockperf output: {text[-500:]}")
-    return float(m.group(1))
 
 
 def wire(pods: list[ClusterPod], with_programs: bool) -> None:
@@ -126,8 +80,8 @@ def _path_rounds(c: Cluster, rounds: int, seconds: int) -> dict[str, dict[str, f
     for r in range(rounds):
         for variant in ("bare", "lumen") if r % 2 == 0 else ("lumen", "bare"):
             wire([client, server], variant == "lumen")
-            results[variant]["gbps"].append(throughput(client, server.ip(4), seconds))
-            results[variant]["rr_us"].append(rr_latency(client, server.ip(4), seconds))
+            results[variant]["gbps"].append(throughput(client.ns, server.ip(4), seconds))
+            results[variant]["rr_us"].append(rr_latency(client.ns, server.ip(4), seconds))
     wire([client, server], True)
     return {v: {k: statistics.median(x) for k, x in m.items()} for v, m in results.items()}
 
