@@ -308,6 +308,14 @@ def _relay_parser(sub: Any) -> None:
         help="seconds a live flow waits for its other end from another node",
     )
     p.add_argument(
+        "--mirror",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="keep a copy of each agent's newest N flows, fed by its stream, and answer the newest page "
+        "from it (0: ask every agent for every page; default 2048)",
+    )
+    p.add_argument(
         "--history",
         metavar="URL",
         help="clickhouse://host:port/db the agents write to: time ranges older than they hold come from it",
@@ -391,12 +399,20 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
         # its own store: the writer's thread and the API's queries each hold their own client
         writer = HistoryWriter(fanout, HistorySink(ClickHouseHistory(args.history, args.history_retention)))
+    if args.mirror < 0:
+        return usage("--mirror: a number of flows, 0 or more")
+    mirrors = None
+    if args.mirror:
+        from exporter.relay.mirror import Mirrors
+
+        mirrors = Mirrors(fanout, args.mirror)
     relay = Relay(
         fanout,
         pair=not args.no_pair,
         pair_wait_s=args.pair_wait,
         history=history,
         writer=writer,
+        mirrors=mirrors,
     )
     app = create_app(relay, token=token, ui=ui.hook(token, with_map=False))
     print(f"lumen relay: API on http://{args.host}:{args.port}/api/flows", file=sys.stderr, flush=True)

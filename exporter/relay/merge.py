@@ -21,8 +21,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections import deque
-from collections.abc import Iterable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +53,10 @@ class Answer:
     node: str  # the agent's name in the relay (unique)
     flows: Sequence[dict[str, Any]]
     truncated: bool  # it returned as many as asked: it may hold more
+    records: Sequence[Record] | None = None  # the flows as records already (the relay's copies keep them)
+    #: with truncated: every record at or after this position is in the answer (a copy, which orders by
+    #: position itself, knows exactly where it stopped)
+    safe_from: Position | None = None
 
 
 @dataclass(eq=False)
@@ -174,23 +178,30 @@ class _Row:
     first: Record
     second: Record | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return self.first.flow if self.second is None else paired(self.first, self.second)
+    def to_dict(self, join: Callable[[Record, Record], dict[str, Any]]) -> dict[str, Any]:
+        return self.first.flow if self.second is None else join(self.first, self.second)
 
 
 def merge_page(
-    answers: Iterable[Answer], limit: int, after: Position | None = None, pair: bool = True
+    answers: Iterable[Answer],
+    limit: int,
+    after: Position | None = None,
+    pair: bool = True,
+    join: Callable[[Record, Record], dict[str, Any]] = paired,
 ) -> Page:
-    """The newest `limit` rows (0: all) strictly older than `after`, from every agent's answer."""
+    """The newest `limit` rows (0: all) strictly older than `after`, from every agent's answer; `join`
+    makes a paired row (the relay's copies keep theirs: PairCache)."""
     answers = list(answers)
     recs: list[Record] = []
     floor: Position | None = None  # records older than this may be missing from a truncated answer
     for ans in answers:
         try:
-            mine = [record(ans.node, f) for f in ans.flows]
+            mine = list(ans.records) if ans.records is not None else [record(ans.node, f) for f in ans.flows]
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MalformedAnswer(ans.node, f"{type(exc).__name__}: {exc}") from None
-        if ans.truncated and mine:
+        if ans.truncated and ans.safe_from is not None:
+            floor = ans.safe_from if floor is None else max(floor, ans.safe_from)
+        elif ans.truncated and mine:
             oldest = min(r.pos for r in mine)
             # Agents order by nanoseconds, positions by microseconds: records in the same microsecond as
             # the oldest returned may have been cut, so that whole microsecond is unsafe.
@@ -207,7 +218,7 @@ def merge_page(
     for r in recs:
         if floor is not None and r.pos < floor:
             full = bool(limit) and len(rows) == limit
-            return Page([x.to_dict() for x in rows], last if rows else after, not full, taken)
+            return Page([x.to_dict(join) for x in rows], last if rows else after, not full, taken)
         partner = None
         if pair:
             for row in open_halves.get(r.tuple5, ()):
@@ -219,7 +230,7 @@ def merge_page(
             open_halves[r.tuple5].remove(partner)
         else:
             if limit and len(rows) == limit:
-                return Page([x.to_dict() for x in rows], last, False, taken)
+                return Page([x.to_dict(join) for x in rows], last, False, taken)
             row = _Row(r)
             rows.append(row)
             open_halves.setdefault(r.tuple5, []).append(row)
@@ -230,7 +241,28 @@ def merge_page(
     if truncated and not rows:
         cursor = after
     short = truncated and (not limit or len(rows) < limit)
-    return Page([x.to_dict() for x in rows], cursor, short, taken)
+    return Page([x.to_dict(join) for x in rows], cursor, short, taken)
+
+
+class PairCache:
+    """Paired rows kept for the next page that pairs the same two records (the relay's copies hand out
+    the same record objects page after page; a record replaced by its flow's next one is a new object).
+    Bounded, oldest out first."""
+
+    def __init__(self, size: int = 8192) -> None:
+        self.size = size
+        self._rows: OrderedDict[tuple[int, int], tuple[Record, Record, dict[str, Any]]] = OrderedDict()
+
+    def __call__(self, a: Record, b: Record) -> dict[str, Any]:
+        key = (id(a), id(b))
+        hit = self._rows.get(key)
+        if hit is not None and hit[0] is a and hit[1] is b:
+            return hit[2]
+        row = paired(a, b)
+        self._rows[key] = (a, b, row)  # holding both keeps their ids unique
+        if len(self._rows) > self.size:
+            self._rows.popitem(last=False)
+        return row
 
 
 @dataclass
