@@ -59,6 +59,11 @@ class Follow:
         if (gone or new) and self._changed is not None:
             self._changed(gone, new)
 
+    def follows(self, target: Target) -> bool:
+        """False once the target left or moved: its task was cancelled (a task that sees this after
+        its stream failed returns, should the cancel have been lost in closing the stream)."""
+        return self.targets.get(target.name) == target
+
     def cancel(self) -> list[asyncio.Task[None]]:
         """Stop following and cancel every task; returns what to wait for (those cancelled earlier that
         have not finished too)."""

@@ -79,6 +79,8 @@ class HistoryWriter:
                 error, label = str(exc), exc.label
             except httpx.HTTPError as exc:
                 label, error = describe(exc)
+            if not self.follow.follows(target):
+                return  # it left: neither unreachable nor asked again
             self.fanout.mark(target, error, label)
             await asyncio.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
             attempt += 1
