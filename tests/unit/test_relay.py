@@ -485,6 +485,15 @@ def test_lumen_observe_follow_through_the_relay_notes_the_missing_node(three):
     assert all(":" in line and "->" in line for line in flows)
 
 
+def test_lumen_observe_says_a_missing_node_left_rather_than_came_back():
+    from exporter.cli import note_unreachable
+
+    err = io.StringIO()
+    missing = note_unreachable({"nodes": ["n1", "n4"], "unreachable": ["n4"], "errors": {}}, err)
+    assert note_unreachable({"nodes": ["n1"], "unreachable": [], "errors": {}}, err, missing) == []
+    assert err.getvalue().splitlines()[-1] == "lumen observe: left the cluster: n4"
+
+
 def test_a_relative_time_range_means_one_instant_on_every_node(served, three):
     # the stored flows are from 2027: after an hour ago, none before
     assert httpx.get(f"{served.url}/api/flows", params={"until": "1h", "limit": 0}).json()["flows"] == []
