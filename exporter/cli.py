@@ -475,7 +475,13 @@ def note_unreachable(answer: dict[str, Any], err: TextIO, before: Sequence[str] 
         detail = "; ".join(f"{n}: {errors.get(n, 'no answer')}" for n in missing)
         print(f"lumen observe: flows of {len(missing)} node(s) missing, not reachable: {detail}", file=err)
     elif before and not missing:
-        print(f"lumen observe: reachable again: {', '.join(before)}", file=err)
+        nodes = answer.get("nodes")  # a live stream's nodes event: a node no longer followed left
+        left = [n for n in before if nodes is not None and n not in nodes]
+        back = [n for n in before if n not in left]
+        if back:
+            print(f"lumen observe: reachable again: {', '.join(back)}", file=err)
+        if left:
+            print(f"lumen observe: left the cluster: {', '.join(left)}", file=err)
     err.flush()
     return missing
 

@@ -103,14 +103,16 @@ def agents(names: Sequence[str], token: str | None = None, capacity: int = 10000
 
 
 def relay_app(
-    targets: Sequence[Target], token: str | None = None, agent_token: str | None = None, **kw: Any
+    targets: Sequence[Target] | Static, token: str | None = None, agent_token: str | None = None, **kw: Any
 ) -> FastAPI:
-    relay = Relay(Fanout(Static(targets), agent_token, timeout_s=2.0), **kw)
+    """The relay over these agents; given a Static, the test can change its agents while it runs."""
+    found = targets if isinstance(targets, Static) else Static(targets)
+    relay = Relay(Fanout(found, agent_token, timeout_s=2.0), **kw)
     return create_relay_app(relay, token=token, ui=ui.hook(token, with_map=False))
 
 
 @contextmanager
-def relay(targets: Sequence[Target], **kw: Any) -> Iterator[Served]:
+def relay(targets: Sequence[Target] | Static, **kw: Any) -> Iterator[Served]:
     served = Served(relay_app(targets, **kw)).start()
     try:
         yield served
