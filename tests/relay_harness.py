@@ -20,6 +20,7 @@ from exporter.flows import FlowStore
 from exporter.relay.app import create_app as create_relay_app
 from exporter.relay.discovery import Static, Target
 from exporter.relay.fanout import Fanout
+from exporter.relay.mirror import Mirrors
 from exporter.relay.service import Relay
 from tests.unit.exporter_fixtures import View
 
@@ -103,11 +104,17 @@ def agents(names: Sequence[str], token: str | None = None, capacity: int = 10000
 
 
 def relay_app(
-    targets: Sequence[Target] | Static, token: str | None = None, agent_token: str | None = None, **kw: Any
+    targets: Sequence[Target] | Static,
+    token: str | None = None,
+    agent_token: str | None = None,
+    mirror: int = 0,
+    **kw: Any,
 ) -> FastAPI:
-    """The relay over these agents; given a Static, the test can change its agents while it runs."""
+    """The relay over these agents; given a Static, the test can change its agents while it runs.
+    `mirror`: copies of each agent's newest N flows (`lumen relay --mirror N`; 0: every page asks)."""
     found = targets if isinstance(targets, Static) else Static(targets)
-    relay = Relay(Fanout(found, agent_token, timeout_s=2.0), **kw)
+    fanout = Fanout(found, agent_token, timeout_s=2.0)
+    relay = Relay(fanout, mirrors=Mirrors(fanout, mirror) if mirror else None, **kw)
     return create_relay_app(relay, token=token, ui=ui.hook(token, with_map=False))
 
 

@@ -123,7 +123,7 @@ def create_app(
             relay.writer.start()
         if relay.mirrors is not None:  # copies ready before the first page is asked
             try:
-                relay.mirrors.follow(await relay.fanout.targets())
+                relay.mirrors.start(await relay.fanout.targets())
             except Exception:  # noqa: BLE001 - discovery down: the first page starts them
                 log.warning("no agents found yet for the mirrors", exc_info=True)
         yield

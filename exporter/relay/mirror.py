@@ -35,6 +35,7 @@ from exporter.flows import Flow
 from exporter.relay import merge
 from exporter.relay.discovery import Target
 from exporter.relay.fanout import Fanout, StreamError, describe
+from exporter.relay.follow import Follow
 from exporter.relay.wire import flow_from_dict
 
 log = logging.getLogger("lumen.relay")
@@ -43,6 +44,7 @@ DEFAULT_SIZE = 2048  # flows per agent: twenty pages of the UI's hundred
 FRESH_S = 3.0  # an agent's silence after which its copy is not trusted (it speaks every second)
 RETRY_S = (0.5, 1.0, 2.0, 5.0)
 OLD_AGENT_RETRY_S = 60.0
+FOLLOW_S = 5.0  # how often the copies look for agents that joined or left
 
 Matcher = Any  # exporter.filters.FlowQuery, or any predicate on a Flow
 
@@ -107,19 +109,20 @@ class Copy:
         are in position order, so the last one taken is exactly where it stops (an agent's answer is
         ordered by nanoseconds and only whole down to the microsecond after its last)."""
         out: list[merge.Record] = []
-        entries = self.entries
-        for entry in reversed(entries.values()):
+        more = False  # a match beyond the limit: older pages exist
+        for entry in reversed(self.entries.values()):
             if entry.matches(q):
-                out.append(entry.rec)
                 if limit and len(out) >= limit:
-                    # more may match further down, or not: the page only needs to know it has these
-                    flows = [r.flow for r in out]
-                    return merge.Answer(self.target.name, flows, True, records=out, safe_from=out[-1].pos)
+                    more = True
+                    break
+                out.append(entry.rec)
         flows = [r.flow for r in out]
-        if self.complete or not entries:
+        if more:
+            return merge.Answer(self.target.name, flows, True, records=out, safe_from=out[-1].pos)
+        if self.complete or not self.entries:
             return merge.Answer(self.target.name, flows, not self.complete, records=out)
-        # all of the copy read, but the agent holds older flows: whole down to the copy's oldest
-        oldest = entries[next(iter(entries))].rec.pos
+        # every match of the copy is here, but the agent holds older flows: whole down to the copy's oldest
+        oldest = self.entries[next(iter(self.entries))].rec.pos
         return merge.Answer(self.target.name, flows, True, records=out, safe_from=oldest)
 
     def fresh(self, now: float) -> bool:
@@ -129,39 +132,32 @@ class Copy:
 class Mirrors:
     """A copy per agent, each fed by its own stream task; follows the agents discovery finds."""
 
-    def __init__(self, fanout: Fanout, size: int = DEFAULT_SIZE) -> None:
+    def __init__(self, fanout: Fanout, size: int = DEFAULT_SIZE, refresh_s: float = FOLLOW_S) -> None:
         self.fanout = fanout
         self.size = size
         self.copies: dict[str, Copy] = {}
         self.pairs = merge.PairCache(4 * size)
-        self._tasks: dict[str, tuple[Target, asyncio.Task[None]]] = {}
+        self._follow = Follow(fanout, self._pump, refresh_s, self._changed)
 
-    def follow(self, targets: Sequence[Target]) -> None:
-        """Start a copy of every new agent, drop those of agents that left (or moved)."""
-        wanted = {t.name: t for t in targets}
-        for name, (target, task) in list(self._tasks.items()):
-            if wanted.get(name) != target:
-                task.cancel()
-                del self._tasks[name]
-                self.copies.pop(name, None)
-        for name, target in wanted.items():
-            if name not in self._tasks:
-                copy = self.copies[name] = Copy(target, self.size)
-                self._tasks[name] = (target, asyncio.create_task(self._pump(copy), name=f"mirror {name}"))
+    def start(self, known: Sequence[Target] | None = None) -> None:
+        self._follow.start(known)
+
+    def _changed(self, gone: Sequence[Target], new: Sequence[Target]) -> None:
+        for t in gone:
+            self.copies.pop(t.name, None)
+        for t in new:
+            self.copies[t.name] = Copy(t, self.size)
 
     def ready(self, targets: Sequence[Target]) -> list[Copy] | None:
         """Every agent's copy, if all are in sync now; else None (ask the agents)."""
-        self.follow(targets)
+        self._follow.start()  # (once) a relay started without its lifespan
+        self._follow.sync(targets)  # the agents this page is about: a copy for each, now
         now = time.monotonic()
         out = [self.copies[t.name] for t in targets]
         return out if out and all(c.fresh(now) for c in out) else None
 
     async def aclose(self) -> None:
-        tasks = [task for _, task in self._tasks.values()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
+        await asyncio.gather(*self._follow.cancel(), return_exceptions=True)
         self.copies.clear()
 
     async def _size_for(self, target: Target) -> int:
@@ -175,9 +171,9 @@ class Mirrors:
             self.fanout.capacity[target.name] = capacity
         return max(1, min(self.size, capacity))
 
-    async def _pump(self, copy: Copy) -> None:
-        target, attempt = copy.target, 0
-        while True:
+    async def _pump(self, target: Target) -> None:
+        copy, attempt = self.copies[target.name], 0
+        while self._follow.follows(target):
             copy.reset()
             try:
                 last = await self._size_for(target)
