@@ -285,16 +285,18 @@ class Relay:
         forward: Sequence[tuple[str, str]],
         last: int,
         disconnected: Callable[[], Awaitable[bool]],
+        request: FlowRequest | None = None,
     ) -> AsyncIterator[str]:
         """SSE text: a `nodes` event (which agents feed the stream, which do not and why) first and on
         every change, the newest `last` rows, then every agent's live flows interleaved as they come
-        (through the hub all viewers of this filter share)."""
+        (through the hub all viewers of this filter share). `request`, the filter as data, lets the
+        copies give the backlog."""
         targets = await self.fanout.targets()
         hub, viewer = self.hubs.join(targets, forward)
         self.fanout.metrics.streams.inc()
         try:
             yield ": lumen relay\n\n"
-            backlog = await self.flows(forward, last) if last else None
+            backlog = await self.flows(forward, last, request=request) if last else None
             seen = {merge.record(r.get("node", ""), r).pos for r in backlog["flows"]} if backlog else set()
             try:  # the first word on the nodes once each agent's stream is open or has failed
                 await asyncio.wait_for(hub.states.settled.wait(), self.fanout.timeout_s)
