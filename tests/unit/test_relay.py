@@ -320,6 +320,8 @@ def test_lumen_status_through_the_relay_lists_every_node(three):
         (["--agent", "a=http://h:1", "--agent", "a=http://h:2"], "agent names given twice: a"),
         (["--agent", "http://h:1", "--token-file", "/nonexistent/lumen-token"], "/nonexistent/lumen-token"),
         (["--agent", "http://h:1", "--history-write"], "--history-write needs --history"),
+        (["--agent", "http://h:1", "--mirror", "-1"], "--mirror: a number of flows, 0 or more"),
+        (["--agent", "http://h:1", "--mirror", "many"], "argument --mirror: invalid int value"),
     ],
 )
 def test_relay_command_line_errors_are_usage_errors(args, message):
