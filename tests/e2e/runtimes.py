@@ -4,6 +4,11 @@ containerd: a private daemon (root, state, sockets under a temp dir, CRI disable
 only /etc/cni/net.d and /opt/cni/bin, so each ctr call runs in a private mount namespace with those two
 bind-mounted from temp dirs. podman: CONTAINERS_CONF / CONTAINERS_STORAGE_CONF under a temp dir, CNI
 backend, `--rootfs` (no image). See FACTS.md "Real runtimes".
+
+Every runtime client runs inside a network namespace the test creates (`LumenNetwork.ns`): the CNI
+plugins run as children of the client, so Lumen's bridge, its routes and sysctls, and portmap's iptables
+chains and MASQUERADE land there and vanish with it. The root namespace is never changed; the test
+reaches the bridge gateway and the containers from inside that namespace (tests.cluster_harness.ns_socket).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.cni_harness import install_plugin
+from tests.cni_harness import PREFIX, install_plugin, netns_add, netns_del
 
 BUSYBOX = "/bin/busybox"
 
@@ -54,6 +59,21 @@ class LumenNetwork:
         self.data_dir = workdir / "ipam"
         self.log_file = workdir / "cni.log"
         self.cni_version = cni_version
+        #: the node's network namespace: every runtime client (and so every CNI plugin) runs in it
+        self.ns = f"{PREFIX}rt{self.tag}"
+
+    def create_ns(self) -> None:
+        netns_add(self.ns)
+        subprocess.run(["ip", "netns", "exec", self.ns, "ip", "link", "set", "lo", "up"], check=True)
+
+    def exec_argv(self) -> list[str]:
+        """The prefix that runs a command inside the node namespace.
+
+        nsenter enters the network namespace only. `ip netns exec` would also give the command a mount
+        namespace with a fresh /sys: runc then finds no cgroup mount, and the netns files podman
+        bind-mounts under /run/netns would stay inside that short-lived mount namespace. /sys keeps
+        showing the root's devices, so the conflist leaves hairpinMode (a sysfs write) off."""
+        return ["nsenter", f"--net=/run/netns/{self.ns}"]
 
     def conflist(self) -> dict[str, Any]:
         return {
@@ -102,42 +122,11 @@ class LumenNetwork:
         return self.log_file.read_text()[-3000:] if self.log_file.exists() else "(no plugin log)"
 
     def cleanup(self) -> None:
+        """After the containers are gone: the namespace takes the bridge, routes and portmap's rules."""
         # libcni's result cache for our attachments (ctr and podman both write it).
         for cached in Path("/var/lib/cni/results").glob(f"{self.name}-*"):
             cached.unlink(missing_ok=True)
-        out = subprocess.run(
-            ["ip", "-o", "link", "show", "master", self.bridge], capture_output=True, text=True
-        )
-        for line in out.stdout.splitlines():
-            subprocess.run(["ip", "link", "del", line.split(": ")[1].split("@")[0]], capture_output=True)
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
-
-
-PORTMAP_CHAINS = ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-SETMARK", "CNI-HOSTPORT-MASQ")
-PORTMAP_JUMPS = (
-    ("PREROUTING", "-m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT"),
-    ("OUTPUT", "-m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT"),
-    ("POSTROUTING", '-m comment --comment "CNI portfwd requiring masquerade" -j CNI-HOSTPORT-MASQ'),
-)
-
-
-def nat_chains() -> set[str]:
-    out = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True).stdout
-    return {line[1:].split()[0] for line in out.splitlines() if line.startswith(":")}
-
-
-def remove_portmap_base_chains(existed_before: set[str]) -> None:
-    """portmap leaves its shared chains (and a mark-based MASQUERADE) behind; remove the ones we caused."""
-    ours = [c for c in PORTMAP_CHAINS if c not in existed_before and c in nat_chains()]
-    if not ours:
-        return
-    for chain, rule in PORTMAP_JUMPS:
-        if rule.rsplit(" ", 1)[-1] in ours:
-            subprocess.run(f"iptables -t nat -D {chain} {rule}", shell=True, capture_output=True)  # noqa: S602
-    for chain in ours:
-        subprocess.run(["iptables", "-t", "nat", "-F", chain], capture_output=True)
-    for chain in ours:
-        subprocess.run(["iptables", "-t", "nat", "-X", chain], capture_output=True)
+        netns_del(self.ns)
 
 
 def kill_group(proc: subprocess.Popen[Any]) -> None:
@@ -208,7 +197,7 @@ class Containerd:
 
     def ctr(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["ctr", "--address", str(self.sock), "--namespace", "lumen-test", *args],
+            [*self.net.exec_argv(), "ctr", "--address", str(self.sock), "--namespace", "lumen-test", *args],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -216,13 +205,15 @@ class Containerd:
         )
 
     def run_argv(self, rootfs: Path, cid: str, *cmd: str) -> list[str]:
-        """`ctr run --rm --cni` in a private mount ns where /etc/cni/net.d and /opt/cni/bin are ours."""
+        """`ctr run --rm --cni` in the node namespace (ctr, not the daemon, runs the CNI plugins), in a
+        private mount ns where /etc/cni/net.d and /opt/cni/bin are ours."""
         script = (
             f"mount --bind {self.netd} /etc/cni/net.d && mount --bind {self.bindir} /opt/cni/bin && "
             f"exec ctr --address {self.sock} --namespace lumen-test "
             f'run --rm --cni --rootfs {rootfs} {cid} "$@"'
         )
         return [
+            *self.net.exec_argv(),
             "unshare",
             "-m",
             "--propagation",
@@ -298,7 +289,7 @@ runroot = "{w / "storage/run"}"
         self, *args: str, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["podman", "--cgroup-manager", "cgroupfs", *args],
+            [*self.net.exec_argv(), "podman", "--cgroup-manager", "cgroupfs", *args],
             capture_output=True,
             text=True,
             env=self.env,
@@ -308,7 +299,7 @@ runroot = "{w / "storage/run"}"
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            ["podman", "--cgroup-manager", "cgroupfs", *args],
+            [*self.net.exec_argv(), "podman", "--cgroup-manager", "cgroupfs", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -1,9 +1,11 @@
-"""Lumen under real runtimes: containerd (ctr) and podman 4 (CNI backend), portmap chained after it."""
+"""Lumen under real runtimes: containerd (ctr) and podman 4 (CNI backend), portmap chained after it.
+
+The runtimes' clients run in a network namespace made per test (tests/e2e/runtimes.py): the bridge,
+its routes and portmap's NAT rules live there, never in the root namespace."""
 
 from __future__ import annotations
 
 import secrets
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -11,14 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster_harness import ns_socket
 from tests.e2e.runtimes import (
     Containerd,
     LumenNetwork,
     Podman,
     kill_group,
     make_rootfs,
-    nat_chains,
-    remove_portmap_base_chains,
 )
 
 pytestmark = pytest.mark.e2e
@@ -27,12 +28,11 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[LumenNetwork]:
     n = LumenNetwork(tmp_path / "net")
-    chains = nat_chains()
     try:
+        n.create_ns()
         yield n
     finally:
-        n.cleanup()
-        remove_portmap_base_chains(chains)
+        n.cleanup()  # the runtimes' fixtures, torn down first, have removed the containers
 
 
 @pytest.fixture
@@ -63,6 +63,7 @@ def test_containerd_containers_reach_each_other(containerd: Containerd, net: Lum
         record = net.wait_endpoint(srv_id)
         server_ip = record["ips"][0].split("/")[0]
         assert record["netns"].startswith("/proc/"), "ctr passes the task's /proc/<pid>/ns/net"
+        assert net.bridge in link_names(net.ns) and net.bridge not in link_names(None), "bridge in root ns"
         time.sleep(0.5)  # nc is listening once the task runs; ADD completes before the task starts
         client = subprocess.run(
             containerd.run_argv(
@@ -151,12 +152,20 @@ def test_podman_containers_reach_each_other_and_portmap_publishes(
     )
     assert client.returncode == 0 and "pong" in client.stdout, f"{client.stdout} {client.stderr}\n{net.log()}"
 
-    # portmap, chained after lumen, publishes the port on the node: reach it at our bridge's gateway.
+    # The bridge and portmap's rules went to the node namespace, not to the root's.
+    assert net.bridge in link_names(net.ns) and net.bridge not in link_names(None), "bridge in root ns"
+    assert f"dport {host_port}" in nat_rules(net.ns), "portmap published nothing in the node namespace"
+    assert f"dport {host_port}" not in nat_rules(None), "portmap wrote to the root namespace"
+
+    # portmap, chained after lumen, publishes the port on the node: reach it at our bridge's gateway,
+    # from inside the node namespace.
     got = b""
     deadline = time.monotonic() + 20
     while b"pong" not in got and time.monotonic() < deadline:
         try:
-            with socket.create_connection((net.gateway, host_port), timeout=3) as s:
+            with ns_socket(net.ns) as s:
+                s.settimeout(3)
+                s.connect((net.gateway, host_port))
                 s.sendall(b"ping\n")
                 got = s.recv(64)
         except OSError:
@@ -173,5 +182,18 @@ def test_podman_containers_reach_each_other_and_portmap_publishes(
     assert net.endpoints() == [], net.log()
     held = [p for p in (net.data_dir / net.name).iterdir() if p.name[0].isdigit()]
     assert held == [], "IP leaked after podman rm"
-    rules = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True).stdout
-    assert f"dport {host_port}" not in rules.replace("--dport", "dport"), "portmap rule left behind"
+    assert f"dport {host_port}" not in nat_rules(net.ns), "portmap rule left behind"
+
+
+def nat_rules(ns: str | None) -> str:
+    """`iptables-save -t nat` in namespace `ns` (None: the root namespace, read only)."""
+    argv = ["iptables-save", "-t", "nat"]
+    out = subprocess.run(["ip", "netns", "exec", ns, *argv] if ns else argv, capture_output=True, text=True)
+    return out.stdout.replace("--dport", "dport")
+
+
+def link_names(ns: str | None) -> set[str]:
+    """Link names in namespace `ns` (None: the root namespace)."""
+    argv = ["ip", "-o", "link", "show"]
+    out = subprocess.run(["ip", "netns", "exec", ns, *argv] if ns else argv, capture_output=True, text=True)
+    return {line.split(": ")[1].split("@")[0] for line in out.stdout.splitlines()}
