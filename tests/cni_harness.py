@@ -1,7 +1,13 @@
 """Drive CNI plugins exactly as a runtime does: exec with CNI_* env and the config on stdin.
 
-Shared by the privileged plugin tests, the datapath and agent end-to-end tests, the demo and bench/cni.
+Shared by the privileged plugin tests, the datapath and agent end-to-end tests, the demo and the benches.
 Everything created (netns, plugin state) carries a unique suffix and is removed by `Node.cleanup()`.
+
+A `Node` is a network namespace of its own (`<prefix><tag>-host`), standing in for the node's root
+namespace: the plugin runs inside it, so the bridge, the host veths, the gateway addresses and their
+routes are made there, and the machine's root namespace is never changed. Code that acts as the node's
+host (reads its links, attaches programs, runs an agent, pings a pod from the host) runs inside
+`node.host()`; the `node` fixtures run the whole test there.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from plugin.netlink import in_netns
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_CNI_DIR = "/usr/lib/cni"
@@ -132,8 +140,13 @@ class Node:
     pods: dict[str, Pod] = field(default_factory=dict)
     #: first letters of every pod netns name (the demo gives its own, so two demos never share one)
     ns_prefix: str = PREFIX
+    #: the node's own network namespace (default `<ns_prefix><tag>-host`), made here, removed by cleanup
+    host_ns: str = ""
 
     def __post_init__(self) -> None:
+        self.host_ns = self.host_ns or f"{self.ns_prefix}{self.tag}-host"
+        netns_add(self.host_ns)
+        ns_exec(self.host_ns, "ip", "link", "set", "lo", "up", check=True)  # agents listen on its loopback
         if not self.subnet_octet:
             self.subnet_octet = 100 + secrets.randbelow(150)
         self.bridge = f"{PREFIX}b{self.tag}"
@@ -150,6 +163,20 @@ class Node:
         except ValueError:
             net6 = ipaddress.ip_network(f"fd00:{self.subnet_octet}::/64")
         self.subnet6, self.gateway6 = str(net6), str(net6[1])
+
+    @property
+    def host_netns(self) -> str:
+        return f"/run/netns/{self.host_ns}"
+
+    def host(self) -> in_netns:
+        """`with node.host():` this thread is on the node: the processes it starts, the sockets and
+        netlink sockets it opens and the /proc/sys files it reads are the node namespace's. (/sys stays
+        the root's: read a link's counters with `ip -s link`, not /sys/class/net.)"""
+        return in_netns(self.host_netns)
+
+    def exec(self, *argv: str, timeout: float = 20, check: bool = False) -> subprocess.CompletedProcess[str]:
+        """A command on the node's host side."""
+        return ns_exec(self.host_ns, *argv, timeout=timeout, check=check)
 
     @property
     def state_dir(self) -> Path:
@@ -182,6 +209,11 @@ class Node:
         conf.update(overrides)
         return conf
 
+    def call(self, command: str, conf: dict[str, Any], *args: Any, **kw: Any) -> Invocation:
+        """`invoke(binary, command, conf, ...)` with this node's plugin, inside the node namespace."""
+        with self.host():
+            return invoke(self.binary, command, conf, *args, **kw)
+
     def invoke(
         self, command: str, pod: str = "", conf: dict[str, Any] | None = None, **kw: Any
     ) -> Invocation:
@@ -189,7 +221,7 @@ class Node:
         kw.setdefault("container_id", p.container_id if p else "")
         kw.setdefault("netns", p.netns if p else "")
         kw["extra_env"] = {**self.env, **(kw.get("extra_env") or {})}
-        return invoke(self.binary, command, conf or self.conf(), **kw)
+        return self.call(command, conf or self.conf(), **kw)
 
     def add_pod(self, name: str, namespace: str = "default", **kw: Any) -> Pod:
         ns = f"{self.ns_prefix}{self.tag}{name}"[:15]
@@ -198,7 +230,7 @@ class Node:
         uid = secrets.token_hex(8)
         args = f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_UID={uid}"
         kw["extra_env"] = {**self.env, **(kw.get("extra_env") or {})}
-        res = invoke(self.binary, "ADD", kw.pop("conf", None) or self.conf(), cid, netns, cni_args=args, **kw)
+        res = self.call("ADD", kw.pop("conf", None) or self.conf(), cid, netns, cni_args=args, **kw)
         if not res.ok:
             netns_del(ns)
             raise RuntimeError(f"ADD {name} failed: {res.out} {res.stderr}\nlog:\n{self.log()}")
@@ -209,7 +241,7 @@ class Node:
 
     def del_pod(self, name: str) -> Invocation:
         pod = self.pods.pop(name)
-        res = invoke(self.binary, "DEL", self.conf(), pod.container_id, pod.netns, extra_env=self.env)
+        res = self.call("DEL", self.conf(), pod.container_id, pod.netns, extra_env=self.env)
         netns_del(pod.ns)
         return res
 
@@ -220,20 +252,19 @@ class Node:
             return ""
 
     def cleanup(self) -> None:
+        """Pods first (DEL, as a runtime would), then the node namespace: the bridge and whatever the
+        plugin left on it go with it."""
         for name in list(self.pods):
             try:
                 self.del_pod(name)
             except Exception:  # noqa: BLE001 - cleanup must go on
                 pass
-        for line in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.splitlines():
-            if f"master {self.bridge} " in line:
-                name = line.split(": ")[1].split("@")[0]
-                subprocess.run(["ip", "link", "del", name], capture_output=True)
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+        netns_del(self.host_ns)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def host_links(prefix: str) -> list[str]:
+    """Links named `prefix...` in this thread's namespace (inside `node.host()`: the node's)."""
     out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     names = [line.split(": ")[1].split("@")[0] for line in out.splitlines()]
     return [n for n in names if n.startswith(prefix)]

@@ -46,8 +46,10 @@ def cni_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def node(cni_bin: Path) -> Iterator[Node]:
+    """A Lumen network in a namespace of its own; the test runs on its host side (`Node.host`)."""
     n = Node(binary=cni_bin)
     try:
-        yield n
+        with n.host():
+            yield n
     finally:
         n.cleanup()

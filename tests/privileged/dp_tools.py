@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
-from pathlib import Path
 
 from bpf import abi
 from bpf.loader import Datapath
@@ -207,7 +207,13 @@ def host_veth(pod: Pod) -> str:
 
 
 def link_stat(name: str, stat: str) -> int:
-    return int(Path(f"/sys/class/net/{name}/statistics/{stat}").read_text())
+    """A link counter (`tx_packets`, ...) in this thread's namespace. Not /sys/class/net: inside
+    `Node.host()` the mounted sysfs is still the root namespace's."""
+    direction, counter = stat.split("_", 1)
+    out = subprocess.run(
+        ["ip", "-j", "-s", "link", "show", "dev", name], capture_output=True, text=True, check=True
+    )
+    return int(json.loads(out.stdout)[0]["stats64"][direction][counter])
 
 
 def wait_for(pred, timeout: float = 5.0, step: float = 0.05) -> bool:  # noqa: ANN001

@@ -1,4 +1,5 @@
-"""The plugin on real namespaces, invoked exactly as a runtime invokes it."""
+"""The plugin on real namespaces, invoked exactly as a runtime invokes it. Each test runs on the host
+side of its node (the `node` fixture): `ip`, /proc/sys and netlink here read the node's namespace."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.cni_harness import Node, host_links, invoke, ipam_records, netns_add, netns_del, ns_exec, ping
+from tests.cni_harness import Node, host_links, ipam_records, netns_add, netns_del, ns_exec, ping
 
 pytestmark = pytest.mark.netns
 
@@ -114,7 +115,7 @@ def test_del_is_idempotent_and_tolerates_missing_pieces(node: Node):
     assert node.invoke("DEL", "d", netns="").ok, "DEL with empty CNI_NETNS (containerd) must succeed"
     node.pods.pop("d")
     netns_del(pod.ns)
-    res = invoke(node.binary, "DEL", node.conf(), pod.container_id, pod.netns)
+    res = node.call("DEL", node.conf(), pod.container_id, pod.netns)
     assert res.ok, "DEL with the netns gone must succeed"
 
 
@@ -122,7 +123,7 @@ def test_del_after_the_netns_vanished_releases_everything(node: Node):
     pod = node.add_pod("gone")
     node.pods.pop("gone")
     netns_del(pod.ns)  # the runtime lost the netns before calling DEL
-    res = invoke(node.binary, "DEL", node.conf(), pod.container_id, pod.netns)
+    res = node.call("DEL", node.conf(), pod.container_id, pod.netns)
     assert res.ok
     assert ipam_records(node) == []
     assert links_on(node.bridge) == []
@@ -144,18 +145,16 @@ def test_requested_ip_and_mac(node: Node):
         want = str(ipaddress.ip_network(node.subnet4)[77])
         mac = "0a:58:0a:00:00:4d"
         cid = secrets.token_hex(32)
-        res = invoke(
-            node.binary, "ADD", node.conf(), cid, netns, cni_args=f"IgnoreUnknown=1;IP={want};MAC={mac}"
-        )
+        res = node.call("ADD", node.conf(), cid, netns, cni_args=f"IgnoreUnknown=1;IP={want};MAC={mac}")
         assert res.ok, res.out
         assert res.out["ips"][0]["address"] == f"{want}/24"
         assert res.out["interfaces"][2]["mac"] == mac
         assert mac in ns_exec(ns, "ip", "link", "show", "eth0").stdout
         # The same IP through runtimeConfig for another pod is refused: it is taken.
         conf = dict(node.conf(), runtimeConfig={"ips": [f"{want}/24"]})
-        res2 = invoke(node.binary, "ADD", conf, secrets.token_hex(32), netns, ifname="eth1")
+        res2 = node.call("ADD", conf, secrets.token_hex(32), netns, ifname="eth1")
         assert not res2.ok and "eth1" not in ns_exec(ns, "ip", "link").stdout
-        assert invoke(node.binary, "DEL", node.conf(), cid, netns).ok
+        assert node.call("DEL", node.conf(), cid, netns).ok
     finally:
         netns_del(ns)
 
@@ -170,8 +169,7 @@ def test_failure_inside_add_rolls_everything_back(node: Node, step: str):
     ns = f"lt{node.tag}f"
     netns = netns_add(ns)
     try:
-        res = invoke(
-            node.binary,
+        res = node.call(
             "ADD",
             node.conf(),
             secrets.token_hex(32),
@@ -194,7 +192,7 @@ def test_failure_from_the_kernel_rolls_back(node: Node):
     ns = f"lt{node.tag}k"
     netns = netns_add(ns)
     try:
-        res = invoke(node.binary, "ADD", conf, secrets.token_hex(32), netns)
+        res = node.call("ADD", conf, secrets.token_hex(32), netns)
         assert not res.ok and res.out["code"] in (5, 100)
         assert links_on(node.bridge) == [] and ipam_records(node) == []
     finally:
@@ -208,14 +206,14 @@ def test_sigkill_mid_add_leaves_nothing_gc_cannot_reclaim(node: Node, step: str)
     netns = netns_add(ns)
     try:
         cid = secrets.token_hex(32)
-        res = invoke(node.binary, "ADD", node.conf(), cid, netns, extra_env={"LUMEN_FAULT": f"{step}:kill"})
+        res = node.call("ADD", node.conf(), cid, netns, extra_env={"LUMEN_FAULT": f"{step}:kill"})
         assert res.rc == -9 and res.out is None
         assert len(ipam_records(node)) == 4, "the killed ADD held addresses"
         conf = dict(
             node.conf(),
             **{"cni.dev/valid-attachments": [{"containerID": keep.container_id, "ifname": "eth0"}]},
         )
-        gc = invoke(node.binary, "GC", conf)
+        gc = node.call("GC", conf)
         assert gc.ok, gc.out
         assert ipam_records(node) == sorted(keep.ips)
         assert links_on(node.bridge) == [keep.result["interfaces"][1]["name"]]
@@ -230,14 +228,12 @@ def test_add_after_a_killed_add_reclaims_the_leftovers(node: Node):
     netns = netns_add(ns)
     try:
         cid = secrets.token_hex(32)
-        res = invoke(
-            node.binary, "ADD", node.conf(), cid, netns, extra_env={"LUMEN_FAULT": "after-configure:kill"}
-        )
+        res = node.call("ADD", node.conf(), cid, netns, extra_env={"LUMEN_FAULT": "after-configure:kill"})
         assert res.rc == -9
-        res = invoke(node.binary, "ADD", node.conf(), cid, netns)
+        res = node.call("ADD", node.conf(), cid, netns)
         assert res.ok, res.out
         assert len(ipam_records(node)) == 2 and len(links_on(node.bridge)) == 1
-        assert invoke(node.binary, "DEL", node.conf(), cid, netns).ok
+        assert node.call("DEL", node.conf(), cid, netns).ok
     finally:
         netns_del(ns)
 
@@ -245,14 +241,14 @@ def test_add_after_a_killed_add_reclaims_the_leftovers(node: Node):
 def test_gc_releases_everything_not_valid(node: Node):
     pods = [node.add_pod(n) for n in ("g1", "g2", "g3")]
     valid = [{"containerID": pods[0].container_id, "ifname": "eth0"}]
-    res = invoke(node.binary, "GC", dict(node.conf(), **{"cni.dev/valid-attachments": valid}))
+    res = node.call("GC", dict(node.conf(), **{"cni.dev/valid-attachments": valid}))
     assert res.ok, res.out
     assert ipam_records(node) == sorted(pods[0].ips)
     assert links_on(node.bridge) == [pods[0].result["interfaces"][1]["name"]]
     assert ping(pods[0].ns, node.gateway4)
-    bad = invoke(node.binary, "GC", dict(node.conf(), **{"cni.dev/valid-attachments": "nope"}))
+    bad = node.call("GC", dict(node.conf(), **{"cni.dev/valid-attachments": "nope"}))
     assert not bad.ok and bad.out["code"] == 7
-    missing = invoke(node.binary, "GC", node.conf())
+    missing = node.call("GC", node.conf())
     assert not missing.ok and missing.out["code"] == 7, "GC without the list must not release everything"
     assert ipam_records(node) == sorted(pods[0].ips)
 
@@ -271,7 +267,7 @@ def test_status_reports_an_exhausted_pool(node: Node):
     ns = f"lt{node.tag}x"
     netns = netns_add(ns)
     try:
-        full = invoke(node.binary, "ADD", node.conf(), secrets.token_hex(32), netns)
+        full = node.call("ADD", node.conf(), secrets.token_hex(32), netns)
         assert not full.ok and "eth0" not in ns_exec(ns, "ip", "-o", "link").stdout
     finally:
         netns_del(ns)
@@ -304,7 +300,7 @@ def test_concurrent_adds_get_distinct_ips_and_all_are_freed(node: Node):
     try:
 
         def add(i: int):
-            return invoke(node.binary, "ADD", node.conf(), cids[i], f"/run/netns/{names[i]}", timeout=120)
+            return node.call("ADD", node.conf(), cids[i], f"/run/netns/{names[i]}", timeout=120)
 
         with ThreadPoolExecutor(max_workers=count) as pool:
             results = list(pool.map(add, range(count)))
@@ -316,7 +312,7 @@ def test_concurrent_adds_get_distinct_ips_and_all_are_freed(node: Node):
         assert len(links_on(node.bridge)) == count
 
         def delete(i: int):
-            return invoke(node.binary, "DEL", node.conf(), cids[i], f"/run/netns/{names[i]}", timeout=120)
+            return node.call("DEL", node.conf(), cids[i], f"/run/netns/{names[i]}", timeout=120)
 
         with ThreadPoolExecutor(max_workers=count) as pool:
             assert all(r.ok for r in pool.map(delete, range(count)))

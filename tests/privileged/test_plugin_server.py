@@ -13,19 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.cni_harness import PREFIX, Node, invoke, ipam_records, netns_add, netns_del, ping
+from tests.cni_harness import PREFIX, Node, ipam_records, netns_add, netns_del, ping
 
 pytestmark = pytest.mark.netns
 
 
 @pytest.fixture
-def server(cni_bin: Path, tmp_path: Path):
+def server(node: Node, tmp_path: Path):
+    """The server on the node, as the agent runs it: its workers make the host side of each pod."""
     sock = tmp_path / "srv" / "plugin.sock"
-    support = str(cni_bin.parent / "lumen.d")
+    support = str(node.binary.parent / "lumen.d")
     code = (
         f"import sys; sys.path.insert(0, {support!r}); from plugin.server import serve; serve({str(sock)!r})"  # noqa: E501
     )
-    proc = subprocess.Popen(["/usr/bin/python3", "-I", "-c", code], stderr=subprocess.PIPE)
+    with node.host():
+        proc = subprocess.Popen(["/usr/bin/python3", "-I", "-c", code], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 10
     while not sock.exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
@@ -70,8 +72,7 @@ def test_a_worker_killed_mid_add_is_retried_in_process(node: Node, server: Path)
     ns = f"lt{node.tag}wk"
     netns = netns_add(ns)
     try:
-        res = invoke(
-            node.binary,
+        res = node.call(
             "ADD",
             node.conf(),
             "c0ffee" * 10,
@@ -80,8 +81,7 @@ def test_a_worker_killed_mid_add_is_retried_in_process(node: Node, server: Path)
         )
         # The local retry hits the same injected fault: the call dies exactly as a cold plugin would.
         assert res.rc == -9
-        ok = invoke(
-            node.binary,
+        ok = node.call(
             "ADD",
             node.conf(),
             "c0ffee" * 10,
@@ -90,7 +90,7 @@ def test_a_worker_killed_mid_add_is_retried_in_process(node: Node, server: Path)
         )
         assert ok.ok, ok.out
         assert len(ipam_records(node)) == 2, "the killed attempts' addresses were reclaimed"
-        assert invoke(node.binary, "DEL", node.conf(), "c0ffee" * 10, netns).ok
+        assert node.call("DEL", node.conf(), "c0ffee" * 10, netns).ok
     finally:
         netns_del(ns)
     assert os.path.exists(server), "the server survives its workers"
