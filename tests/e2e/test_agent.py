@@ -15,7 +15,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -100,6 +100,11 @@ class Agent:
                 time.sleep(0.2)
         raise AssertionError(f"agent not ready:\n{self.log.read_text()[-3000:]}")
 
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def stop(self) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
@@ -138,34 +143,8 @@ class Env:
 
 
 @contextmanager
-def agent_with_pods(
-    workdir: Path, pods: list[tuple[str, str]], env: dict[str, str] | None = None, args: Sequence[str] = ()
-) -> Iterator[tuple[Node, Agent, list[Pod]]]:
-    """`lumen agent` on its own pin dir, then pods (name, namespace) wired by the plugin, quieted; all of
-    it removed afterwards."""
-    from tests.cni_harness import install_plugin
-
-    pin_dir = f"/sys/fs/bpf/lt_{secrets.token_hex(4)}"
-    node = Node(binary=install_plugin(workdir / "bin"), ipv6=False, extra={"bpfPinDir": pin_dir})
-    agent = Agent(str(node.state_dir), pin_dir, workdir, env or dict(os.environ), args=list(args))
-    try:
-        agent.start()
-        added = [node.add_pod(name, namespace=ns) for name, ns in pods]
-        for pod in added:
-            t.quiet(pod)
-        yield node, agent, added
-    finally:
-        if agent.proc and agent.proc.poll() is None:
-            agent.proc.kill()
-            agent.proc.wait()
-        node.cleanup()
-        unpin_all(pin_dir)
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    workdir = tmp_path_factory.mktemp("agent-e2e")
-    spans = Spans()
+def otlp_receiver(spans: Spans) -> Iterator[str]:
+    """An OTLP/HTTP receiver collecting into `spans`, on this thread's loopback; yields its endpoint."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -180,22 +159,56 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
     receiver = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    agent_env = {
-        **os.environ,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.server_address[1]}",
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-        "OTEL_BSP_SCHEDULE_DELAY": "200",
-    }
     try:
-        with agent_with_pods(workdir, [("alpha", "shop"), ("beta", "shop")], agent_env) as (
-            node,
-            agent,
-            pods,
-        ):
-            yield Env(node, agent, spans, *pods)
+        yield f"http://127.0.0.1:{receiver.server_address[1]}"
     finally:
         receiver.shutdown()
         receiver.server_close()
+
+
+@contextmanager
+def agent_with_pods(
+    workdir: Path,
+    pods: list[tuple[str, str]],
+    env: dict[str, str] | None = None,
+    args: Sequence[str] = (),
+    spans: Spans | None = None,
+) -> Iterator[tuple[Node, Agent, list[Pod]]]:
+    """`lumen agent` on its own pin dir, then pods (name, namespace) wired by the plugin, quieted; all of
+    it removed afterwards. The caller's block runs on the node's host side (`Node.host`), where the
+    agent runs and listens; with `spans`, the agent exports its spans to a receiver there."""
+    from tests.cni_harness import install_plugin
+
+    pin_dir = f"/sys/fs/bpf/lt_{secrets.token_hex(4)}"
+    node = Node(binary=install_plugin(workdir / "bin"), ipv6=False, extra={"bpfPinDir": pin_dir})
+    try:
+        with node.host(), ExitStack() as stack:
+            agent_env = dict(env or os.environ)
+            if spans is not None:
+                agent_env.update(
+                    OTEL_EXPORTER_OTLP_ENDPOINT=stack.enter_context(otlp_receiver(spans)),
+                    OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+                    OTEL_BSP_SCHEDULE_DELAY="200",
+                )
+            agent = Agent(str(node.state_dir), pin_dir, workdir, agent_env, args=list(args))
+            stack.callback(agent.kill)  # before the receiver closes and the namespace goes
+            agent.start()
+            added = [node.add_pod(name, namespace=ns) for name, ns in pods]
+            for pod in added:
+                t.quiet(pod)
+            yield node, agent, added
+    finally:
+        node.cleanup()
+        unpin_all(pin_dir)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    workdir = tmp_path_factory.mktemp("agent-e2e")
+    spans = Spans()
+    pods = [("alpha", "shop"), ("beta", "shop")]
+    with agent_with_pods(workdir, pods, spans=spans) as (node, agent, (a, b)):
+        yield Env(node, agent, spans, a, b)
 
 
 def test_pods_are_attached_and_status_shows_them(env: Env):

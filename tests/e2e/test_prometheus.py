@@ -144,9 +144,12 @@ def pin_dir() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def node(cni_bin: Path, pin_dir: str) -> Iterator[Node]:
+    """The module runs on the node's host side: the agent, the relay and Prometheus run in the node's
+    namespace and talk over its loopback."""
     n = Node(binary=cni_bin, extra={"bpfPinDir": pin_dir})
     try:
-        yield n
+        with n.host():
+            yield n
     finally:
         n.cleanup()
 

@@ -69,9 +69,11 @@ def reader(dp: Datapath) -> Iterator[EventReader]:
 
 @pytest.fixture
 def dnode(cni_bin: Path, pin_dir: str) -> Iterator[Node]:
+    """The test runs on the node's host side: netlink, `ip` and pings from the host are the node's."""
     n = Node(binary=cni_bin, extra={"bpfPinDir": pin_dir})
     try:
-        yield n
+        with n.host():
+            yield n
     finally:
         n.cleanup()
 

@@ -114,15 +114,17 @@ def lab(cni_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab
     policy_dir = tmp_path_factory.mktemp("policies")
     try:
         (policy_dir / "cluster.yaml").write_text(cluster_manifests())
-        enforcer = Enforcer(
-            str(node.state_dir), [str(policy_dir)], dp, EndpointDirectory(str(node.state_dir))
-        )
-        enforcer.sync()  # identities published before the pods exist: in place for their first packet
-        lab = Lab(node, dp, enforcer, policy_dir)
-        for name, (ns, _) in PODS.items():
-            lab.pods[name] = node.add_pod(name, namespace=ns)
-        with probe.servers(lab.pods.values(), [80, 81]):
-            yield lab
+        # the module runs on the node's host side: the enforcer reads the node's addresses
+        with node.host():
+            enforcer = Enforcer(
+                str(node.state_dir), [str(policy_dir)], dp, EndpointDirectory(str(node.state_dir))
+            )
+            enforcer.sync()  # identities published before the pods exist: in place for their first packet
+            lab = Lab(node, dp, enforcer, policy_dir)
+            for name, (ns, _) in PODS.items():
+                lab.pods[name] = node.add_pod(name, namespace=ns)
+            with probe.servers(lab.pods.values(), [80, 81]):
+                yield lab
     finally:
         node.cleanup()
         dp.close()
