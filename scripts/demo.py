@@ -3,7 +3,9 @@ underlay, tests/cluster_harness.py), each with its own agent; pods spread over t
 run inside their node; live traffic within and across nodes and to an "internet" address (masqueraded);
 a policy that visibly drops a cross-node connection; `lumen relay` serving one UI and API for all nodes.
 
-`--nodes 1` runs the one-node demo instead (pods on a bridge of this machine, the agent on loopback).
+`--nodes 1` runs the one-node demo instead: one node namespace standing in for this machine (its bridge,
+pods and agent), the agent's port forwarded to this machine's loopback. Neither demo changes the
+machine's own network namespace.
 Ctrl-C, SIGINT (also when started in the background) and SIGTERM stop it and clean up.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -41,6 +44,7 @@ class Demo:
         self.args = args
         self.procs: list[subprocess.Popen[bytes]] = []
         self.node: Node | None = None
+        self.forward: PortForward | None = None
         self.logdir = Path(args.workdir)
         self.policy_dir = self.logdir / "policies"
 
@@ -65,6 +69,7 @@ class Demo:
         print(f"demo: plugin server on {sock} (ADD/DEL skip the interpreter's start-up)")
 
     def start_agent(self) -> str | None:
+        """`lumen agent` on the node (the caller is inside `node.host()`); its URL there."""
         lumen = REPO / ".venv" / "bin" / "lumen"
         if self.args.no_agent or not lumen.exists():
             return None
@@ -108,14 +113,13 @@ class Demo:
         self.logdir.mkdir(parents=True, exist_ok=True)
         binary = install_plugin(self.logdir / "cni-bin")
         print(f"demo: installed the CNI plugin at {binary}")
-        self.start_plugin_server(binary)
-        agent_url = self.start_agent()
 
         o = self.args.octet  # claimed for this demo: a second demo on this machine takes another
-        # pod netns are <prefix><hex><pod>: this demo's own, like its bridge and directories
+        # the node namespace and pod netns are <prefix><hex>...: this demo's own, like its bridge and dirs
         node = Node(
             binary=binary, tag="", subnet_octet=o, workdir=self.logdir / "node", ns_prefix=self.args.prefix
         )
+        self.node = node
         node.workdir.mkdir(parents=True, exist_ok=True)
         node.bridge = self.args.bridge
         node.subnet4, node.gateway4 = f"10.{o}.0.0/24", f"10.{o}.0.1"
@@ -127,8 +131,15 @@ class Demo:
             "logFile": str(self.logdir / "cni.log"),
         }
         node.env = {"LUMEN_PLUGIN_SOCKET": str(Path(self.args.state_dir) / "plugin.sock")}
-        self.node = node
+        # the plugin server and the agent run on the node: the host side of every pod is made there
+        with node.host():
+            self.start_plugin_server(binary)
+            agent_url = self.start_agent()
         pods = {name: node.add_pod(name, namespace=ns) for ns, name in PODS}
+        if agent_url:
+            # the UI on this machine's loopback, forwarded to the agent's port on the node's
+            self.forward = PortForward(node.host_ns, "127.0.0.1", self.args.port, listen_port=self.args.port)
+            agent_url = f"http://127.0.0.1:{self.forward.listen_port}"
 
         print(f"\n{'NAMESPACE':<10} {'POD':<10} {'IPv4':<14} {'IPv6':<18} HOST VETH")
         for ns, name in PODS:
@@ -158,7 +169,7 @@ class Demo:
             print(f"demo: policies   {self.policy_dir} (watched: edit them live; `lumen policy status`)")
             print("      shop/frontend admits only its namespace: probe->frontend and monitor's pings of")
             print("      frontend are DROPPED (policy_denied): `.venv/bin/lumen observe --verdict dropped`")
-            print("demo: live flows .venv/bin/lumen observe -f")
+            print(f"demo: live flows .venv/bin/lumen observe --server {agent_url} -f")
         print(f"demo: logs in {self.logdir}; Ctrl-C stops and cleans up\n")
 
         deadline = time.monotonic() + self.args.duration if self.args.duration else None
@@ -170,15 +181,17 @@ class Demo:
         """Packets the pods sent, from their host veths' rx counters (direct forwarding skips the
         destination's host veth, so what pods receive is the agent's to report: see /metrics)."""
         sent = 0
-        for pod in self.node.pods.values() if self.node else []:
-            stats = Path(f"/sys/class/net/{pod.result['interfaces'][1]['name']}/statistics")
-            try:
-                sent += int((stats / "rx_packets").read_text())
-            except OSError:
-                continue
+        if self.node is not None:
+            veths = {pod.result["interfaces"][1]["name"] for pod in self.node.pods.values()}
+            shown = self.node.exec("ip", "-j", "-s", "link", "show").stdout
+            for link in json.loads(shown or "[]"):
+                if link.get("ifname") in veths:
+                    sent += int(link["stats64"]["rx"]["packets"])
         return f"{len(PODS)} pods; packets sent by pods so far: {sent}"
 
     def cleanup(self) -> None:
+        if self.forward is not None:
+            self.forward.close()
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -191,7 +204,7 @@ class Demo:
             self.node.cleanup()
         for path in (self.args.pin_dir, self.args.state_dir):
             shutil.rmtree(path, ignore_errors=True)  # bpffs pins unlink like files
-        print("demo: cleaned up pods, bridge, pinned maps and processes")
+        print("demo: cleaned up pods, the node namespace and its bridge, pinned maps and processes")
 
 
 class ClusterDemo:

@@ -120,7 +120,7 @@ class Plan:
     port: int
     nodes: int
     workdir: Path
-    bridge: str  # the one-node demo's bridge (the cluster's bridges live in its node namespaces)
+    bridge: str  # the one-node demo's bridge, in its node namespace (like the cluster's)
     state_dir: Path
     pin_dir: Path
     subnets: tuple[str, ...] = field(default=())
