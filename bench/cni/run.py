@@ -1,8 +1,10 @@
 """bench/cni: ADD/DEL latency of Lumen against the reference bridge + host-local, in one run.
 
 Each plugin is exec'd exactly as a runtime does (CNI_* env, config on stdin), on the same kind of config
-(a bridge with a gateway, one /24 range). Rounds are interleaved (ref, lumen cold, lumen warm, ...) so
-drift on this shared machine hits every variant alike. Then 100 concurrent ADDs per variant.
+(a bridge with a gateway, one /24 range), inside a network namespace of the bench's own standing in for
+the node: the bridges, host veths and the reference bridge's ip_forward stay there. Rounds are
+interleaved (ref, lumen cold, lumen warm, ...) so drift on this shared machine hits every variant alike.
+Then 100 concurrent ADDs per variant.
 
   lumen-cold: the launcher runs the call in process (no agent on the node)
   lumen-warm: the launcher hands the call to the warm plugin server (what a node with the agent does)
@@ -31,7 +33,8 @@ REPO = Path(__file__).resolve().parents[2]
 GOALS = [("lumen-cold", 2.0)]
 sys.path.insert(0, str(REPO))
 
-from tests.cni_harness import install_plugin, invoke, netns_add, netns_del  # noqa: E402
+from plugin.netlink import in_netns  # noqa: E402
+from tests.cni_harness import install_plugin, invoke, netns_add, netns_del, ns_exec  # noqa: E402
 
 
 class Variant:
@@ -92,9 +95,6 @@ class Variant:
             raise RuntimeError(f"{self.name} {command} failed: {res.out} {res.stderr}")
         return elapsed
 
-    def cleanup(self) -> None:
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
-
 
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
@@ -114,7 +114,19 @@ def main() -> None:
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/cni needs root")
+    # The node: this thread, the plugin calls and the warm server (and the threads and processes they
+    # start) run in it; its bridges and host veths go with it.
+    node = f"lb{secrets.token_hex(3)}-host"
+    netns_add(node)
+    try:
+        ns_exec(node, "ip", "link", "set", "lo", "up", check=True)
+        with in_netns(f"/run/netns/{node}"):
+            run(args)
+    finally:
+        netns_del(node)
 
+
+def run(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="lumen-bench-cni-"))
     binary = install_plugin(work / "bin")
     sock = work / "srv" / "plugin.sock"
@@ -210,8 +222,6 @@ def main() -> None:
         server.wait(timeout=10)
         for ns in namespaces:
             netns_del(ns)
-        for v in variants:
-            v.cleanup()
         subprocess.run(["rm", "-rf", str(work)])
 
 

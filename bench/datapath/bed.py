@@ -1,5 +1,9 @@
 """The set-up both datapath benches share: a plugin-wired node under a temp dir, a private pin dir, the
-processes a bench starts in its pods, and a clean-up that runs whatever happened."""
+processes a bench starts in its pods, and a clean-up that runs whatever happened.
+
+The node is a network namespace of its own (tests/cni_harness.py) and the bench's block runs on its
+host side: the bridge, the host veths and the programs the bench attaches by ifindex are there, never
+in the machine's root namespace."""
 
 from __future__ import annotations
 
@@ -50,7 +54,8 @@ def bed(name: str) -> Iterator[Bed]:
     b = Bed(work, pin, node)
     stats_was = BPF_STATS.read_text().strip()
     try:
-        yield b
+        with node.host():
+            yield b
     finally:
         BPF_STATS.write_text(stats_was)
         for p in b.procs:
