@@ -20,7 +20,10 @@ from prometheus_client import Counter
 from exporter import servicemap
 from exporter.api import FlowRequest
 from exporter.history.sink import HistoryCollector
+from exporter.policy.errors import PolicyError
+from exporter.policy.manifests import Manifests, load_text
 from exporter.relay import merge, streams
+from exporter.relay import policy as policy_merge
 from exporter.relay.discovery import Target
 from exporter.relay.fanout import Fanout, Result
 from exporter.relay.mirror import Mirrors
@@ -32,6 +35,10 @@ MAX_ROUNDS = 4  # fetch rounds for one page: each doubles what truncated agents 
 MAP_TTL_S = 2.0
 ASK_SLACK = 1.5  # first asks: an agent's share of recent pages times this (3 agents evenly: 52 of 100)
 SHARE_WEIGHT = 0.5  # how fast the shares follow where recent flows come from
+# An agent answers a policy question it will not take with 400 (bad src/dst, manifests it refuses) or 503
+# (policy enforcement not running): it is up, and says why.
+POLICY_REFUSALS = (400, 503)
+WHATIF_TIMEOUT_S = 50.0  # the agent replays every stored flow; `lumen policy whatif` waits 60 s
 
 
 @dataclass
@@ -334,6 +341,63 @@ class Relay:
             self.fanout.metrics.streams.dec()
             await self.hubs.leave(hub, viewer)
 
+    # -- /api/policy ---------------------------------------------------------------------------------
+
+    async def policy_status(self) -> dict[str, Any]:
+        """Every node's policy status: the set most nodes run (the agent's fields) and how each differs."""
+        results = self._policy_answers(
+            await self.fanout.gather("/api/policy", route="/api/policy", refused=POLICY_REFUSALS)
+        )
+        answers = _answered(results, {})
+        return {**policy_merge.status(answers), **Missing.of(results).to_dict()}
+
+    async def policy_explain(self, params: Sequence[tuple[str, str]]) -> dict[str, Any]:
+        """Every node's verdict on one connection, and whether they agree. A node that refuses it (does
+        not know src or dst) disagrees; when all do, the question was bad: Refused 400."""
+        results = self._policy_answers(
+            await self.fanout.gather(
+                "/api/policy/explain", params, route="/api/policy/explain", refused=POLICY_REFUSALS
+            )
+        )
+        refusals = {r.target.name: r.detail for r in results if r.status == 400}
+        answered = [r for r in results if r.status != 400]
+        answers = _answered(answered, refusals)
+        return {**policy_merge.explain(answers, refusals), **Missing.of(answered).to_dict()}
+
+    async def policy_whatif(self, body: bytes) -> dict[str, Any]:
+        """The proposed manifests replayed against every node's stored flows. Read here first: a body no
+        agent would take is the client's 400 once, not every agent's."""
+        try:
+            load_text(body.decode("utf-8", "replace"), "request body", Manifests())
+        except PolicyError as exc:
+            raise policy_merge.Refused(400, str(exc)) from None
+        targets = await self.fanout.targets()
+        started = time.perf_counter()
+        results = await asyncio.gather(
+            *(
+                self.fanout.post(
+                    t, "/api/policy/whatif", body, "application/yaml", WHATIF_TIMEOUT_S, POLICY_REFUSALS
+                )
+                for t in targets
+            )
+        )
+        self.fanout.metrics.fanout.labels("/api/policy/whatif").observe(time.perf_counter() - started)
+        results = self._policy_answers(list(results))
+        refusals = {r.target.name: r.detail for r in results if r.status == 400}
+        answers = _answered(results, refusals)
+        # a node that refused while others answered: its flows are not in the answer, so it is named
+        return {**policy_merge.whatif(answers), **Missing.of(results).to_dict()}
+
+    def _policy_answers(self, results: Sequence[Result]) -> list[Result]:
+        """The results, an answer that is not a JSON object turned into that node's error."""
+        out = []
+        for r in results:
+            if r.error is None and not isinstance(r.data, dict):
+                self.fanout.mark(r.target, "not a policy answer", "format")
+                r = Result(r.target, error="not a policy answer", status=r.status)
+            out.append(r)
+        return out
+
     # -- the other routes ----------------------------------------------------------------------------
 
     async def endpoints(self) -> tuple[list[dict[str, Any]], Missing]:
@@ -396,6 +460,19 @@ class Relay:
         if not up:
             return False, "no agent answers"
         return True, f"{up}/{len(results)} agents answer"
+
+
+def _answered(results: Sequence[Result], refusals: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Each answering node's answer; Refused when there is none: 400 if nodes refused the question
+    (the agents' reason), else 503 naming why each node gave no answer."""
+    answers = {r.target.name: r.data for r in results if r.error is None}
+    if answers:
+        return answers
+    if refusals:
+        raise policy_merge.Refused(400, policy_merge.refusal(refusals))
+    errors = Missing.of(results).errors
+    why = "; ".join(f"{n}: {e}" for n, e in sorted(errors.items())) if errors else "no agents found"
+    raise policy_merge.Refused(503, f"no agent answered: {why}")
 
 
 def _iso_key(iso: str) -> int:
