@@ -32,13 +32,15 @@ def policy_set(status: Mapping[str, Any]) -> tuple[frozenset[str], bool]:
 
 def status(answers: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """/api/policy over the nodes that answered (at least one). The top-level fields are those of the
-    reference node: the first by name of the nodes running the policy set most nodes run. `nodes` says
-    each node's generation, compile summary and refused change, and how its set differs."""
+    reference node: the first by name of the nodes running the policy set most nodes run. `consistent`:
+    every node that answered runs that set (the caller names the others apart). `nodes` says each
+    node's generation (each node counts its own), compile summary (its own pods) and refused change,
+    and how its set differs."""
     names = sorted(answers)
     sets = {n: policy_set(answers[n]) for n in names}
     count = Counter(sets.values())
     ref = min(names, key=lambda n: (-count[sets[n]], n))
-    ref_policies, ref_audit = sets[ref]
+    ref_policies = sets[ref][0]
     nodes = {}
     for n in names:
         policies, audit = sets[n]
