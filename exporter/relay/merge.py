@@ -8,7 +8,10 @@ the records strictly older, whatever the agents hold by then, so no record is sh
 
 Limit after the merge: each agent returns its newest N matching records. A record is safe to show only
 if no truncated answer (N returned, more may exist) could still hold a newer one; the merge stops at the
-first unsafe record and says the page is short, and the caller asks those agents for more.
+first unsafe record and says the page is short, and the caller asks those agents for more. An answer
+says from which microsecond on it holds everything (`known_from`): by default the microsecond after its
+oldest record's, since agents cut by nanoseconds and more records of that microsecond may have been cut;
+an answer read in several pieces (exporter.relay.walk) can know more.
 
 Pairing: a flow between pods on two nodes is recorded twice, as egress on the source's node and as
 ingress on the destination's. Two records pair when they come from different nodes, carry the same
@@ -53,6 +56,8 @@ class Answer:
     node: str  # the agent's name in the relay (unique)
     flows: Sequence[dict[str, Any]]
     truncated: bool  # it returned as many as asked: it may hold more
+    #: µs: a truncated answer holds every record at or after it (None: from its oldest record's µs + 1)
+    known_from: int | None = None
 
 
 @dataclass(eq=False)
@@ -86,6 +91,14 @@ def record(node: str, flow: dict[str, Any]) -> Record:
             ep["node"] = flow[key]  # the pod on the node that counted this end
     tuple5 = five_tuple(flow)
     return Record(node, flow, (time_us(flow["time"]), node, f"{tuple5}|{flow['direction']}"), tuple5)
+
+
+def records(node: str, flows: Iterable[dict[str, Any]]) -> list[Record]:
+    """An agent's flows as records; MalformedAnswer naming the agent if one cannot be read."""
+    try:
+        return [record(node, f) for f in flows]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MalformedAnswer(node, f"{type(exc).__name__}: {exc}") from None
 
 
 def encode_cursor(pos: Position) -> str:
@@ -167,6 +180,7 @@ class Page:
     cursor: Position | None  # where the next (older) page starts; None: nothing older
     short: bool  # fewer rows than asked while a truncated answer may hold more: ask for more
     taken: dict[str, int] = field(default_factory=dict)  # records the page holds, per agent
+    oldest: Position | None = None  # the oldest record the page holds
 
 
 @dataclass(eq=False)
@@ -186,15 +200,14 @@ def merge_page(
     recs: list[Record] = []
     floor: Position | None = None  # records older than this may be missing from a truncated answer
     for ans in answers:
-        try:
-            mine = [record(ans.node, f) for f in ans.flows]
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise MalformedAnswer(ans.node, f"{type(exc).__name__}: {exc}") from None
+        mine = records(ans.node, ans.flows)
         if ans.truncated and mine:
-            oldest = min(r.pos for r in mine)
-            # Agents order by nanoseconds, positions by microseconds: records in the same microsecond as
-            # the oldest returned may have been cut, so that whole microsecond is unsafe.
-            bound = (oldest[0] + 1, "", "")
+            known = ans.known_from
+            if known is None:
+                # Agents order by nanoseconds, positions by microseconds: records in the same microsecond
+                # as the oldest returned may have been cut, so that whole microsecond is unsafe.
+                known = min(r.pos for r in mine)[0] + 1
+            bound = (known, "", "")
             floor = bound if floor is None else max(floor, bound)
         recs.extend(r for r in mine if after is None or r.pos < after)
     recs.sort(key=lambda r: r.pos, reverse=True)
@@ -207,7 +220,7 @@ def merge_page(
     for r in recs:
         if floor is not None and r.pos < floor:
             full = bool(limit) and len(rows) == limit
-            return Page([x.to_dict() for x in rows], last if rows else after, not full, taken)
+            return Page([x.to_dict() for x in rows], last if rows else after, not full, taken, last)
         partner = None
         if pair:
             for row in open_halves.get(r.tuple5, ()):
@@ -219,7 +232,7 @@ def merge_page(
             open_halves[r.tuple5].remove(partner)
         else:
             if limit and len(rows) == limit:
-                return Page([x.to_dict() for x in rows], last, False, taken)
+                return Page([x.to_dict() for x in rows], last, False, taken, last)
             row = _Row(r)
             rows.append(row)
             open_halves.setdefault(r.tuple5, []).append(row)
@@ -230,7 +243,19 @@ def merge_page(
     if truncated and not rows:
         cursor = after
     short = truncated and (not limit or len(rows) < limit)
-    return Page([x.to_dict() for x in rows], cursor, short, taken)
+    return Page([x.to_dict() for x in rows], cursor, short, taken, last)
+
+
+def reach(
+    answers: Iterable[Answer], limit: int, after: Position | None = None, pair: bool = True
+) -> int | None:
+    """The time (µs) of the oldest record a page would hold if every answer were whole; None when the
+    page would not be full. Only a truncated answer whose unknown records start above it (`known_from`
+    greater) may still hold some of the page."""
+    whole = merge_page([Answer(a.node, a.flows, truncated=False) for a in answers], limit, after, pair)
+    if not limit or len(whole.rows) < limit or whole.oldest is None:
+        return None
+    return whole.oldest[0]
 
 
 @dataclass
