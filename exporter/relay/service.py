@@ -175,8 +175,8 @@ class Relay:
     ) -> dict[str, list[walk.Ask]]:
         """The next round for a short page: agents whose unknown records start above where the page
         would end with what is held (the others cannot hold any of it). A tie costs a whole microsecond
-        however large, so it is read only for the agents holding the page up now; the others' may not
-        be needed once that is read."""
+        however large, so it is read only of the agents holding the page up now; and while one of those
+        has a tie, the others wait: read whole, it may fill the page by itself."""
         reach = merge.reach(self._answers(walks, results), limit, after, self.pair)
         more = {
             name: w.known_from
@@ -186,12 +186,13 @@ class Relay:
             and w.known_from is not None
             and (reach is None or w.known_from > reach)
         }
-        need = max(limit - len(page.rows), 1)
         top = max(more.values(), default=None)
+        tie_on_top = any(walks[name].tie for name, known in more.items() if known == top)
+        need = max(limit - len(page.rows), 1)
         return {
             name: walks[name].next(need)
             for name, known in more.items()
-            if not walks[name].tie or known == top
+            if known == top or not (tie_on_top or walks[name].tie)
         }
 
     async def _read(
