@@ -7,12 +7,12 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 
 from exporter import ui
 from exporter.api import create_app
@@ -74,7 +74,16 @@ class Agent(View):
         super().__init__()
         self.store = FlowStore(capacity)  # (an empty store is falsy: View's default would replace it)
         self.name = name
-        self.served = Served(create_app(self, token=token, ui=ui.hook(token)))
+        self.flow_queries: list[dict[str, str]] = []  # the parameters of each /api/flows it was asked
+        app = create_app(self, token=token, ui=ui.hook(token))
+
+        @app.middleware("http")
+        async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+            if request.url.path == "/api/flows":
+                self.flow_queries.append(dict(request.query_params))
+            return await call_next(request)
+
+        self.served = Served(app)
 
     @property
     def url(self) -> str:
