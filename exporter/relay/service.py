@@ -142,12 +142,12 @@ class Relay:
         asks = {name: [w.first(self._first_ask(name, limit))] for name, w in walks.items()}
         results: dict[str, Result] = {}  # each agent's first answer (its counters), or why it has none
         page = merge.Page([], None, short=False)
-        for _ in range(MAX_ROUNDS):
+        for round_ in range(MAX_ROUNDS):
             await self._read(targets, base, asks, walks, results)
             page = self._merge(walks, results, limit, after)
             if not page.short:
                 break
-            asks = self._next_asks(walks, results, page, limit, after)
+            asks = self._next_asks(walks, results, page, limit, after, first=round_ == 0)
             if not asks:
                 break
         self._learn(page, [name for name, r in results.items() if r.error is None])
@@ -172,11 +172,13 @@ class Relay:
         page: merge.Page,
         limit: int,
         after: merge.Position | None,
+        first: bool,
     ) -> dict[str, list[walk.Ask]]:
         """The next round for a short page: agents whose unknown records start above where the page
-        would end with what is held (the others cannot hold any of it). A tie costs a whole microsecond
-        however large, so it is read only of the agents holding the page up now; and while one of those
-        has a tie, the others wait: read whole, it may fill the page by itself."""
+        would end with what is held (the others cannot hold any of it). After the `first` answers, while
+        an agent holding the page up has a tie, only the agents holding it up are asked: read whole, that
+        microsecond (a sweep's) often fills the page by itself. Later rounds ask all at once, so a page
+        costs few rounds however many agents have ties."""
         reach = merge.reach(self._answers(walks, results), limit, after, self.pair)
         more = {
             name: w.known_from
@@ -187,13 +189,10 @@ class Relay:
             and (reach is None or w.known_from > reach)
         }
         top = max(more.values(), default=None)
-        tie_on_top = any(walks[name].tie for name, known in more.items() if known == top)
+        if first and any(walks[name].tie for name, known in more.items() if known == top):
+            more = {name: known for name, known in more.items() if known == top}
         need = max(limit - len(page.rows), 1)
-        return {
-            name: walks[name].next(need)
-            for name, known in more.items()
-            if known == top or not (tie_on_top or walks[name].tie)
-        }
+        return {name: walks[name].next(need) for name in more}
 
     async def _read(
         self,
