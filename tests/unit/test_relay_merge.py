@@ -11,7 +11,7 @@ import random
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from exporter.api import parse_request
@@ -70,10 +70,10 @@ def fill(times: dict[str, list[int]], capacity: int = 10000) -> tuple[dict[str, 
     return stores, sorted(every, reverse=True)
 
 
-def run_pages(relay: Relay, limit: int, forward=()) -> list[list[dict[str, Any]]]:
+def run_pages(relay: Relay, limit: int, forward=(), until: str | None = None) -> list[list[dict[str, Any]]]:
     pages, cursor = [], None
     for _ in range(1000):
-        answer = asyncio.run(relay.flows(list(forward), limit, cursor))
+        answer = asyncio.run(relay.flows(list(forward), limit, cursor, until))
         pages.append(answer["flows"])
         if answer["cursor"] is None:
             return pages
@@ -428,8 +428,9 @@ def asked_everything(fan: StoreFanout) -> list[tuple[str, dict[str, str], int]]:
 
 
 @st.composite
-def crowded(draw) -> tuple[dict[str, list[int]], list[int]]:
-    """1-4 agents whose records fall in a few microseconds, many in the very same nanosecond."""
+def crowded(draw) -> tuple[dict[str, list[int]], int | None, int | None]:
+    """1-4 agents whose records fall in a few microseconds, many in the very same nanosecond; and a
+    client's `since` and `until` (µs from NOW_NS) at or next to those microseconds, or none."""
     micros = draw(st.lists(st.integers(0, 12), min_size=1, max_size=4, unique=True))
     at = st.builds(
         lambda us, ns: NOW_NS + us * 1000 + ns,
@@ -437,24 +438,33 @@ def crowded(draw) -> tuple[dict[str, list[int]], list[int]]:
         st.one_of(st.just(0), st.sampled_from([499, 500, 501, 999]), st.integers(0, 999)),
     )
     nodes = draw(st.lists(st.sampled_from("abcd"), min_size=1, max_size=4, unique=True))
-    return {n: draw(st.lists(at, max_size=70)) for n in nodes}, micros
+    per_node = {n: draw(st.lists(at, max_size=70)) for n in nodes}
+    near = st.none() | st.builds(lambda us, d: us + d, st.sampled_from(micros), st.integers(-1, 1))
+    since, until = draw(near), draw(near)
+    assume(since is None or until is None or since <= until)  # else the relay's 400, as the agent's
+    return per_node, since, until
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=crowded(), limit=st.one_of(st.just(0), st.integers(1, 40)), since=st.none() | st.integers(0, 12))
-def test_paging_through_crowded_microseconds_shows_every_record_once_never_asking_for_everything(
-    data, limit, since
-):
-    per_node, _ = data
+def at_us(offset: int | None) -> str | None:
+    return None if offset is None else iso_us(NOW_NS // 1000 + offset)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=crowded(), limit=st.one_of(st.just(0), st.integers(1, 40)))
+def test_paging_through_crowded_microseconds_shows_every_record_once_never_asking_for_everything(data, limit):
+    per_node, since, until = data
     stores, _ = fill(per_node)
-    forward = [] if since is None else [("since", iso_us(NOW_NS // 1000 + since))]
-    req = parse_request({k: [v] for k, v in forward})
+    forward = [] if since is None else [("since", at_us(since))]
+    # what each agent holds in the client's window, as it reads `since` and `until`
+    req = parse_request(
+        {k: [v] for k, v in [*forward, *([("until", at_us(until))] if until is not None else [])]}
+    )
     every = sorted(
-        (pos(node, f) for node, s in stores.items() for f in s.query(since_ns=req.since_ns).flows),
+        (pos(node, f) for node, s in stores.items() for f in s.query(None, req.since_ns, req.until_ns).flows),
         reverse=True,
     )
     fan = StoreFanout(stores)
-    pages = run_pages(Relay(fan, pair=False), limit, forward)
+    pages = run_pages(Relay(fan, pair=False), limit, forward, at_us(until))
     seen = [p for page in pages for p in reversed(positions(page))]
     assert seen == every, "every record once, newest first across pages"
     if limit:
@@ -463,6 +473,18 @@ def test_paging_through_crowded_microseconds_shows_every_record_once_never_askin
         for _, params, _ in fan.requests:
             if params["limit"] == "0":  # a window: one microsecond and its slack
                 assert time_us(params["until"]) - time_us(params["since"]) <= 2 * walk.SLACK_US
+
+
+def test_pieces_stay_inside_the_clients_time_window():
+    # a tie in the client's last microsecond, records just outside either end: a window around the tie
+    # must not reach them
+    stores, _ = fill({"a": [NOW_NS + 6000] * 10 + [NOW_NS + 4600] * 50 + [NOW_NS + 3000] * 5})
+    fan = StoreFanout(stores)
+    pages = run_pages(Relay(fan, pair=False), 10, [("since", at_us(4))], at_us(5))
+    assert sum(len(page) for page in pages) == 50
+    assert any(params["limit"] == "0" for _, params, _ in fan.requests), "the tie was read by a window"
+    for _, params, _ in fan.requests:
+        assert params["since"] == at_us(4) and time_us(params["until"]) <= NOW_NS // 1000 + 5
 
 
 def sweep_store(newest: int, sweep: int, older: int, src: str) -> FlowStore:
