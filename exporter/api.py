@@ -17,6 +17,7 @@ import functools
 import hmac
 import ipaddress
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -32,11 +33,14 @@ from exporter.jsonbody import FastJSONResponse, RowCache, rows_response
 from exporter.store import CursorError, FlowSource, Page, SourceError
 
 KEEPALIVE_S = 15.0
+#: with `stats=1` a stream says the store's counts this often: a relay's copy of the store follows them
+#: and takes their silence for a lost agent
+STATS_S = 1.0
 STREAM_BATCH = 512  # flows per SSE write at most
 DEFAULT_LIMIT = 100
 HISTORY_PAGE_MAX = 10_000  # flows per answer at most from the history
 #: how a request is answered, not which flows match: the page, and `view` (flows, or connections)
-PAGING_PARAMS = ("limit", "last", "cursor", "view")
+PAGING_PARAMS = ("limit", "last", "cursor", "view", "stats")
 VIEWS = ("flows", "connections")
 #: parameters that are not filter criteria
 REQUEST_PARAMS = (*PAGING_PARAMS, *filters.TIME_PARAMS)
@@ -364,12 +368,21 @@ def create_app(
                     "description": "first send the newest N stored matching flows",
                     "schema": {"type": "integer", "minimum": 0},
                 },
+                {
+                    "name": "stats",
+                    "in": "query",
+                    "description": "1: `stats` events (the store's counts): after the backlog, each second",
+                    "schema": {"type": "integer", "enum": [0, 1]},
+                },
                 *common_params["parameters"],
             ]
         },
         response_class=StreamingResponse,
         responses={
-            200: {"content": {"text/event-stream": {}}, "description": "`flow` events; `lost` events"}
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": "`flow` events; `lost` events; `stats` events",
+            }
         },
     )
     async def stream(request: Request) -> StreamingResponse:
@@ -384,8 +397,12 @@ def create_app(
         render: Callable[[Flow], str] = sse_event
         if view_of(params) == "connections":
             render = functools.partial(connection_event, lookup=store.get)
+        stats = _one(params, "stats") == "1"
         sub = store.subscribe(req, asyncio.get_running_loop())
         backlog = list(reversed(query_page(store, req, last, None).flows)) if last else []
+
+        def counts() -> str:
+            return f"event: stats\ndata: {json.dumps(store.stats(), separators=(',', ':'))}\n\n"
 
         async def events() -> Any:
             reported_lost = 0
@@ -393,16 +410,31 @@ def create_app(
                 yield ": lumen flows\n\n"
                 for flow in backlog:
                     yield render(flow)
+                if stats:  # after the backlog: a reader knows it has all of it
+                    yield counts()
+                said = time.monotonic()
                 while True:
+                    wait = (
+                        min(KEEPALIVE_S, max(0.0, said + STATS_S - time.monotonic()))
+                        if stats
+                        else KEEPALIVE_S
+                    )
                     try:
-                        await asyncio.wait_for(sub.ready.wait(), KEEPALIVE_S)
+                        await asyncio.wait_for(sub.ready.wait(), wait)
                     except TimeoutError:
                         if await request.is_disconnected():
                             return
-                        yield ": keepalive\n\n"
+                        if stats:
+                            said = time.monotonic()
+                            yield counts()
+                        else:
+                            yield ": keepalive\n\n"
                         continue
                     batch = sub.take(STREAM_BATCH)
                     chunk = "".join(map(render, batch))
+                    if stats and time.monotonic() - said >= STATS_S:
+                        said = time.monotonic()
+                        chunk += counts()  # after the batch: the counts include its flows
                     if sub.dropped != reported_lost:
                         reported_lost = sub.dropped
                         chunk = f"event: lost\ndata: {json.dumps({'dropped': reported_lost})}\n\n" + chunk

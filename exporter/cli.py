@@ -308,6 +308,14 @@ def _relay_parser(sub: Any) -> None:
         help="seconds a live flow waits for its other end from another node",
     )
     p.add_argument(
+        "--mirror",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="keep a copy of each agent's newest N flows, fed by its stream, and answer the newest page "
+        "from it (0: ask every agent for every page; default 2048)",
+    )
+    p.add_argument(
         "--history",
         metavar="URL",
         help="clickhouse://host:port/db the agents write to: time ranges older than they hold come from it",
@@ -363,6 +371,8 @@ def cmd_relay(args: argparse.Namespace) -> int:
             )
     except ValueError as exc:
         return usage(str(exc))
+    if args.mirror < 0:
+        return usage("--mirror: a number of flows, 0 or more")
     history = None
     if args.history_write and not args.history:
         return usage("--history-write needs --history clickhouse://host:port/db")
@@ -391,12 +401,18 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
         # its own store: the writer's thread and the API's queries each hold their own client
         writer = HistoryWriter(fanout, HistorySink(ClickHouseHistory(args.history, args.history_retention)))
+    mirrors = None
+    if args.mirror:
+        from exporter.relay.mirror import Mirrors
+
+        mirrors = Mirrors(fanout, args.mirror)
     relay = Relay(
         fanout,
         pair=not args.no_pair,
         pair_wait_s=args.pair_wait,
         history=history,
         writer=writer,
+        mirrors=mirrors,
     )
     app = create_app(relay, token=token, ui=ui.hook(token, with_map=False))
     print(f"lumen relay: API on http://{args.host}:{args.port}/api/flows", file=sys.stderr, flush=True)
@@ -459,7 +475,13 @@ def note_unreachable(answer: dict[str, Any], err: TextIO, before: Sequence[str] 
         detail = "; ".join(f"{n}: {errors.get(n, 'no answer')}" for n in missing)
         print(f"lumen observe: flows of {len(missing)} node(s) missing, not reachable: {detail}", file=err)
     elif before and not missing:
-        print(f"lumen observe: reachable again: {', '.join(before)}", file=err)
+        nodes = answer.get("nodes")  # a live stream's nodes event: a node no longer followed left
+        left = [n for n in before if nodes is not None and n not in nodes]
+        back = [n for n in before if n not in left]
+        if back:
+            print(f"lumen observe: reachable again: {', '.join(back)}", file=err)
+        if left:
+            print(f"lumen observe: left the cluster: {', '.join(left)}", file=err)
     err.flush()
     return missing
 

@@ -15,6 +15,7 @@ import ipaddress
 import os
 import secrets
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _young(path: Path, seconds: float = 10.0) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime < seconds
+    except OSError:
+        return False
+
+
 def claimed(claims: Path) -> dict[int, int]:
     """octet -> PID of the running demos' claims; claims of demos that are gone are removed."""
     out: dict[int, int] = {}
@@ -49,6 +57,8 @@ def claimed(claims: Path) -> dict[int, int]:
             continue
         if pid and _alive(pid):
             out[octet] = pid
+        elif not pid and _young(path):
+            out[octet] = 0  # created, its PID not written yet: a demo starting this instant holds it
         else:
             path.unlink(missing_ok=True)
     return out
@@ -62,7 +72,8 @@ def claim_octet(claims: Path, wanted: int | None, pid: int | None = None) -> int
     held = claimed(claims)
     if wanted is not None:
         if wanted in held and held[wanted] != pid:
-            raise PlanError(f"--octet {wanted}: used by the demo of PID {held[wanted]}; leave --octet out")
+            holder = f"the demo of PID {held[wanted]}" if held[wanted] else "a demo starting now"
+            raise PlanError(f"--octet {wanted}: used by {holder}; leave --octet out")
         order = [wanted]
     else:
         order = [FIRST_OCTET + i if FIRST_OCTET + i <= 254 else FIRST_OCTET + i - 254 for i in range(254)]

@@ -7,12 +7,14 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
+from urllib.parse import parse_qsl
 
 import uvicorn
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from exporter import ui
 from exporter.api import create_app
@@ -20,6 +22,7 @@ from exporter.flows import FlowStore
 from exporter.relay.app import create_app as create_relay_app
 from exporter.relay.discovery import Static, Target
 from exporter.relay.fanout import Fanout
+from exporter.relay.mirror import Mirrors
 from exporter.relay.service import Relay
 from tests.unit.exporter_fixtures import View
 
@@ -67,6 +70,18 @@ class Served:
         self.thread.join(timeout=10)
 
 
+class FlowQueries:
+    """ASGI middleware keeping the parameters of each /api/flows request (plain ASGI: streams untouched)."""
+
+    def __init__(self, app: ASGIApp, seen: list[dict[str, str]]) -> None:
+        self.app, self.seen = app, seen
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/api/flows":
+            self.seen.append(dict(parse_qsl(scope["query_string"].decode())))
+        await self.app(scope, receive, send)
+
+
 class Agent(View):
     """A node: the agent's API over a FlowStore, named like the agent's --node."""
 
@@ -76,13 +91,7 @@ class Agent(View):
         self.name = name
         self.flow_queries: list[dict[str, str]] = []  # the parameters of each /api/flows it was asked
         app = create_app(self, token=token, ui=ui.hook(token))
-
-        @app.middleware("http")
-        async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-            if request.url.path == "/api/flows":
-                self.flow_queries.append(dict(request.query_params))
-            return await call_next(request)
-
+        app.add_middleware(FlowQueries, seen=self.flow_queries)
         self.served = Served(app)
 
     @property
@@ -112,14 +121,22 @@ def agents(names: Sequence[str], token: str | None = None, capacity: int = 10000
 
 
 def relay_app(
-    targets: Sequence[Target], token: str | None = None, agent_token: str | None = None, **kw: Any
+    targets: Sequence[Target] | Static,
+    token: str | None = None,
+    agent_token: str | None = None,
+    mirror: int = 0,
+    **kw: Any,
 ) -> FastAPI:
-    relay = Relay(Fanout(Static(targets), agent_token, timeout_s=2.0), **kw)
+    """The relay over these agents; given a Static, the test can change its agents while it runs.
+    `mirror`: copies of each agent's newest N flows (`lumen relay --mirror N`; 0: every page asks)."""
+    found = targets if isinstance(targets, Static) else Static(targets)
+    fanout = Fanout(found, agent_token, timeout_s=2.0)
+    relay = Relay(fanout, mirrors=Mirrors(fanout, mirror) if mirror else None, **kw)
     return create_relay_app(relay, token=token, ui=ui.hook(token, with_map=False))
 
 
 @contextmanager
-def relay(targets: Sequence[Target], **kw: Any) -> Iterator[Served]:
+def relay(targets: Sequence[Target] | Static, **kw: Any) -> Iterator[Served]:
     served = Served(relay_app(targets, **kw)).start()
     try:
         yield served

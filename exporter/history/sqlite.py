@@ -299,7 +299,6 @@ class SqliteHistory:
             f"CREATE TABLE IF NOT EXISTS edges_{h} ({key}, flows INTEGER, packets INTEGER, bytes INTEGER, "
             f"first_off INTEGER, last_off INTEGER, PRIMARY KEY ({', '.join(_EDGE_KEY)})) WITHOUT ROWID"
         )
-        self._hours.add(h)
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -379,11 +378,9 @@ class SqliteHistory:
             te[4] += _hour_start(tk[1])
         totals.update(_fold(totals, lambda k: (BLOCK_HOURS, k[1] - k[1] % BLOCK_HOURS, *k[2:])))
         created: list[int] = []
-        try:
-            self._insert(by_hour, edges, tens, totals, placeholders, upsert_tail, created)
-        except BaseException:
-            self._hours.difference_update(created)  # rolled back with the transaction
-            raise
+        self._insert(by_hour, edges, tens, totals, placeholders, upsert_tail, created)
+        # readers look for an hour's table once it is committed, not while the writer creates it
+        self._hours.update(created)
         for h, rows in by_hour.items():
             lo, hi = rows[0][0] >> SEQ_BITS, rows[-1][0] >> SEQ_BITS
             ext = self._extent.get(h)

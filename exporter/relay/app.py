@@ -9,6 +9,7 @@ unchanged; answers add `nodes`, `unreachable` and `errors` (lists answered as JS
 from __future__ import annotations
 
 import json
+import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -27,6 +28,8 @@ from exporter.relay import merge
 from exporter.relay.service import HISTORY_CURSOR, Relay
 from exporter.relay.wire import flow_from_dict, iso_us, time_us
 from exporter.store import CursorError
+
+log = logging.getLogger("lumen.relay")
 
 MAX_LIMIT = 1_000_000
 UNREACHABLE_HEADER = "X-Lumen-Unreachable"
@@ -118,7 +121,14 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if relay.writer is not None:
             relay.writer.start()
+        if relay.mirrors is not None:  # copies ready before the first page is asked
+            try:
+                relay.mirrors.start(await relay.fanout.targets())
+            except Exception:  # noqa: BLE001 - discovery down: the first page starts them
+                log.warning("no agents found yet for the mirrors", exc_info=True)
         yield
+        if relay.mirrors is not None:
+            await relay.mirrors.aclose()
         if relay.writer is not None:
             await relay.writer.aclose()
         await relay.fanout.aclose()
@@ -185,7 +195,7 @@ def create_app(
         if until is not None:
             forward.append(("until", until))
         last = _count(params, "last", 0)
-        events = relay.stream(forward, last, request.is_disconnected)
+        events = relay.stream(forward, last, request.is_disconnected, parse_request(params))
         if view_of(params) == "connections":
             events = as_connections(events)
         return StreamingResponse(

@@ -9,9 +9,9 @@ the records strictly older, whatever the agents hold by then, so no record is sh
 Limit after the merge: each agent returns its newest N matching records. A record is safe to show only
 if no truncated answer (N returned, more may exist) could still hold a newer one; the merge stops at the
 first unsafe record and says the page is short, and the caller asks those agents for more. An answer
-says from which microsecond on it holds everything (`known_from`): by default the microsecond after its
-oldest record's, since agents cut by nanoseconds and more records of that microsecond may have been cut;
-an answer read in several pieces (exporter.relay.walk) can know more.
+may say from which position on it holds everything (`safe_from`); by default from the microsecond after
+its oldest record's, since agents cut by nanoseconds and more records of that microsecond may have been
+cut. An answer read in several pieces (exporter.relay.walk) or a copy (exporter.relay.mirror) knows more.
 
 Pairing: a flow between pods on two nodes is recorded twice, as egress on the source's node and as
 ingress on the destination's. Two records pair when they come from different nodes, carry the same
@@ -24,8 +24,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections import deque
-from collections.abc import Iterable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,8 +56,10 @@ class Answer:
     node: str  # the agent's name in the relay (unique)
     flows: Sequence[dict[str, Any]]
     truncated: bool  # it returned as many as asked: it may hold more
-    #: µs: a truncated answer holds every record at or after it (None: from its oldest record's µs + 1)
-    known_from: int | None = None
+    records: Sequence[Record] | None = None  # the flows as records already (the relay's copies keep them)
+    #: with truncated: every record at or after this position is in the answer (a copy, which orders by
+    #: position itself, knows exactly where it stopped)
+    safe_from: Position | None = None
 
 
 @dataclass(eq=False)
@@ -188,26 +190,31 @@ class _Row:
     first: Record
     second: Record | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return self.first.flow if self.second is None else paired(self.first, self.second)
+    def to_dict(self, join: Callable[[Record, Record], dict[str, Any]]) -> dict[str, Any]:
+        return self.first.flow if self.second is None else join(self.first, self.second)
 
 
 def merge_page(
-    answers: Iterable[Answer], limit: int, after: Position | None = None, pair: bool = True
+    answers: Iterable[Answer],
+    limit: int,
+    after: Position | None = None,
+    pair: bool = True,
+    join: Callable[[Record, Record], dict[str, Any]] = paired,
 ) -> Page:
-    """The newest `limit` rows (0: all) strictly older than `after`, from every agent's answer."""
+    """The newest `limit` rows (0: all) strictly older than `after`, from every agent's answer; `join`
+    makes a paired row (the relay's copies keep theirs: PairCache)."""
     answers = list(answers)
     recs: list[Record] = []
     floor: Position | None = None  # records older than this may be missing from a truncated answer
     for ans in answers:
-        mine = records(ans.node, ans.flows)
-        if ans.truncated and mine:
-            known = ans.known_from
-            if known is None:
-                # Agents order by nanoseconds, positions by microseconds: records in the same microsecond
-                # as the oldest returned may have been cut, so that whole microsecond is unsafe.
-                known = min(r.pos for r in mine)[0] + 1
-            bound = (known, "", "")
+        mine = list(ans.records) if ans.records is not None else records(ans.node, ans.flows)
+        if ans.truncated and ans.safe_from is not None:
+            floor = ans.safe_from if floor is None else max(floor, ans.safe_from)
+        elif ans.truncated and mine:
+            oldest = min(r.pos for r in mine)
+            # Agents order by nanoseconds, positions by microseconds: records in the same microsecond as
+            # the oldest returned may have been cut, so that whole microsecond is unsafe.
+            bound = (oldest[0] + 1, "", "")
             floor = bound if floor is None else max(floor, bound)
         recs.extend(r for r in mine if after is None or r.pos < after)
     recs.sort(key=lambda r: r.pos, reverse=True)
@@ -220,7 +227,7 @@ def merge_page(
     for r in recs:
         if floor is not None and r.pos < floor:
             full = bool(limit) and len(rows) == limit
-            return Page([x.to_dict() for x in rows], last if rows else after, not full, taken, last)
+            return Page([x.to_dict(join) for x in rows], last if rows else after, not full, taken, last)
         partner = None
         if pair:
             for row in open_halves.get(r.tuple5, ()):
@@ -232,7 +239,7 @@ def merge_page(
             open_halves[r.tuple5].remove(partner)
         else:
             if limit and len(rows) == limit:
-                return Page([x.to_dict() for x in rows], last, False, taken, last)
+                return Page([x.to_dict(join) for x in rows], last, False, taken, last)
             row = _Row(r)
             rows.append(row)
             open_halves.setdefault(r.tuple5, []).append(row)
@@ -243,19 +250,40 @@ def merge_page(
     if truncated and not rows:
         cursor = after
     short = truncated and (not limit or len(rows) < limit)
-    return Page([x.to_dict() for x in rows], cursor, short, taken, last)
+    return Page([x.to_dict(join) for x in rows], cursor, short, taken, last)
 
 
 def reach(
     answers: Iterable[Answer], limit: int, after: Position | None = None, pair: bool = True
 ) -> int | None:
     """The time (µs) of the oldest record a page would hold if every answer were whole; None when the
-    page would not be full. Only a truncated answer whose unknown records start above it (`known_from`
-    greater) may still hold some of the page."""
-    whole = merge_page([Answer(a.node, a.flows, truncated=False) for a in answers], limit, after, pair)
+    page would not be full. Only a truncated answer whose unknown records start above it (`safe_from`
+    newer) may still hold some of the page."""
+    whole = merge_page([Answer(a.node, a.flows, False, a.records) for a in answers], limit, after, pair)
     if not limit or len(whole.rows) < limit or whole.oldest is None:
         return None
     return whole.oldest[0]
+
+
+class PairCache:
+    """Paired rows kept for the next page that pairs the same two records (the relay's copies hand out
+    the same record objects page after page; a record replaced by its flow's next one is a new object).
+    Bounded, oldest out first."""
+
+    def __init__(self, size: int = 8192) -> None:
+        self.size = size
+        self._rows: OrderedDict[tuple[int, int], tuple[Record, Record, dict[str, Any]]] = OrderedDict()
+
+    def __call__(self, a: Record, b: Record) -> dict[str, Any]:
+        key = (id(a), id(b))
+        hit = self._rows.get(key)
+        if hit is not None and hit[0] is a and hit[1] is b:
+            return hit[2]
+        row = paired(a, b)
+        self._rows[key] = (a, b, row)  # holding both keeps their ids unique
+        if len(self._rows) > self.size:
+            self._rows.popitem(last=False)
+        return row
 
 
 @dataclass

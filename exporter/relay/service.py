@@ -15,12 +15,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from prometheus_client import Counter
+
 from exporter import servicemap
 from exporter.api import FlowRequest
 from exporter.history.sink import HistoryCollector
 from exporter.relay import merge, streams, walk
 from exporter.relay.discovery import Target
 from exporter.relay.fanout import Fanout, Result
+from exporter.relay.mirror import Mirrors
 from exporter.relay.wire import flow_from_dict, time_us
 from exporter.relay.writer import HistoryWriter
 from exporter.store import FlowSource
@@ -57,8 +60,10 @@ class Relay:
         pair_wait_s: float = 0.25,
         history: FlowSource | None = None,
         writer: HistoryWriter | None = None,
+        mirrors: Mirrors | None = None,
     ) -> None:
         self.fanout = fanout
+        self.mirrors = mirrors  # copies of the agents' newest flows: the newest page without asking
         self.pair = pair
         self.pair_wait_s = pair_wait_s
         self.history = history
@@ -69,6 +74,12 @@ class Relay:
         self.hubs = streams.Hubs(fanout, lambda: self.pair_wait_s if self.pair else 0.0)
         self._share: dict[str, float] = {}  # each agent's part of recent pages, 0..1
         self._maps: dict[tuple[tuple[str, str], ...], tuple[float, dict[str, Any]]] = {}
+        self.pages = Counter(
+            "lumen_relay_flow_pages",
+            "/api/flows pages answered, by where from (copies: the relay's mirrors of the agents)",
+            ["source"],
+            registry=fanout.registry,
+        )
 
     # -- /api/flows --------------------------------------------------------------------------------
 
@@ -89,7 +100,12 @@ class Relay:
             if self.history is None or request is None:
                 raise merge.CursorError("a history cursor, but this relay keeps no history")
             return await self._from_history(request, limit, after)
-        answer = await self._from_agents(forward, limit, after, until)
+        answer = None
+        if self.mirrors is not None and after is None and until is None and request is not None:
+            answer = await self._from_copies(self.mirrors, request, limit)
+        self.pages.labels("agents" if answer is None else "copies").inc()
+        if answer is None:
+            answer = await self._from_agents(forward, limit, after, until)
         if self.history is not None and request is not None and request.since_ns is not None:
             if not answer["complete"] or answer["unreachable"]:
                 try:
@@ -118,6 +134,34 @@ class Relay:
             "complete": page.complete,
             "source": "history",
             "nodes": sorted(by_node),
+            "unreachable": [],
+            "errors": {},
+        }
+
+    async def _from_copies(self, mirrors: Mirrors, request: FlowRequest, limit: int) -> dict[str, Any] | None:
+        """The newest page from the relay's copies of the agents' stores, or None when they cannot give
+        it exactly (a copy out of sync, a time window, fewer matching flows in the copies than the page
+        needs): then the agents are asked."""
+        if request.since_ns is not None or request.until_ns is not None:
+            return None
+        targets = await self.fanout.targets()
+        copies = mirrors.ready(targets)
+        if copies is None:
+            return None
+        q = request.query or None
+        page = merge.merge_page([c.newest(q, limit) for c in copies], limit, None, self.pair, mirrors.pairs)
+        if page.short:
+            return None
+        stats = [c.stats for c in copies]
+        return {
+            "flows": list(reversed(page.rows)),
+            "cursor": merge.encode_cursor(page.cursor) if page.cursor is not None else None,
+            "stored": sum(s.get("stored", 0) for s in stats),
+            "capacity": sum(s.get("capacity", 0) for s in stats),
+            "evicted": sum(s.get("evicted", 0) for s in stats),
+            "complete": False,  # as the agents say for a window without a start
+            "source": "agents",
+            "nodes": sorted(t.name for t in targets),
             "unreachable": [],
             "errors": {},
         }
@@ -292,16 +336,18 @@ class Relay:
         forward: Sequence[tuple[str, str]],
         last: int,
         disconnected: Callable[[], Awaitable[bool]],
+        request: FlowRequest | None = None,
     ) -> AsyncIterator[str]:
         """SSE text: a `nodes` event (which agents feed the stream, which do not and why) first and on
         every change, the newest `last` rows, then every agent's live flows interleaved as they come
-        (through the hub all viewers of this filter share)."""
+        (through the hub all viewers of this filter share). `request`, the filter as data, lets the
+        copies give the backlog."""
         targets = await self.fanout.targets()
         hub, viewer = self.hubs.join(targets, forward)
         self.fanout.metrics.streams.inc()
         try:
             yield ": lumen relay\n\n"
-            backlog = await self.flows(forward, last) if last else None
+            backlog = await self.flows(forward, last, request=request) if last else None
             seen = {merge.record(r.get("node", ""), r).pos for r in backlog["flows"]} if backlog else set()
             try:  # the first word on the nodes once each agent's stream is open or has failed
                 await asyncio.wait_for(hub.states.settled.wait(), self.fanout.timeout_s)

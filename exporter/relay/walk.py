@@ -61,7 +61,7 @@ class Walk:
     def __init__(self, node: str, until: str | None = None, since: str | None = None) -> None:
         self.node = node
         self.until, self.since = until, since
-        self.flows: dict[merge.Position, dict[str, Any]] = {}  # by position: pieces overlap
+        self.held: dict[merge.Position, merge.Record] = {}  # by position: pieces overlap
         self.truncated = True  # records older than those held may exist
         self.known_from: int | None = None  # µs: every record at or after it is held (while truncated)
         self.below: int | None = None  # µs: the `until` that goes on under what is held, without a gap
@@ -90,7 +90,7 @@ class Walk:
 
     def _under(self, below: int, need: int) -> Ask:
         """Records at or before `below`: the page's need, plus the records held there, which come back."""
-        again = sum(1 for pos in self.flows if pos[0] <= below + 1)
+        again = sum(1 for pos in self.held if pos[0] <= below + 1)
         return Ask(need + again + 1, self._until(below), self.since)
 
     def _until(self, us: int) -> str:
@@ -114,7 +114,7 @@ class Walk:
                 return
             held = merge.records(self.node, flows)
             for r in held:
-                self.flows.setdefault(r.pos, r.flow)
+                self.held.setdefault(r.pos, r)
             if ask.window is not None:
                 self.known_from = ask.window
                 if ask.since == self.since:
@@ -132,4 +132,6 @@ class Walk:
             self.asked = ask.limit
 
     def answer(self) -> merge.Answer:
-        return merge.Answer(self.node, list(self.flows.values()), self.truncated, self.known_from)
+        recs = list(self.held.values())
+        safe = None if self.known_from is None else (self.known_from, "", "")
+        return merge.Answer(self.node, [r.flow for r in recs], self.truncated, recs, safe)

@@ -5,8 +5,9 @@ for clusters whose agents run with `--history off`.
 
 One stream per agent, unfiltered and unpaired: each agent's own records, as its own history sink would
 receive them; the sink keeps what it keeps on an agent (sink.wanted) and counts what it writes and drops
-(lumen_history_* on the relay's /metrics). Agents are looked up again every `refresh_s`: a new node gets a
-stream, a node that left loses its stream. Flows an agent sends while its stream is down (reconnecting)
+(lumen_history_* on the relay's /metrics). Agents are looked up again every `refresh_s` (follow.Follow, as
+the live streams' hubs do): a new node gets a stream, a node that left loses its stream, a node whose URL
+changed is streamed from the new one. Flows an agent sends while its stream is down (reconnecting)
 are not seen by the relay; a stream's `lost` events (a slow relay) are counted as dropped
 `agent_stream_lost`, unreadable rows as `unreadable`.
 """
@@ -16,17 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 
 import httpx
 
 from exporter.history.sink import HistorySink
 from exporter.relay.discovery import Target
 from exporter.relay.fanout import Fanout, StreamError, describe
+from exporter.relay.follow import Follow
 from exporter.relay.streams import RETRY_S, dropped_of
 from exporter.relay.wire import flow_from_dict
-
-log = logging.getLogger("lumen.relay")
 
 REFRESH_S = 10.0
 
@@ -35,40 +34,21 @@ class HistoryWriter:
     def __init__(self, fanout: Fanout, sink: HistorySink, refresh_s: float = REFRESH_S) -> None:
         self.fanout = fanout
         self.sink = sink
-        self.refresh_s = refresh_s
-        self.streams: dict[str, asyncio.Task[None]] = {}  # agent name -> its pump
-        self._task: asyncio.Task[None] | None = None
+        self.follow = Follow(fanout, self._pump, refresh_s)
+
+    @property
+    def streams(self) -> dict[str, asyncio.Task[None]]:
+        """Agent name -> its pump."""
+        return self.follow.tasks
 
     def start(self) -> None:
         """Start in the running event loop (the relay app's lifespan)."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._watch())
+        self.follow.start()
 
     async def aclose(self) -> None:
         """Stop the streams, then write what is pending (the sink's last try) and close the store."""
-        tasks = [t for t in (self._task, *self.streams.values()) if t is not None]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self.streams.clear()
-        self._task = None
+        await asyncio.gather(*self.follow.cancel(), return_exceptions=True)
         await asyncio.to_thread(self.sink.close)
-
-    async def _watch(self) -> None:
-        """Keep one pump per agent the discovery knows of."""
-        while True:
-            try:
-                targets = {t.name: t for t in await self.fanout.targets()}
-            except Exception as exc:  # noqa: BLE001 - discovery failed: keep the streams, ask again
-                log.warning("history writer: agent discovery failed", extra={"error": str(exc)})
-                targets = None
-            if targets is not None:
-                for name in set(self.streams) - set(targets):
-                    self.streams.pop(name).cancel()
-                for name, target in targets.items():
-                    if name not in self.streams:
-                        self.streams[name] = asyncio.create_task(self._pump(target))
-            await asyncio.sleep(self.refresh_s)
 
     async def _pump(self, target: Target) -> None:
         """One agent's live flows into the sink; reconnects until the agent leaves."""
@@ -99,6 +79,8 @@ class HistoryWriter:
                 error, label = str(exc), exc.label
             except httpx.HTTPError as exc:
                 label, error = describe(exc)
+            if not self.follow.follows(target):
+                return  # it left: neither unreachable nor asked again
             self.fanout.mark(target, error, label)
             await asyncio.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
             attempt += 1

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from exporter.relay import mirror
 from tests.cluster_harness import Cluster, ClusterPod, SimNode
 from tests.privileged import dp_tools as t
 from tests.privileged import probe
@@ -324,8 +325,14 @@ def test_relay_serves_the_other_nodes_and_names_the_one_whose_agent_stopped(clus
     status, body = cluster.relay_api("/api/flows?limit=200")
     assert status == 200 and body["unreachable"] == [], body.get("errors")
     n3.stop_agent()
-    status, body = cluster.relay_api("/api/flows?limit=200")
-    assert status == 200
+
+    def answer() -> dict[str, Any] | None:
+        status, body = cluster.relay_api("/api/flows?limit=200")
+        assert status == 200, body
+        return body if body["unreachable"] else None
+
+    # the relay's copy of node 3's flows is dropped when its stream ends (mirror.FRESH_S at most)
+    body = wait_for(answer, timeout=mirror.FRESH_S + 5)
     assert body["unreachable"] == [n3.name] and n3.name in body["errors"]
     assert {f.get("node") for f in body["flows"]} <= {n1.name, n2.name, None}
     assert any(f.get("node") in (n1.name, n2.name) for f in body["flows"])

@@ -18,8 +18,8 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from exporter.relay import discovery
-from exporter.relay.discovery import Target
+from exporter.relay import discovery, streams
+from exporter.relay.discovery import Static, Target
 from exporter.sse import iter_sse
 from tests.relay_harness import agents, free_port, relay, wait_until
 from tests.unit.exporter_fixtures import NOW_NS, make_flow
@@ -173,13 +173,18 @@ def sse(resp):
     return iter_sse(resp.iter_lines())
 
 
+def calm(*names: str) -> dict[str, object]:
+    """A stream's `nodes` event when these agents all feed it."""
+    return {"nodes": list(names), "unreachable": [], "connecting": [], "errors": {}}
+
+
 def test_stream_interleaves_agents_and_pairs_the_ends_of_a_cross_node_flow():
     with agents(["n1", "n2"]) as (n1, n2), relay(targets([n1, n2]), pair_wait_s=2.0) as r:
         with httpx.stream("GET", f"{r.url}/api/flows/stream", timeout=10) as resp:
             events = sse(resp)
             kind, data = next(events)
             assert kind == "nodes"
-            assert json.loads(data) == {"unreachable": [], "connecting": [], "errors": {}}
+            assert json.loads(data) == calm("n1", "n2")
             now = time.time_ns()
             n1.store.add(make_flow(sport=11, time_ns=now))
             n2.store.add(make_flow(sport=22, time_ns=now))
@@ -198,7 +203,7 @@ def test_stream_names_an_agent_that_goes_away():
     with agents(["n1", "n2"]) as (n1, n2), relay(targets([n1, n2])) as r:
         with httpx.stream("GET", f"{r.url}/api/flows/stream", timeout=20) as resp:
             events = sse(resp)
-            assert json.loads(next(events)[1]) == {"unreachable": [], "connecting": [], "errors": {}}
+            assert json.loads(next(events)[1]) == calm("n1", "n2")
             n2.served.stop()
             kind, data = next(e for e in events if e[0] == "nodes")
             body = json.loads(data)
@@ -206,6 +211,62 @@ def test_stream_names_an_agent_that_goes_away():
             n1.store.add(make_flow(sport=5, time_ns=time.time_ns()))
             kind, data = next(e for e in events if e[0] == "flow")
             assert json.loads(data)["node"] == "n1"
+
+
+def nodes_until(events, done) -> list[dict]:
+    """The `nodes` events up to the first that `done` accepts (no flow comes in between)."""
+    said = []
+    while not said or not done(said[-1]):
+        kind, data = next(events)
+        assert kind == "nodes", (kind, data)
+        said.append(json.loads(data))
+    return said
+
+
+def test_a_live_stream_follows_agents_that_join_and_leave(monkeypatch):
+    monkeypatch.setattr(streams, "FOLLOW_S", 0.05)  # hubs look the agents up every 50 ms
+    with agents(["n1", "n2"]) as (n1, n2):
+        found = Static([Target("n1", n1.url)])
+        with relay(found) as r, httpx.stream("GET", f"{r.url}/api/flows/stream", timeout=10) as resp:
+            events = sse(resp)
+            assert json.loads(next(events)[1]) == calm("n1")
+            assert n2.store.subscribers == 0
+
+            found._targets = [Target("n1", n1.url), Target("n2", n2.url)]  # n2 joins; nobody reconnects
+            said = nodes_until(events, lambda body: body == calm("n1", "n2"))
+            assert all(b["nodes"] == ["n1", "n2"] and b["connecting"] in ([], ["n2"]) for b in said), said
+            assert n2.store.subscribers == 1
+            n2.store.add(make_flow(sport=22, time_ns=time.time_ns()))
+            kind, data = next(events)
+            assert kind == "flow" and json.loads(data)["source"]["port"] == 22
+
+            found._targets = [Target("n2", n2.url)]  # n1 leaves
+            said = nodes_until(events, lambda body: body == calm("n2"))
+            assert not any("n1" in b["unreachable"] or "n1" in b["errors"] for b in said), said
+            wait_until(lambda: n1.store.subscribers == 0, timeout=10)  # its stream closed, agent side
+            time.sleep(0.6)  # past a reconnect delay (RETRY_S) and many lookups: it stays closed
+            assert (n1.store.subscribers, n2.store.subscribers) == (0, 1)
+            n1.store.add(make_flow(sport=11, time_ns=time.time_ns()))
+            n2.store.add(make_flow(sport=23, time_ns=time.time_ns()))
+            kind, data = next(events)
+            assert kind == "flow" and json.loads(data)["source"]["port"] == 23
+            status = httpx.get(f"{r.url}/api/status").json()
+            assert status["unreachable"] == [] and set(status["nodes"]) == {"n2"}
+        wait_until(lambda: n2.store.subscribers == 0, timeout=20)
+
+
+def test_a_live_stream_follows_an_agent_to_its_new_url(monkeypatch):
+    monkeypatch.setattr(streams, "FOLLOW_S", 0.05)
+    with agents(["n1", "n1"]) as (old, new):
+        found = Static([Target("n1", old.url)])
+        with relay(found) as r, httpx.stream("GET", f"{r.url}/api/flows/stream", timeout=10) as resp:
+            events = sse(resp)
+            assert json.loads(next(events)[1]) == calm("n1")
+            found._targets = [Target("n1", new.url)]  # the node's agent restarted at another address
+            wait_until(lambda: (old.store.subscribers, new.store.subscribers) == (0, 1), timeout=10)
+            new.store.add(make_flow(sport=33, time_ns=time.time_ns()))
+            kind, data = next(e for e in events if e[0] == "flow")
+            assert json.loads(data)["source"]["port"] == 33
 
 
 def test_service_map_counts_a_paired_flow_once():
@@ -259,6 +320,8 @@ def test_lumen_status_through_the_relay_lists_every_node(three):
         (["--agent", "a=http://h:1", "--agent", "a=http://h:2"], "agent names given twice: a"),
         (["--agent", "http://h:1", "--token-file", "/nonexistent/lumen-token"], "/nonexistent/lumen-token"),
         (["--agent", "http://h:1", "--history-write"], "--history-write needs --history"),
+        (["--agent", "http://h:1", "--mirror", "-1"], "--mirror: a number of flows, 0 or more"),
+        (["--agent", "http://h:1", "--mirror", "many"], "argument --mirror: invalid int value"),
     ],
 )
 def test_relay_command_line_errors_are_usage_errors(args, message):
@@ -422,6 +485,15 @@ def test_lumen_observe_follow_through_the_relay_notes_the_missing_node(three):
             proc.wait(timeout=10)
     assert note.startswith("lumen observe: flows of 1 node(s) missing, not reachable: n9: cannot connect")
     assert all(":" in line and "->" in line for line in flows)
+
+
+def test_lumen_observe_says_a_missing_node_left_rather_than_came_back():
+    from exporter.cli import note_unreachable
+
+    err = io.StringIO()
+    missing = note_unreachable({"nodes": ["n1", "n4"], "unreachable": ["n4"], "errors": {}}, err)
+    assert note_unreachable({"nodes": ["n1"], "unreachable": [], "errors": {}}, err, missing) == []
+    assert err.getvalue().splitlines()[-1] == "lumen observe: left the cluster: n4"
 
 
 def test_a_relative_time_range_means_one_instant_on_every_node(served, three):

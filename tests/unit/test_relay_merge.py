@@ -318,12 +318,13 @@ def test_two_ping_sessions_across_nodes_pair_by_echo_identifier():
 # An agent's idle sweep stamps every record it ends with one time: one microsecond may hold thousands.
 
 
-def answer(node: str, times_us: list[int], truncated: bool, known_from: int | None = None) -> merge.Answer:
+def answer(node: str, times_us: list[int], truncated: bool, safe_from_us: int | None = None) -> merge.Answer:
     flows = [
         make_flow(sport=i, time_ns=t * 1000, src=f"10.9.{ord(node)}.1").to_dict()
         for i, t in enumerate(times_us)
     ]
-    return merge.Answer(node, flows, truncated, known_from)
+    safe = None if safe_from_us is None else (safe_from_us, "", "")
+    return merge.Answer(node, flows, truncated, safe_from=safe)
 
 
 def times_of(page: merge.Page) -> list[tuple[str, int]]:
@@ -336,9 +337,9 @@ def test_a_truncated_answer_holds_back_its_oldest_microsecond_unless_it_holds_it
     page = merge.merge_page([answer("a", [10, 9, 9], truncated=True), b], 10)
     assert times_of(page) == [("a", 10)] and page.short
     # the same answer, known whole from microsecond 9 on (a window read it): 9 is safe, 8 is not
-    page = merge.merge_page([answer("a", [10, 9, 9], truncated=True, known_from=9), b], 10)
+    page = merge.merge_page([answer("a", [10, 9, 9], truncated=True, safe_from_us=9), b], 10)
     assert times_of(page) == [("a", 10), ("b", 9), ("a", 9), ("a", 9)] and page.short
-    page = merge.merge_page([answer("a", [10, 9, 9], truncated=True, known_from=9), b], 3)
+    page = merge.merge_page([answer("a", [10, 9, 9], truncated=True, safe_from_us=9), b], 3)
     assert len(page.rows) == 3 and not page.short, "a full page above what is unknown"
 
 
@@ -369,7 +370,7 @@ def test_after_a_tie_a_walk_asks_for_that_microsecond_whole_and_for_what_is_unde
         ]
     )
     assert not w.truncated, "under the window there was less than asked: all of it"
-    assert sorted(pos[0] for pos in w.flows) == [12, 13, 14] + [15] * 7 + [20], "overlap held once"
+    assert sorted(pos[0] for pos in w.held) == [12, 13, 14] + [15] * 7 + [20], "overlap held once"
 
 
 def test_without_a_tie_a_walk_goes_on_under_its_oldest_microsecond():
@@ -399,7 +400,7 @@ def test_a_window_answered_from_the_agents_history_is_not_used():
     w.take([(w.first(4), flows_at([20, 15, 15, 15]), "memory")])
     window, under = w.next(need=10)
     w.take([(window, flows_at([15] * 9, start=10), "history"), (under, flows_at([3], start=30), "memory")])
-    assert not w.windows and len(w.flows) == 4 and w.known_from == 16
+    assert not w.windows and len(w.held) == 4 and w.known_from == 16
     (again,) = w.next(need=10)
     assert again.window is None and again.since is None and again.until == iso_us(17)
     assert again.limit >= 2 * 4
