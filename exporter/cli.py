@@ -371,6 +371,8 @@ def cmd_relay(args: argparse.Namespace) -> int:
             )
     except ValueError as exc:
         return usage(str(exc))
+    if args.mirror < 0:
+        return usage("--mirror: a number of flows, 0 or more")
     history = None
     if args.history_write and not args.history:
         return usage("--history-write needs --history clickhouse://host:port/db")
@@ -399,8 +401,6 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
         # its own store: the writer's thread and the API's queries each hold their own client
         writer = HistoryWriter(fanout, HistorySink(ClickHouseHistory(args.history, args.history_retention)))
-    if args.mirror < 0:
-        return usage("--mirror: a number of flows, 0 or more")
     mirrors = None
     if args.mirror:
         from exporter.relay.mirror import Mirrors

@@ -13,9 +13,11 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import parse_qsl
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from exporter import status, ui
 from exporter.api import create_app
@@ -74,6 +76,18 @@ class Served:
         self.thread.join(timeout=10)
 
 
+class FlowQueries:
+    """ASGI middleware keeping the parameters of each /api/flows request (plain ASGI: streams untouched)."""
+
+    def __init__(self, app: ASGIApp, seen: list[dict[str, str]]) -> None:
+        self.app, self.seen = app, seen
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/api/flows":
+            self.seen.append(dict(parse_qsl(scope["query_string"].decode())))
+        await self.app(scope, receive, send)
+
+
 class Policy:
     """exporter.policy_api.PolicyView as the agent has it: the Enforcer over a manifest directory (the
     node's --policy-dir), applying to a fake datapath. `sync()` after changing the files, as the agent's
@@ -115,7 +129,10 @@ class Agent(View):
         self.store = FlowStore(capacity)  # (an empty store is falsy: View's default would replace it)
         self.name = name
         self.policy = policy
-        self.served = Served(create_app(self, token=token, ui=ui.hook(token), policy=lambda: self.policy))
+        self.flow_queries: list[dict[str, str]] = []  # the parameters of each /api/flows it was asked
+        app = create_app(self, token=token, ui=ui.hook(token), policy=lambda: self.policy)
+        app.add_middleware(FlowQueries, seen=self.flow_queries)
+        self.served = Served(app)
 
     @property
     def url(self) -> str:
@@ -138,7 +155,7 @@ def agents(
     capacity: int = 10000,
     policies: dict[str, Policy] | None = None,
 ) -> Iterator[list[Agent]]:
-    """Agents served on loopback; `policies`: a node's policy view by name (that node serves /api/policy)."""
+    """Agents served on loopback; `policies`: a node's policy view by name (the others answer 503 there)."""
     with ExitStack() as stack:
         out = []
         for name in names:

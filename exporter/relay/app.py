@@ -207,7 +207,7 @@ def create_app(
         if until is not None:
             forward.append(("until", until))
         last = _count(params, "last", 0)
-        events = relay.stream(forward, last, request.is_disconnected)
+        events = relay.stream(forward, last, request.is_disconnected, parse_request(params))
         if view_of(params) == "connections":
             events = as_connections(events)
         return StreamingResponse(

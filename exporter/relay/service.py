@@ -12,7 +12,7 @@ import json
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from prometheus_client import Counter
@@ -22,7 +22,7 @@ from exporter.api import FlowRequest
 from exporter.history.sink import HistoryCollector
 from exporter.policy.errors import PolicyError
 from exporter.policy.manifests import Manifests, load_text
-from exporter.relay import merge, streams
+from exporter.relay import merge, streams, walk
 from exporter.relay import policy as policy_merge
 from exporter.relay.discovery import Target
 from exporter.relay.fanout import Fanout, Result
@@ -31,7 +31,7 @@ from exporter.relay.wire import flow_from_dict, time_us
 from exporter.relay.writer import HistoryWriter
 from exporter.store import FlowSource
 
-MAX_ROUNDS = 4  # fetch rounds for one page: each doubles what truncated agents are asked for
+MAX_ROUNDS = 12  # fetch rounds for one page: each moves every agent that may hold more past a microsecond
 MAP_TTL_S = 2.0
 ASK_SLACK = 1.5  # first asks: an agent's share of recent pages times this (3 agents evenly: 52 of 100)
 SHARE_WEIGHT = 0.5  # how fast the shares follow where recent flows come from
@@ -180,36 +180,27 @@ class Relay:
         after: merge.Position | None,
         until: str | None,
     ) -> dict[str, Any]:
+        # Each ask sets its own time window inside the client's: `since` and `until` (the live stream's
+        # backlog and the map pass it among the filter) are taken out of what is forwarded.
+        since = next((v for k, v in forward if k == "since"), None)
+        bounds = [v for k, v in forward if k == "until"] + ([until] if until else [])
         if after is not None:
-            bound = merge.until_for(after)
-            until = bound if until is None else min(until, bound, key=_iso_key)
-        base = [*forward, *([("until", until)] if until else [])]
-        targets = await self.fanout.targets()
-        ask = {t.name: self._first_ask(t.name, limit) for t in targets}
-        results: dict[str, Result] = {}
-        todo = list(targets)
+            bounds.append(merge.until_for(after))
+        until = min(bounds, key=_iso_key, default=None)
+        base = [(k, v) for k, v in forward if k not in ("since", "until")]
+        targets = {t.name: t for t in await self.fanout.targets()}
+        walks = {name: walk.Walk(name, until, since) for name in targets}
+        asks = {name: [w.first(self._first_ask(name, limit))] for name, w in walks.items()}
+        results: dict[str, Result] = {}  # each agent's first answer (its counters), or why it has none
         page = merge.Page([], None, short=False)
-        for _ in range(MAX_ROUNDS):
-            started = time.perf_counter()
-            for r in await asyncio.gather(*(self._flows_of(t, base, ask) for t in todo)):
-                results[r.target.name] = r
-            self.fanout.metrics.fanout.labels("/api/flows").observe(time.perf_counter() - started)
-            page = self._merge(results, ask, limit, after)
+        for round_ in range(MAX_ROUNDS):
+            await self._read(targets, base, asks, walks, results)
+            page = self._merge(walks, results, limit, after)
             if not page.short:
                 break
-            todo = [t for t in targets if self._truncated(results[t.name], ask[t.name])]
-            if not todo:
+            asks = self._next_asks(walks, results, page, limit, after, first=round_ == 0)
+            if not asks:
                 break
-            for t in todo:
-                ask[t.name] = self._more(t.name, ask[t.name])
-        else:
-            if page.short and not page.rows:
-                # Many records in one microsecond: a page must move on, so ask for all that remains.
-                for t in todo:
-                    ask[t.name] = 0
-                for r in await asyncio.gather(*(self._flows_of(t, base, ask) for t in todo)):
-                    results[r.target.name] = r
-                page = self._merge(results, ask, limit, after)
         self._learn(page, [name for name, r in results.items() if r.error is None])
         ok = [r.data for r in results.values() if r.error is None]
         return {
@@ -221,43 +212,106 @@ class Relay:
             # False when an agent says the time window reaches back past what it holds
             "complete": all(d.get("complete", True) for d in ok),
             "source": "agents",
-            "nodes": sorted(t.name for t in targets),
+            "nodes": sorted(targets),
             **Missing.of(list(results.values())).to_dict(),
         }
 
-    async def _flows_of(self, t: Target, base: Sequence[tuple[str, str]], ask: dict[str, int]) -> Result:
-        r = await self.fanout.get(t, "/api/flows", [*base, ("limit", str(ask[t.name]))])
-        if r.status == 400 and ask[t.name] and "limit" in (r.error or ""):
-            ask[t.name] = 0  # asked for more than the agent holds: then everything it holds is the answer
-            r = await self.fanout.get(t, "/api/flows", [*base, ("limit", "0")])
+    def _next_asks(
+        self,
+        walks: dict[str, walk.Walk],
+        results: dict[str, Result],
+        page: merge.Page,
+        limit: int,
+        after: merge.Position | None,
+        first: bool,
+    ) -> dict[str, list[walk.Ask]]:
+        """The next round for a short page: agents whose unknown records start above where the page
+        would end with what is held (the others cannot hold any of it). After the `first` answers, while
+        an agent holding the page up has a tie, only the agents holding it up are asked: read whole, that
+        microsecond (a sweep's) often fills the page by itself. Later rounds ask all at once, so a page
+        costs few rounds however many agents have ties."""
+        reach = merge.reach(self._answers(walks, results), limit, after, self.pair)
+        more = {
+            name: w.known_from
+            for name, w in walks.items()
+            if results[name].error is None
+            and w.truncated
+            and w.known_from is not None
+            and (reach is None or w.known_from > reach)
+        }
+        top = max(more.values(), default=None)
+        if first and any(walks[name].tie for name, known in more.items() if known == top):
+            more = {name: known for name, known in more.items() if known == top}
+        need = max(limit - len(page.rows), 1)
+        return {name: walks[name].next(need) for name in more}
+
+    async def _read(
+        self,
+        targets: dict[str, Target],
+        base: Sequence[tuple[str, str]],
+        asks: dict[str, list[walk.Ask]],
+        walks: dict[str, walk.Walk],
+        results: dict[str, Result],
+    ) -> None:
+        """One round: every agent's asks at once; the answers join each agent's walk. An agent that fails
+        any ask is left out of the page, named with the reason."""
+        started = time.perf_counter()
+        sent = [(name, ask) for name, some in asks.items() for ask in some]
+        got = await asyncio.gather(*(self._flows_of(targets[name], base, ask) for name, ask in sent))
+        self.fanout.metrics.fanout.labels("/api/flows").observe(time.perf_counter() - started)
+        pieces: dict[str, list[walk.Piece]] = {}
+        for (name, _), (ask, r) in zip(sent, got, strict=True):
+            if r.error is not None:
+                results[name] = r
+            else:
+                results.setdefault(name, r)
+                pieces.setdefault(name, []).append((ask, r.data["flows"], r.data.get("source")))
+        for name, some in pieces.items():
+            if results[name].error is None:
+                try:
+                    walks[name].take(some)
+                except merge.MalformedAnswer as exc:
+                    self._left_out(results, exc)
+
+    async def _flows_of(
+        self, t: Target, base: Sequence[tuple[str, str]], ask: walk.Ask
+    ) -> tuple[walk.Ask, Result]:
+        """One ask of one agent, and the ask as it was answered."""
+        if ask.limit:
+            ask = replace(ask, limit=self._fit(t.name, ask.limit))
+        r = await self.fanout.get(t, "/api/flows", [*base, *ask.params()])
+        if r.status == 400 and ask.limit and "limit" in (r.error or ""):
+            # asked for more than the agent holds: then everything it holds is the answer
+            ask = replace(ask, limit=0)
+            r = await self.fanout.get(t, "/api/flows", [*base, *ask.params()])
         if r.error is None and not (isinstance(r.data, dict) and isinstance(r.data.get("flows"), list)):
             self.fanout.mark(t, "not a flows answer", "format")
-            return Result(t, error="not a flows answer", status=r.status)
+            return ask, Result(t, error="not a flows answer", status=r.status)
         if r.error is None and isinstance(r.data.get("capacity"), int):
             self.fanout.capacity[t.name] = r.data["capacity"]
-        return r
+        return ask, r
 
     def _merge(
-        self, results: dict[str, Result], ask: dict[str, int], limit: int, after: merge.Position | None
+        self,
+        walks: dict[str, walk.Walk],
+        results: dict[str, Result],
+        limit: int,
+        after: merge.Position | None,
     ) -> merge.Page:
         while True:
             try:
-                return merge.merge_page(self._answers(results, ask), limit, after, self.pair)
+                return merge.merge_page(self._answers(walks, results), limit, after, self.pair)
             except merge.MalformedAnswer as exc:
-                bad = results[exc.node]
-                self.fanout.mark(bad.target, str(exc), "format")
-                results[exc.node] = Result(bad.target, error=str(exc), status=bad.status)
+                self._left_out(results, exc)
 
-    def _answers(self, results: dict[str, Result], ask: dict[str, int]) -> list[merge.Answer]:
-        return [
-            merge.Answer(name, r.data["flows"], self._truncated(r, ask[name]))
-            for name, r in results.items()
-            if r.error is None
-        ]
+    def _left_out(self, results: dict[str, Result], exc: merge.MalformedAnswer) -> None:
+        bad = results[exc.node]
+        self.fanout.mark(bad.target, str(exc), "format")
+        results[exc.node] = Result(bad.target, error=str(exc), status=bad.status)
 
     @staticmethod
-    def _truncated(r: Result, asked: int) -> bool:
-        return r.error is None and asked > 0 and len(r.data["flows"]) >= asked
+    def _answers(walks: dict[str, walk.Walk], results: dict[str, Result]) -> list[merge.Answer]:
+        return [w.answer() for name, w in walks.items() if name in results and results[name].error is None]
 
     def _first_ask(self, name: str, limit: int) -> int:
         """How many flows to ask an agent for first: its recent share of pages with room to spare, at
@@ -282,9 +336,6 @@ class Relay:
         capacity = self.fanout.capacity.get(name)
         return 0 if capacity is not None and n >= capacity else n
 
-    def _more(self, name: str, asked: int) -> int:
-        return self._fit(name, asked * 2)
-
     # -- /api/flows/stream ---------------------------------------------------------------------------
 
     async def stream(
@@ -292,16 +343,18 @@ class Relay:
         forward: Sequence[tuple[str, str]],
         last: int,
         disconnected: Callable[[], Awaitable[bool]],
+        request: FlowRequest | None = None,
     ) -> AsyncIterator[str]:
         """SSE text: a `nodes` event (which agents feed the stream, which do not and why) first and on
         every change, the newest `last` rows, then every agent's live flows interleaved as they come
-        (through the hub all viewers of this filter share)."""
+        (through the hub all viewers of this filter share). `request`, the filter as data, lets the
+        copies give the backlog."""
         targets = await self.fanout.targets()
         hub, viewer = self.hubs.join(targets, forward)
         self.fanout.metrics.streams.inc()
         try:
             yield ": lumen relay\n\n"
-            backlog = await self.flows(forward, last) if last else None
+            backlog = await self.flows(forward, last, request=request) if last else None
             seen = {merge.record(r.get("node", ""), r).pos for r in backlog["flows"]} if backlog else set()
             try:  # the first word on the nodes once each agent's stream is open or has failed
                 await asyncio.wait_for(hub.states.settled.wait(), self.fanout.timeout_s)

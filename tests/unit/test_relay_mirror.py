@@ -312,3 +312,20 @@ def test_an_agents_stream_says_its_counts_after_the_backlog_and_every_second():
         assert kinds[:3] == ["flow", "flow", "stats"], "the backlog, then the counts"
         assert json.loads(events[2][1]) == {"stored": 3, "capacity": 10000, "evicted": 0}
         assert 1.5 <= time.monotonic() - started <= 5, "then each second"
+
+
+def test_a_streams_backlog_comes_from_the_copies(cluster):
+    with relay([Target(n.name, n.url) for n in cluster], mirror=64) as r:
+        page = from_copies(r.url, "?limit=5&to_port=80")
+        before = pages_from(r.url, "copies")
+        rows: list[dict[str, Any]] = []
+        parser = SseParser()
+        with httpx.stream("GET", r.url + "/api/flows/stream?last=5&to_port=80", timeout=10) as resp:
+            for line in resp.iter_lines():
+                ev = parser.feed(line)
+                if ev is not None and ev[0] == "flow":
+                    rows.append(json.loads(ev[1]))
+                    if len(rows) == 5:
+                        break
+        assert rows == page["flows"]
+        assert pages_from(r.url, "copies") == before + 1
