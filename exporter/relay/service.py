@@ -159,19 +159,8 @@ class Relay:
         page = merge.merge_page([c.newest(q, limit) for c in copies], limit, None, self.pair, mirrors.pairs)
         if page.short:
             return None
-        stats = [c.stats for c in copies]
-        return {
-            "flows": list(reversed(page.rows)),
-            "cursor": merge.encode_cursor(page.cursor) if page.cursor is not None else None,
-            "stored": sum(s.get("stored", 0) for s in stats),
-            "capacity": sum(s.get("capacity", 0) for s in stats),
-            "evicted": sum(s.get("evicted", 0) for s in stats),
-            "complete": False,  # as the agents say for a window without a start
-            "source": "agents",
-            "nodes": sorted(t.name for t in targets),
-            "unreachable": [],
-            "errors": {},
-        }
+        # complete: False, as the agents say for a window without a start
+        return _page_answer(page, [c.stats for c in copies], False, [t.name for t in targets], Missing({}))
 
     async def _from_agents(
         self,
@@ -203,18 +192,9 @@ class Relay:
                 break
         self._learn(page, [name for name, r in results.items() if r.error is None])
         ok = [r.data for r in results.values() if r.error is None]
-        return {
-            "flows": list(reversed(page.rows)),
-            "cursor": merge.encode_cursor(page.cursor) if page.cursor is not None else None,
-            "stored": sum(d.get("stored", 0) for d in ok),
-            "capacity": sum(d.get("capacity", 0) for d in ok),
-            "evicted": sum(d.get("evicted", 0) for d in ok),
-            # False when an agent says the time window reaches back past what it holds
-            "complete": all(d.get("complete", True) for d in ok),
-            "source": "agents",
-            "nodes": sorted(targets),
-            **Missing.of(list(results.values())).to_dict(),
-        }
+        # complete: False when an agent says the time window reaches back past what it holds
+        complete = all(d.get("complete", True) for d in ok)
+        return _page_answer(page, ok, complete, list(targets), Missing.of(list(results.values())))
 
     def _next_asks(
         self,
@@ -513,6 +493,23 @@ class Relay:
         if not up:
             return False, "no agent answers"
         return True, f"{up}/{len(results)} agents answer"
+
+
+def _page_answer(
+    page: merge.Page, counts: Sequence[dict[str, Any]], complete: bool, nodes: Sequence[str], missing: Missing
+) -> dict[str, Any]:
+    """/api/flows's answer: the page oldest first, its cursor, the agents' store counts summed."""
+    return {
+        "flows": list(reversed(page.rows)),
+        "cursor": merge.encode_cursor(page.cursor) if page.cursor is not None else None,
+        "stored": sum(d.get("stored", 0) for d in counts),
+        "capacity": sum(d.get("capacity", 0) for d in counts),
+        "evicted": sum(d.get("evicted", 0) for d in counts),
+        "complete": complete,
+        "source": "agents",
+        "nodes": sorted(nodes),
+        **missing.to_dict(),
+    }
 
 
 def _answered(results: Sequence[Result], refusals: dict[str, str]) -> dict[str, dict[str, Any]]:
