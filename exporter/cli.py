@@ -713,19 +713,55 @@ def _policy_parser(sub: Any) -> None:
     wi.set_defaults(func=cmd_policy_whatif)
 
 
+def format_policy_status(st: dict[str, Any]) -> str:
+    """`lumen policy status`: the policies in force; through a relay (`nodes` in the answer) then how
+    many nodes run them, and a line for each node that runs another set, refused a change or did not
+    answer."""
+    lines = [
+        f"Generation: {st['generation']}  audit={'on' if st['audit'] else 'off'}  {st['summary']}",
+        f"Sources:    {', '.join(st['dirs'])} ({len(st['files'])} files)",
+        *(f"  {name}" for name in st["policies"]),
+    ]
+    if st["error"]:
+        lines.append(f"Refused:    {st['error']}")
+    nodes: dict[str, Any] | None = st.get("nodes")
+    if nodes is None:
+        return "\n".join(lines)
+    unreachable, errors = st.get("unreachable") or [], st.get("errors") or {}
+    same = sum(not n["differs"] for n in nodes.values())
+    head = f"Nodes:      {same}/{len(nodes) + len(unreachable)} run these policies"
+    said = []
+    for name, n in sorted(nodes.items()):
+        notes = []
+        if n["differs"]:
+            how = [f"without {', '.join(n['missing'])}"] if n["missing"] else []
+            how += [f"with {', '.join(n['extra'])}"] if n["extra"] else []
+            how += [f"audit={'on' if n['audit'] else 'off'}"] if n["audit"] != st["audit"] else []
+            notes.append(f"DIFFERS ({'; '.join(how)})")
+        if n["error"]:
+            notes.append(f"REFUSED a change: {n['error']}")
+        if notes:
+            said.append(f"  {name:<24} generation {n['generation']}  {'  '.join(notes)}")
+    said += [f"  {name:<24} UNREACHABLE ({errors.get(name, 'no answer')})" for name in unreachable]
+    if said:  # the fields above are one node's: say which
+        head += f" (shown: {st['reference']})"
+    return "\n".join([*lines, head, *said])
+
+
+def _note_missing(command: str, answer: dict[str, Any]) -> None:
+    """A relay's answer names the nodes that gave none: say so on stderr, so that part of the cluster's
+    answer is not taken for all of it."""
+    missing, errors = answer.get("unreachable") or [], answer.get("errors") or {}
+    if missing:
+        detail = "; ".join(f"{n}: {errors.get(n, 'no answer')}" for n in missing)
+        print(f"lumen {command}: {len(missing)} node(s) did not answer: {detail}", file=sys.stderr)
+
+
 def cmd_policy_status(args: argparse.Namespace) -> int:
     st = _get_json(args, "policy status", "/api/policy")
     if st is None:
         return 1
-    if args.output == "json":
-        print(json.dumps(st, indent=2))
-        return 0
-    print(f"Generation: {st['generation']}  audit={'on' if st['audit'] else 'off'}  {st['summary']}")
-    print(f"Sources:    {', '.join(st['dirs'])} ({len(st['files'])} files)")
-    for name in st["policies"]:
-        print(f"  {name}")
-    if st["error"]:
-        print(f"Refused:    {st['error']}")
+    print(json.dumps(st, indent=2) if args.output == "json" else format_policy_status(st))
     return 0
 
 
@@ -736,6 +772,8 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     answer = _get_json(args, "policy explain", "/api/policy/explain", params)
     if answer is None:
         return 1
+    _note_missing("policy explain", answer)
+    # through a relay whose nodes disagree, `text` gives each answer with its nodes
     print(json.dumps(answer, indent=2) if args.output == "json" else answer["text"])
     return 0
 
@@ -759,13 +797,16 @@ def cmd_policy_whatif(args: argparse.Namespace) -> int:
     answer = _get_json(args, "policy whatif", "/api/policy/whatif", timeout=60, data=body)
     if answer is None:
         return 1
+    _note_missing("policy whatif", answer)
     if args.output == "json":
         print(json.dumps(answer, indent=2))
         return 0
     changes = answer["changes"]
-    print(f"{answer['flows_checked']} stored flows replayed; {len(changes)} would change")
+    on = f" on {len(answer['nodes'])} nodes" if "nodes" in answer else ""  # through a relay
+    print(f"{answer['flows_checked']} stored flows replayed{on}; {len(changes)} would change")
     for c in changes:
-        print(f"  {c['before']:>9} -> {c['after']:<9} {c['connection']}  ({c['reason']})")
+        where = f"  [{', '.join(c['nodes'])}]" if "nodes" in c else ""
+        print(f"  {c['before']:>9} -> {c['after']:<9} {c['connection']}  ({c['reason']}){where}")
     return 0
 
 

@@ -7,6 +7,7 @@ POST /api/policy/whatif               body: YAML manifests (NetworkPolicies); no
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -89,12 +90,15 @@ def router(view: Callable[[], PolicyView | None], store: FlowSource) -> APIRoute
         body = await request.body()
         if len(body) > MAX_BODY:
             raise HTTPException(413, f"manifests larger than {MAX_BODY} bytes")
+        # parsing and replaying a full store take seconds of CPU: off the loop, or live streams stall
+        return await asyncio.to_thread(replay, body, _view().engine)
+
+    def replay(body: bytes, engine: Engine) -> dict[str, Any]:
         proposed = Manifests()
         try:
             load_text(body.decode("utf-8", "replace"), "request body", proposed)
         except PolicyError as e:
             raise HTTPException(400, str(e)) from None
-        engine = _view().engine
         stored = store.query().flows
         records = [flow_record(f) for f in stored if not f.is_reply and f.protocol in CONNECTION_PROTOCOLS]
         unique = list(dict.fromkeys(records))

@@ -24,7 +24,9 @@ from exporter import connections, docs, filters
 from exporter.api import DEFAULT_LIMIT, PAGING_PARAMS, connection_event, parse_request, token_check, view_of
 from exporter.flows import Flow
 from exporter.jsonbody import FastJSONResponse
+from exporter.policy_api import MAX_BODY
 from exporter.relay import merge
+from exporter.relay.policy import Refused
 from exporter.relay.service import HISTORY_CURSOR, Relay
 from exporter.relay.wire import flow_from_dict, iso_us, time_us
 from exporter.store import CursorError
@@ -106,6 +108,16 @@ async def as_connections(events: AsyncIterator[str]) -> AsyncIterator[str]:
                 seen.popitem(last=False)
             out.append(connection_event(flow, seen.get))
         yield "".join(out)
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it passes `limit`: not read whole first."""
+    out = bytearray()
+    async for chunk in request.stream():
+        out += chunk
+        if len(out) > limit:
+            raise HTTPException(413, f"manifests larger than {limit} bytes")
+    return bytes(out)
 
 
 def _unreachable_headers(missing: dict[str, Any]) -> dict[str, str]:
@@ -227,6 +239,46 @@ def create_app(
         if until is not None:
             forward.append(("until", until))
         return JSONResponse(await relay.service_map(forward))
+
+    @app.exception_handler(Refused)
+    async def refused(_request: Request, exc: Refused) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+
+    # The agent's policy routes (exporter.policy_api), every node asked: what each gave, who differs.
+    @api.get("/policy", tags=["policy"], responses={503: {"description": "no node answered"}})
+    async def policy_status() -> dict[str, Any]:
+        """The policy set most nodes run (the agent's fields, from the `reference` node), whether every
+        node runs it (`consistent`) and each node's generation, summary, refused change and difference."""
+        return await relay.policy_status()
+
+    @api.get(
+        "/policy/explain",
+        tags=["policy"],
+        responses={
+            400: {"description": "src or dst unknown to every node"},
+            503: {"description": "no answer"},
+        },
+    )
+    async def policy_explain(
+        src: str, dst: str, protocol: str = "TCP", port: int | None = None
+    ) -> dict[str, Any]:
+        """Every node's verdict on src -> dst: the answer with the `nodes` that gave it, `agree` false
+        (and each answer in `text` and `verdicts`) when nodes decide differently."""
+        params = [("src", src), ("dst", dst), ("protocol", protocol)]
+        if port is not None:
+            params.append(("port", str(port)))
+        return await relay.policy_explain(params)
+
+    @api.post(
+        "/policy/whatif",
+        tags=["policy"],
+        responses={400: {"description": "manifests refused"}, 413: {"description": "body over 4 MiB"}},
+    )
+    async def policy_whatif(request: Request) -> dict[str, Any]:
+        """The NetworkPolicies in the body (YAML) replayed against every node's stored flows; applies
+        nothing. `flows_checked` summed, each change with the `nodes` it was seen on."""
+        body = await _body(request, MAX_BODY)
+        return await relay.policy_whatif(body)
 
     app.include_router(api)
 

@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ class Result:
     error: str | None = None  # None: the agent answered 200 with JSON
     status: int = 0
     headers: dict[str, str] | None = None
+    detail: str = ""  # an error status: the agent's own reason (FastAPI's `detail`), without "HTTP nnn"
 
 
 @dataclass
@@ -145,22 +146,53 @@ class Fanout:
         self.metrics.up.labels(target.name).set(1 if h.up else 0)
 
     async def get(
-        self, target: Target, path: str, params: Sequence[tuple[str, str]] = (), timeout: float | None = None
+        self,
+        target: Target,
+        path: str,
+        params: Sequence[tuple[str, str]] = (),
+        timeout: float | None = None,
+        refused: Collection[int] = (),
+    ) -> Result:
+        """`refused`: statuses by which the agent turns down this question (bad input, a feature off)
+        rather than fails: with the agent's reason in the body it still counts as up."""
+        pending = self.http.get(target.url + path, params, timeout or self.timeout_s)
+        return await self._result(target, pending, refused)
+
+    async def post(
+        self,
+        target: Target,
+        path: str,
+        body: bytes,
+        content_type: str,
+        timeout: float | None = None,
+        refused: Collection[int] = (),
+    ) -> Result:
+        """A POST of a question that changes nothing on the agent (what-if); as `get` otherwise."""
+        pending = self.http.post(target.url + path, body, content_type, timeout=timeout or self.timeout_s)
+        return await self._result(target, pending, refused)
+
+    async def _result(
+        self, target: Target, pending: Awaitable[http.Response], refused: Collection[int]
     ) -> Result:
         try:
-            resp = await self.http.get(target.url + path, params, timeout or self.timeout_s)
+            resp = await pending
         except http.HTTPError as exc:
             self.mark(target, str(exc), exc.label)
             return Result(target, error=str(exc))
         if resp.status != 200:
+            detail: Any = None
             try:
-                detail = json.loads(resp.body).get("detail", resp.reason)
+                detail = json.loads(resp.body).get("detail")
             except (ValueError, AttributeError):
-                detail = resp.reason
-            text = f"HTTP {resp.status}: {detail}"
-            # 4xx: the agent answered, but not this question (token, version skew): still not shown.
-            self.mark(target, text, str(resp.status))
-            return Result(target, error=text, status=resp.status)
+                pass
+            reason = resp.reason if detail is None else str(detail)
+            text = f"HTTP {resp.status}: {reason}"
+            if resp.status in refused and detail is not None:
+                self.mark(target, None)
+            else:
+                # 4xx: the agent answered, but not this question (token, version skew): still not shown.
+                self.mark(target, text, str(resp.status))
+            return Result(target, error=text, status=resp.status, detail=reason)
         try:
             data = jsonbody.loads(resp.body)
         except ValueError:
@@ -175,12 +207,13 @@ class Fanout:
         params: Sequence[tuple[str, str]] = (),
         targets: Sequence[Target] | None = None,
         route: str | None = None,
+        refused: Collection[int] = (),
     ) -> list[Result]:
         """The same GET to every agent at once; one Result each, in the targets' order."""
         if targets is None:
             targets = await self.targets()
         started = time.perf_counter()
-        results = await asyncio.gather(*(self.get(t, path, params) for t in targets))
+        results = await asyncio.gather(*(self.get(t, path, params, refused=refused) for t in targets))
         self.metrics.fanout.labels(route or path).observe(time.perf_counter() - started)
         return list(results)
 

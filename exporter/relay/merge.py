@@ -8,7 +8,10 @@ the records strictly older, whatever the agents hold by then, so no record is sh
 
 Limit after the merge: each agent returns its newest N matching records. A record is safe to show only
 if no truncated answer (N returned, more may exist) could still hold a newer one; the merge stops at the
-first unsafe record and says the page is short, and the caller asks those agents for more.
+first unsafe record and says the page is short, and the caller asks those agents for more. An answer
+may say from which position on it holds everything (`safe_from`); by default from the microsecond after
+its oldest record's, since agents cut by nanoseconds and more records of that microsecond may have been
+cut. An answer read in several pieces (exporter.relay.walk) or a copy (exporter.relay.mirror) knows more.
 
 Pairing: a flow between pods on two nodes is recorded twice, as egress on the source's node and as
 ingress on the destination's. Two records pair when they come from different nodes, carry the same
@@ -92,6 +95,14 @@ def record(node: str, flow: dict[str, Any]) -> Record:
     return Record(node, flow, (time_us(flow["time"]), node, f"{tuple5}|{flow['direction']}"), tuple5)
 
 
+def records(node: str, flows: Iterable[dict[str, Any]]) -> list[Record]:
+    """An agent's flows as records; MalformedAnswer naming the agent if one cannot be read."""
+    try:
+        return [record(node, f) for f in flows]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MalformedAnswer(node, f"{type(exc).__name__}: {exc}") from None
+
+
 def encode_cursor(pos: Position) -> str:
     raw = json.dumps([pos[0], pos[1], pos[2]], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -171,6 +182,7 @@ class Page:
     cursor: Position | None  # where the next (older) page starts; None: nothing older
     short: bool  # fewer rows than asked while a truncated answer may hold more: ask for more
     taken: dict[str, int] = field(default_factory=dict)  # records the page holds, per agent
+    oldest: Position | None = None  # the oldest record the page holds
 
 
 @dataclass(eq=False)
@@ -195,10 +207,7 @@ def merge_page(
     recs: list[Record] = []
     floor: Position | None = None  # records older than this may be missing from a truncated answer
     for ans in answers:
-        try:
-            mine = list(ans.records) if ans.records is not None else [record(ans.node, f) for f in ans.flows]
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise MalformedAnswer(ans.node, f"{type(exc).__name__}: {exc}") from None
+        mine = list(ans.records) if ans.records is not None else records(ans.node, ans.flows)
         if ans.truncated and ans.safe_from is not None:
             floor = ans.safe_from if floor is None else max(floor, ans.safe_from)
         elif ans.truncated and mine:
@@ -218,7 +227,7 @@ def merge_page(
     for r in recs:
         if floor is not None and r.pos < floor:
             full = bool(limit) and len(rows) == limit
-            return Page([x.to_dict(join) for x in rows], last if rows else after, not full, taken)
+            return Page([x.to_dict(join) for x in rows], last if rows else after, not full, taken, last)
         partner = None
         if pair:
             for row in open_halves.get(r.tuple5, ()):
@@ -230,7 +239,7 @@ def merge_page(
             open_halves[r.tuple5].remove(partner)
         else:
             if limit and len(rows) == limit:
-                return Page([x.to_dict(join) for x in rows], last, False, taken)
+                return Page([x.to_dict(join) for x in rows], last, False, taken, last)
             row = _Row(r)
             rows.append(row)
             open_halves.setdefault(r.tuple5, []).append(row)
@@ -241,7 +250,19 @@ def merge_page(
     if truncated and not rows:
         cursor = after
     short = truncated and (not limit or len(rows) < limit)
-    return Page([x.to_dict(join) for x in rows], cursor, short, taken)
+    return Page([x.to_dict(join) for x in rows], cursor, short, taken, last)
+
+
+def reach(
+    answers: Iterable[Answer], limit: int, after: Position | None = None, pair: bool = True
+) -> int | None:
+    """The time (µs) of the oldest record a page would hold if every answer were whole; None when the
+    page would not be full. Only a truncated answer whose unknown records start above it (`safe_from`
+    newer) may still hold some of the page."""
+    whole = merge_page([Answer(a.node, a.flows, False, a.records) for a in answers], limit, after, pair)
+    if not limit or len(whole.rows) < limit or whole.oldest is None:
+        return None
+    return whole.oldest[0]
 
 
 class PairCache:

@@ -12,7 +12,7 @@ import json
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from prometheus_client import Counter
@@ -20,7 +20,10 @@ from prometheus_client import Counter
 from exporter import servicemap
 from exporter.api import FlowRequest
 from exporter.history.sink import HistoryCollector
-from exporter.relay import merge, streams
+from exporter.policy.errors import PolicyError
+from exporter.policy.manifests import Manifests, load_text
+from exporter.relay import merge, streams, walk
+from exporter.relay import policy as policy_merge
 from exporter.relay.discovery import Target
 from exporter.relay.fanout import Fanout, Result
 from exporter.relay.mirror import Mirrors
@@ -28,10 +31,14 @@ from exporter.relay.wire import flow_from_dict, time_us
 from exporter.relay.writer import HistoryWriter
 from exporter.store import FlowSource
 
-MAX_ROUNDS = 4  # fetch rounds for one page: each doubles what truncated agents are asked for
+MAX_ROUNDS = 12  # fetch rounds for one page: each moves every agent that may hold more past a microsecond
 MAP_TTL_S = 2.0
 ASK_SLACK = 1.5  # first asks: an agent's share of recent pages times this (3 agents evenly: 52 of 100)
 SHARE_WEIGHT = 0.5  # how fast the shares follow where recent flows come from
+# An agent answers a policy question it will not take with 400 (bad src/dst, manifests it refuses) or 503
+# (policy enforcement not running): it is up, and says why.
+POLICY_REFUSALS = (400, 503)
+WHATIF_TIMEOUT_S = 50.0  # the agent replays every stored flow; `lumen policy whatif` waits 60 s
 
 
 @dataclass
@@ -152,19 +159,8 @@ class Relay:
         page = merge.merge_page([c.newest(q, limit) for c in copies], limit, None, self.pair, mirrors.pairs)
         if page.short:
             return None
-        stats = [c.stats for c in copies]
-        return {
-            "flows": list(reversed(page.rows)),
-            "cursor": merge.encode_cursor(page.cursor) if page.cursor is not None else None,
-            "stored": sum(s.get("stored", 0) for s in stats),
-            "capacity": sum(s.get("capacity", 0) for s in stats),
-            "evicted": sum(s.get("evicted", 0) for s in stats),
-            "complete": False,  # as the agents say for a window without a start
-            "source": "agents",
-            "nodes": sorted(t.name for t in targets),
-            "unreachable": [],
-            "errors": {},
-        }
+        # complete: False, as the agents say for a window without a start
+        return _page_answer(page, [c.stats for c in copies], False, [t.name for t in targets], Missing({}))
 
     async def _from_agents(
         self,
@@ -173,84 +169,129 @@ class Relay:
         after: merge.Position | None,
         until: str | None,
     ) -> dict[str, Any]:
+        # Each ask sets its own time window inside the client's: `since` and `until` (the live stream's
+        # backlog and the map pass it among the filter) are taken out of what is forwarded.
+        since = next((v for k, v in forward if k == "since"), None)
+        bounds = [v for k, v in forward if k == "until"] + ([until] if until else [])
         if after is not None:
-            bound = merge.until_for(after)
-            until = bound if until is None else min(until, bound, key=_iso_key)
-        base = [*forward, *([("until", until)] if until else [])]
-        targets = await self.fanout.targets()
-        ask = {t.name: self._first_ask(t.name, limit) for t in targets}
-        results: dict[str, Result] = {}
-        todo = list(targets)
+            bounds.append(merge.until_for(after))
+        until = min(bounds, key=_iso_key, default=None)
+        base = [(k, v) for k, v in forward if k not in ("since", "until")]
+        targets = {t.name: t for t in await self.fanout.targets()}
+        walks = {name: walk.Walk(name, until, since) for name in targets}
+        asks = {name: [w.first(self._first_ask(name, limit))] for name, w in walks.items()}
+        results: dict[str, Result] = {}  # each agent's first answer (its counters), or why it has none
         page = merge.Page([], None, short=False)
-        for _ in range(MAX_ROUNDS):
-            started = time.perf_counter()
-            for r in await asyncio.gather(*(self._flows_of(t, base, ask) for t in todo)):
-                results[r.target.name] = r
-            self.fanout.metrics.fanout.labels("/api/flows").observe(time.perf_counter() - started)
-            page = self._merge(results, ask, limit, after)
+        for round_ in range(MAX_ROUNDS):
+            await self._read(targets, base, asks, walks, results)
+            page = self._merge(walks, results, limit, after)
             if not page.short:
                 break
-            todo = [t for t in targets if self._truncated(results[t.name], ask[t.name])]
-            if not todo:
+            asks = self._next_asks(walks, results, page, limit, after, first=round_ == 0)
+            if not asks:
                 break
-            for t in todo:
-                ask[t.name] = self._more(t.name, ask[t.name])
-        else:
-            if page.short and not page.rows:
-                # Many records in one microsecond: a page must move on, so ask for all that remains.
-                for t in todo:
-                    ask[t.name] = 0
-                for r in await asyncio.gather(*(self._flows_of(t, base, ask) for t in todo)):
-                    results[r.target.name] = r
-                page = self._merge(results, ask, limit, after)
         self._learn(page, [name for name, r in results.items() if r.error is None])
         ok = [r.data for r in results.values() if r.error is None]
-        return {
-            "flows": list(reversed(page.rows)),
-            "cursor": merge.encode_cursor(page.cursor) if page.cursor is not None else None,
-            "stored": sum(d.get("stored", 0) for d in ok),
-            "capacity": sum(d.get("capacity", 0) for d in ok),
-            "evicted": sum(d.get("evicted", 0) for d in ok),
-            # False when an agent says the time window reaches back past what it holds
-            "complete": all(d.get("complete", True) for d in ok),
-            "source": "agents",
-            "nodes": sorted(t.name for t in targets),
-            **Missing.of(list(results.values())).to_dict(),
-        }
+        # complete: False when an agent says the time window reaches back past what it holds
+        complete = all(d.get("complete", True) for d in ok)
+        return _page_answer(page, ok, complete, list(targets), Missing.of(list(results.values())))
 
-    async def _flows_of(self, t: Target, base: Sequence[tuple[str, str]], ask: dict[str, int]) -> Result:
-        r = await self.fanout.get(t, "/api/flows", [*base, ("limit", str(ask[t.name]))])
-        if r.status == 400 and ask[t.name] and "limit" in (r.error or ""):
-            ask[t.name] = 0  # asked for more than the agent holds: then everything it holds is the answer
-            r = await self.fanout.get(t, "/api/flows", [*base, ("limit", "0")])
+    def _next_asks(
+        self,
+        walks: dict[str, walk.Walk],
+        results: dict[str, Result],
+        page: merge.Page,
+        limit: int,
+        after: merge.Position | None,
+        first: bool,
+    ) -> dict[str, list[walk.Ask]]:
+        """The next round for a short page: agents whose unknown records start above where the page
+        would end with what is held (the others cannot hold any of it). After the `first` answers, while
+        an agent holding the page up has a tie, only the agents holding it up are asked: read whole, that
+        microsecond (a sweep's) often fills the page by itself. Later rounds ask all at once, so a page
+        costs few rounds however many agents have ties."""
+        reach = merge.reach(self._answers(walks, results), limit, after, self.pair)
+        more = {
+            name: w.known_from
+            for name, w in walks.items()
+            if results[name].error is None
+            and w.truncated
+            and w.known_from is not None
+            and (reach is None or w.known_from > reach)
+        }
+        top = max(more.values(), default=None)
+        if first and any(walks[name].tie for name, known in more.items() if known == top):
+            more = {name: known for name, known in more.items() if known == top}
+        need = max(limit - len(page.rows), 1)
+        return {name: walks[name].next(need) for name in more}
+
+    async def _read(
+        self,
+        targets: dict[str, Target],
+        base: Sequence[tuple[str, str]],
+        asks: dict[str, list[walk.Ask]],
+        walks: dict[str, walk.Walk],
+        results: dict[str, Result],
+    ) -> None:
+        """One round: every agent's asks at once; the answers join each agent's walk. An agent that fails
+        any ask is left out of the page, named with the reason."""
+        started = time.perf_counter()
+        sent = [(name, ask) for name, some in asks.items() for ask in some]
+        got = await asyncio.gather(*(self._flows_of(targets[name], base, ask) for name, ask in sent))
+        self.fanout.metrics.fanout.labels("/api/flows").observe(time.perf_counter() - started)
+        pieces: dict[str, list[walk.Piece]] = {}
+        for (name, _), (ask, r) in zip(sent, got, strict=True):
+            if r.error is not None:
+                results[name] = r
+            else:
+                results.setdefault(name, r)
+                pieces.setdefault(name, []).append((ask, r.data["flows"], r.data.get("source")))
+        for name, some in pieces.items():
+            if results[name].error is None:
+                try:
+                    walks[name].take(some)
+                except merge.MalformedAnswer as exc:
+                    self._left_out(results, exc)
+
+    async def _flows_of(
+        self, t: Target, base: Sequence[tuple[str, str]], ask: walk.Ask
+    ) -> tuple[walk.Ask, Result]:
+        """One ask of one agent, and the ask as it was answered."""
+        if ask.limit:
+            ask = replace(ask, limit=self._fit(t.name, ask.limit))
+        r = await self.fanout.get(t, "/api/flows", [*base, *ask.params()])
+        if r.status == 400 and ask.limit and "limit" in (r.error or ""):
+            # asked for more than the agent holds: then everything it holds is the answer
+            ask = replace(ask, limit=0)
+            r = await self.fanout.get(t, "/api/flows", [*base, *ask.params()])
         if r.error is None and not (isinstance(r.data, dict) and isinstance(r.data.get("flows"), list)):
             self.fanout.mark(t, "not a flows answer", "format")
-            return Result(t, error="not a flows answer", status=r.status)
+            return ask, Result(t, error="not a flows answer", status=r.status)
         if r.error is None and isinstance(r.data.get("capacity"), int):
             self.fanout.capacity[t.name] = r.data["capacity"]
-        return r
+        return ask, r
 
     def _merge(
-        self, results: dict[str, Result], ask: dict[str, int], limit: int, after: merge.Position | None
+        self,
+        walks: dict[str, walk.Walk],
+        results: dict[str, Result],
+        limit: int,
+        after: merge.Position | None,
     ) -> merge.Page:
         while True:
             try:
-                return merge.merge_page(self._answers(results, ask), limit, after, self.pair)
+                return merge.merge_page(self._answers(walks, results), limit, after, self.pair)
             except merge.MalformedAnswer as exc:
-                bad = results[exc.node]
-                self.fanout.mark(bad.target, str(exc), "format")
-                results[exc.node] = Result(bad.target, error=str(exc), status=bad.status)
+                self._left_out(results, exc)
 
-    def _answers(self, results: dict[str, Result], ask: dict[str, int]) -> list[merge.Answer]:
-        return [
-            merge.Answer(name, r.data["flows"], self._truncated(r, ask[name]))
-            for name, r in results.items()
-            if r.error is None
-        ]
+    def _left_out(self, results: dict[str, Result], exc: merge.MalformedAnswer) -> None:
+        bad = results[exc.node]
+        self.fanout.mark(bad.target, str(exc), "format")
+        results[exc.node] = Result(bad.target, error=str(exc), status=bad.status)
 
     @staticmethod
-    def _truncated(r: Result, asked: int) -> bool:
-        return r.error is None and asked > 0 and len(r.data["flows"]) >= asked
+    def _answers(walks: dict[str, walk.Walk], results: dict[str, Result]) -> list[merge.Answer]:
+        return [w.answer() for name, w in walks.items() if name in results and results[name].error is None]
 
     def _first_ask(self, name: str, limit: int) -> int:
         """How many flows to ask an agent for first: its recent share of pages with room to spare, at
@@ -274,9 +315,6 @@ class Relay:
         """n, or 0 (all it holds) when n reaches the agent's store size (it refuses a larger limit)."""
         capacity = self.fanout.capacity.get(name)
         return 0 if capacity is not None and n >= capacity else n
-
-    def _more(self, name: str, asked: int) -> int:
-        return self._fit(name, asked * 2)
 
     # -- /api/flows/stream ---------------------------------------------------------------------------
 
@@ -335,6 +373,63 @@ class Relay:
         finally:
             self.fanout.metrics.streams.dec()
             await self.hubs.leave(hub, viewer)
+
+    # -- /api/policy ---------------------------------------------------------------------------------
+
+    async def policy_status(self) -> dict[str, Any]:
+        """Every node's policy status: the set most nodes run (the agent's fields) and how each differs."""
+        results = self._policy_answers(
+            await self.fanout.gather("/api/policy", route="/api/policy", refused=POLICY_REFUSALS)
+        )
+        answers = _answered(results, {})
+        return {**policy_merge.status(answers), **Missing.of(results).to_dict()}
+
+    async def policy_explain(self, params: Sequence[tuple[str, str]]) -> dict[str, Any]:
+        """Every node's verdict on one connection, and whether they agree. A node that refuses it (does
+        not know src or dst) disagrees; when all do, the question was bad: Refused 400."""
+        results = self._policy_answers(
+            await self.fanout.gather(
+                "/api/policy/explain", params, route="/api/policy/explain", refused=POLICY_REFUSALS
+            )
+        )
+        refusals = {r.target.name: r.detail for r in results if r.status == 400}
+        answered = [r for r in results if r.status != 400]
+        answers = _answered(answered, refusals)
+        return {**policy_merge.explain(answers, refusals), **Missing.of(answered).to_dict()}
+
+    async def policy_whatif(self, body: bytes) -> dict[str, Any]:
+        """The proposed manifests replayed against every node's stored flows. Read here first: a body no
+        agent would take is the client's 400 once, not every agent's."""
+        try:  # in a thread: 4 MiB of YAML take about 2 s to read, the live streams must not wait
+            await asyncio.to_thread(load_text, body.decode("utf-8", "replace"), "request body", Manifests())
+        except PolicyError as exc:
+            raise policy_merge.Refused(400, str(exc)) from None
+        targets = await self.fanout.targets()
+        started = time.perf_counter()
+        results = await asyncio.gather(
+            *(
+                self.fanout.post(
+                    t, "/api/policy/whatif", body, "application/yaml", WHATIF_TIMEOUT_S, POLICY_REFUSALS
+                )
+                for t in targets
+            )
+        )
+        self.fanout.metrics.fanout.labels("/api/policy/whatif").observe(time.perf_counter() - started)
+        results = self._policy_answers(list(results))
+        refusals = {r.target.name: r.detail for r in results if r.status == 400}
+        answers = _answered(results, refusals)
+        # a node that refused while others answered: its flows are not in the answer, so it is named
+        return {**policy_merge.whatif(answers), **Missing.of(results).to_dict()}
+
+    def _policy_answers(self, results: Sequence[Result]) -> list[Result]:
+        """The results, an answer that is not a JSON object turned into that node's error."""
+        out = []
+        for r in results:
+            if r.error is None and not isinstance(r.data, dict):
+                self.fanout.mark(r.target, "not a policy answer", "format")
+                r = Result(r.target, error="not a policy answer", status=r.status)
+            out.append(r)
+        return out
 
     # -- the other routes ----------------------------------------------------------------------------
 
@@ -398,6 +493,36 @@ class Relay:
         if not up:
             return False, "no agent answers"
         return True, f"{up}/{len(results)} agents answer"
+
+
+def _page_answer(
+    page: merge.Page, counts: Sequence[dict[str, Any]], complete: bool, nodes: Sequence[str], missing: Missing
+) -> dict[str, Any]:
+    """/api/flows's answer: the page oldest first, its cursor, the agents' store counts summed."""
+    return {
+        "flows": list(reversed(page.rows)),
+        "cursor": merge.encode_cursor(page.cursor) if page.cursor is not None else None,
+        "stored": sum(d.get("stored", 0) for d in counts),
+        "capacity": sum(d.get("capacity", 0) for d in counts),
+        "evicted": sum(d.get("evicted", 0) for d in counts),
+        "complete": complete,
+        "source": "agents",
+        "nodes": sorted(nodes),
+        **missing.to_dict(),
+    }
+
+
+def _answered(results: Sequence[Result], refusals: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Each answering node's answer; Refused when there is none: 400 if nodes refused the question
+    (the agents' reason), else 503 naming why each node gave no answer."""
+    answers = {r.target.name: r.data for r in results if r.error is None}
+    if answers:
+        return answers
+    if refusals:
+        raise policy_merge.Refused(400, policy_merge.refusal(refusals))
+    errors = Missing.of(results).errors
+    why = "; ".join(f"{n}: {e}" for n, e in sorted(errors.items())) if errors else "no agents found"
+    raise policy_merge.Refused(503, f"no agent answered: {why}")
 
 
 def _iso_key(iso: str) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -84,14 +85,23 @@ def test_endpoints_of_every_node_through_the_relay(browser, served):
     assert "node-c" in wait_until(lambda: browser.find_element(By.ID, "partial").text)
 
 
-def test_older_flows_of_every_node_page_in_through_the_relay(browser):
-    with agents(["page-a", "page-b"]) as (a, b), relay([Target(n.name, n.url) for n in (a, b)]) as r:
+@pytest.mark.parametrize("mirror", [0, 64], ids=["asking", "copies"])
+def test_older_flows_of_every_node_page_in_through_the_relay(browser, mirror):
+    """The newest page from the relay's copies of each node's newest 64 flows (as `lumen relay` runs, with
+    a smaller copy) or from asking the agents; older pages always from the agents."""
+    with (
+        agents(["page-a", "page-b"]) as (a, b),
+        relay([Target(n.name, n.url) for n in (a, b)], mirror=mirror) as r,
+    ):
         now = time.time_ns()
         sent = []
         for i in range(250):  # the two nodes' flows interleave in time
             f = make_flow(sport=40000 + i, src_pod=("page", "x"), time_ns=now - (250 - i) * 10**6)
             (a if i % 2 else b).store.add(f)
             sent.append(f)
+        if mirror:  # the copies fill from the agents' streams (`lumen relay` starts them as it starts)
+            wait_until(lambda: httpx.get(r.url + "/api/flows?limit=1", timeout=5) and from_copies(r.url))
+        browser.get_log("browser")  # this page's messages only
         browser.get(r.url + "/flows?namespace=page")
         newest_first = [f.source.port for f in reversed(sent)]
         wait_until(lambda: ports(browser) == newest_first[:100])
@@ -102,6 +112,15 @@ def test_older_flows_of_every_node_page_in_through_the_relay(browser):
         assert ports(browser) == newest_first, "every node's flows once, newest first, no gap"
         wait_until(lambda: older.text == "No older flows stored")
         assert console_errors(browser) == []
+        assert from_copies(r.url) == (2 if mirror else 0), "the page's first answer, from the copies"
+        browser.get("about:blank")  # the live stream ends before its relay does
+
+
+def from_copies(url: str) -> int:
+    """Pages the relay answered from its copies of the agents' flows."""
+    series = 'lumen_relay_flow_pages_total{source="copies"}'
+    lines = httpx.get(url + "/metrics", timeout=5).text.splitlines()
+    return int(sum(float(line.split()[-1]) for line in lines if line.startswith(series)))
 
 
 def ports(browser: WebDriver) -> list[int]:

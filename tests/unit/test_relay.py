@@ -83,13 +83,13 @@ def test_the_relay_serves_every_route_the_agent_does(served, three):
     from exporter.api import create_app
     from tests.unit.exporter_fixtures import View
 
-    def gets(app):
-        return {
-            r.path for r in app.routes if "GET" in getattr(r, "methods", ()) and r.path.startswith("/api")
-        }
+    def routes(app):  # from the schema: app.routes holds included routers unexpanded (FastAPI >= 0.16x)
+        paths = app.openapi()["paths"]
+        return {(m.upper(), p) for p, ops in paths.items() if p.startswith("/api") for m in ops}
 
-    agent_routes = gets(create_app(View()))
-    assert agent_routes <= gets(served.server.config.app) | {"/api/policy"}, "policy is per node"
+    agent_routes = routes(create_app(View(), policy=lambda: None))  # policy routes included
+    assert ("POST", "/api/policy/whatif") in agent_routes
+    assert agent_routes <= routes(served.server.config.app)
     assert (
         httpx.get(f"{served.url}/api/vocabulary").json() == httpx.get(f"{three[0].url}/api/vocabulary").json()
     )
@@ -625,3 +625,55 @@ def test_an_unreadable_live_flow_is_counted_lost_and_the_stream_goes_on():
         assert json.loads(got[1][1]) == {"dropped": 2} and json.loads(got[2][1])["source"]["port"] == 99
     finally:
         served.stop()
+
+
+def test_paging_past_a_sweep_of_500_in_one_microsecond_shows_each_once_and_never_asks_for_everything():
+    """An agent's idle sweep stamps every flow it ends with one time: n1 holds 500 records in one
+    nanosecond among 2000 others, n2 and n3 records spread over the same time. A page through the relay
+    asks n1 for that microsecond (a window) and for what is under it, never for everything it holds."""
+    from exporter.api import parse_request
+    from exporter.relay.walk import SLACK_US
+    from exporter.relay.wire import time_us
+
+    sweep = NOW_NS + 30 * 10**6
+    with agents(["n1", "n2", "n3"]) as nodes:
+        n1, n2, n3 = nodes
+        n1.store.add_many(
+            make_flow(sport=1 + i, time_ns=NOW_NS + i * 10_000, src="10.1.0.1") for i in range(2000)
+        )
+        n1.store.add_many(make_flow(sport=10000 + i, time_ns=sweep, src="10.1.0.1") for i in range(500))
+        n1.store.add_many(
+            make_flow(sport=30000 + i, time_ns=sweep + (i + 1) * 10**6, src="10.1.0.1") for i in range(20)
+        )
+        for k, node in enumerate((n2, n3), start=2):
+            spread = (
+                make_flow(sport=1 + i, time_ns=NOW_NS + i * 293_000 + k, src=f"10.{k}.0.1")
+                for i in range(200)
+            )
+            node.store.add_many(spread)
+        stored = sum(len(n.store) for n in nodes)
+        with relay(targets(nodes)) as r:
+            seen, cursor, per_page = [], None, []
+            while True:
+                for n in nodes:
+                    n.flow_queries.clear()
+                params = {"limit": 100, **({"cursor": cursor} if cursor else {})}
+                body = httpx.get(f"{r.url}/api/flows", params=params).json()
+                assert len(body["flows"]) == 100 or body["cursor"] is None, "a page is `limit` rows"
+                seen += [(f["node"], f["source"]["port"]) for f in reversed(body["flows"])]
+                for q in n1.flow_queries + n2.flow_queries + n3.flow_queries:
+                    # limit 0 only for a window: one microsecond and its slack, never all an agent holds
+                    assert q["limit"] != "0" or time_us(q["until"]) - time_us(q["since"]) <= 2 * SLACK_US, q
+                # what n1 sent: the same queries on the same store
+                sent = 0
+                for q in n1.flow_queries:
+                    req = parse_request({k: [v] for k, v in q.items()})
+                    sent += len(n1.store.query(None, req.since_ns, req.until_ns, int(q["limit"])).flows)
+                per_page.append((sum(len(n.flow_queries) for n in nodes), sent))
+                cursor = body["cursor"]
+                if cursor is None:
+                    break
+    assert len(seen) == stored == 2920 and len(set(seen)) == stored, "every record exactly once"
+    assert max(asked for asked, _ in per_page) <= 7, per_page
+    # at most that microsecond and three asks of a page's size, of the 2520 records n1 holds
+    assert max(sent for _, sent in per_page) <= 500 + 3 * 101, per_page

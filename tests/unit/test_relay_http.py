@@ -104,3 +104,40 @@ def test_failures_are_named():
     assert timeout == ("timeout", "timed out after 0.2 s")
     assert protocol[0] == "protocol" and "not an HTTP answer" in protocol[1]
     assert connect[0] == "connect" and connect[1].startswith("cannot connect")
+
+
+def test_a_post_sends_its_body_and_keeps_the_connection():
+    seen: list[bytes] = []
+    connections = 0
+
+    async def handler(reader, writer):
+        nonlocal connections
+        connections += 1
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode()
+                sizes = [
+                    int(h.split(":", 1)[1]) for h in head.split("\r\n") if h.startswith("Content-Length:")
+                ]
+                length = sizes[0] if sizes else 0
+                seen.append(head.encode() + await reader.readexactly(length))
+                writer.write(answer(b'{"ok": true}'))
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            writer.close()
+
+    async def main():
+        server, url = await serve(handler)
+        client = Client()
+        posted = await client.post(url + "/api/policy/whatif", b"kind: NetworkPolicy\n", "application/yaml")
+        got = await client.get(url + "/api/policy")
+        await client.aclose()
+        server.close()
+        return posted, got
+
+    assert [r.status for r in asyncio.run(main())] == [200, 200] and connections == 1
+    assert seen[0].startswith(b"POST /api/policy/whatif HTTP/1.1\r\n")
+    assert b"Content-Type: application/yaml\r\n" in seen[0] and seen[0].endswith(
+        b"\r\n\r\nkind: NetworkPolicy\n"
+    )
+    assert seen[1].startswith(b"GET /api/policy HTTP/1.1\r\n") and b"Content-Length" not in seen[1]

@@ -11,16 +11,16 @@ import random
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from exporter.api import parse_request
 from exporter.flows import Flow, FlowStore
-from exporter.relay import merge
+from exporter.relay import merge, walk
 from exporter.relay.discovery import Static, Target
 from exporter.relay.fanout import Fanout, Result
 from exporter.relay.service import Relay
-from exporter.relay.wire import flow_from_dict
+from exporter.relay.wire import flow_from_dict, iso_us, time_us
 from tests.unit.exporter_fixtures import NOW_NS, make_flow
 
 
@@ -31,6 +31,7 @@ class StoreFanout(Fanout):
         super().__init__(Static([Target(n, f"http://{n}") for n in stores]))
         self.stores, self.down = stores, down
         self.asked: list[tuple[str, int]] = []
+        self.requests: list[tuple[str, dict[str, str], int]] = []  # node, parameters, flows answered
 
     async def get(self, target, path, params=(), timeout=None) -> Result:
         if target.name in self.down:
@@ -49,6 +50,7 @@ class StoreFanout(Fanout):
         self.mark(target, None)
         data = {"flows": [f.to_dict() for f in found], "stored": len(store), "capacity": store.capacity,
                 "evicted": 0}  # fmt: skip
+        self.requests.append((target.name, dict(params), len(data["flows"])))
         return Result(target, data=data, status=200)
 
 
@@ -68,10 +70,10 @@ def fill(times: dict[str, list[int]], capacity: int = 10000) -> tuple[dict[str, 
     return stores, sorted(every, reverse=True)
 
 
-def run_pages(relay: Relay, limit: int, forward=()) -> list[list[dict[str, Any]]]:
+def run_pages(relay: Relay, limit: int, forward=(), until: str | None = None) -> list[list[dict[str, Any]]]:
     pages, cursor = [], None
     for _ in range(1000):
-        answer = asyncio.run(relay.flows(list(forward), limit, cursor))
+        answer = asyncio.run(relay.flows(list(forward), limit, cursor, until))
         pages.append(answer["flows"])
         if answer["cursor"] is None:
             return pages
@@ -310,3 +312,224 @@ def test_two_ping_sessions_across_nodes_pair_by_echo_identifier():
     assert len(rows) == 2 and all(r.get("paired") for r in rows)
     for r in rows:
         assert r["ends"]["egress"]["packets"] == r["icmp"]["id"], "each session with its own other end"
+
+
+# -- crowded microseconds ----------------------------------------------------------------------------------
+# An agent's idle sweep stamps every record it ends with one time: one microsecond may hold thousands.
+
+
+def answer(node: str, times_us: list[int], truncated: bool, safe_from_us: int | None = None) -> merge.Answer:
+    flows = [
+        make_flow(sport=i, time_ns=t * 1000, src=f"10.9.{ord(node)}.1").to_dict()
+        for i, t in enumerate(times_us)
+    ]
+    safe = None if safe_from_us is None else (safe_from_us, "", "")
+    return merge.Answer(node, flows, truncated, safe_from=safe)
+
+
+def times_of(page: merge.Page) -> list[tuple[str, int]]:
+    return [(r["node"], merge.record(r["node"], r).pos[0]) for r in page.rows]
+
+
+def test_a_truncated_answer_holds_back_its_oldest_microsecond_unless_it_holds_it_whole():
+    b = answer("b", [9, 8], truncated=False)
+    # a was cut inside microsecond 9: b's record at 9 could be older or newer than a's missing ones
+    page = merge.merge_page([answer("a", [10, 9, 9], truncated=True), b], 10)
+    assert times_of(page) == [("a", 10)] and page.short
+    # the same answer, known whole from microsecond 9 on (a window read it): 9 is safe, 8 is not
+    page = merge.merge_page([answer("a", [10, 9, 9], truncated=True, safe_from_us=9), b], 10)
+    assert times_of(page) == [("a", 10), ("b", 9), ("a", 9), ("a", 9)] and page.short
+    page = merge.merge_page([answer("a", [10, 9, 9], truncated=True, safe_from_us=9), b], 3)
+    assert len(page.rows) == 3 and not page.short, "a full page above what is unknown"
+
+
+def test_reach_is_where_a_page_would_end_if_every_answer_were_whole():
+    answers = [answer("a", [10, 7, 4], truncated=True), answer("b", [9, 8], truncated=False)]
+    assert merge.reach(answers, 3) == 8, "a, whose unknown records start at 5, cannot hold any of it"
+    assert merge.reach(answers, 5) == 4
+    assert merge.reach(answers, 6) is None, "not full: every truncated answer may hold some"
+    assert merge.reach(answers, 0) is None
+
+
+def flows_at(times_us: list[int], start: int = 0) -> list[dict[str, Any]]:
+    return [make_flow(sport=start + i, time_ns=t * 1000).to_dict() for i, t in enumerate(times_us)]
+
+
+def test_after_a_tie_a_walk_asks_for_that_microsecond_whole_and_for_what_is_under_it():
+    w = walk.Walk("a")
+    first = w.first(5)
+    w.take([(first, flows_at([20, 15, 15, 15, 15]), "memory")])
+    assert w.truncated and w.known_from == 16 and w.tie
+    window, under = w.next(need=10)
+    assert window == walk.Ask(0, iso_us(17), iso_us(13), window=15), "all of 15, whatever its size"
+    assert under == walk.Ask(11, iso_us(13), None), "under the window, from the same text: no gap"
+    w.take(
+        [
+            (window, flows_at([15] * 7 + [14], start=1), "memory"),
+            (under, flows_at([13, 12], start=50), "memory"),
+        ]
+    )
+    assert not w.truncated, "under the window there was less than asked: all of it"
+    assert sorted(pos[0] for pos in w.held) == [12, 13, 14] + [15] * 7 + [20], "overlap held once"
+
+
+def test_without_a_tie_a_walk_goes_on_under_its_oldest_microsecond():
+    w = walk.Walk("a", until=iso_us(30))
+    w.take([(w.first(5), flows_at([20, 19, 18, 17, 15]), None)])
+    assert w.known_from == 16 and not w.tie
+    # the records at or before 17 come back with the next piece: asked for on top of the page's need
+    (under,) = w.next(need=10)
+    assert under == walk.Ask(10 + 3 + 1, iso_us(17), None)
+    w.take([(under, flows_at([18, 17, 15, 15] + list(range(14, 4, -1)), start=10), None)])
+    assert w.truncated and w.known_from == 6
+
+
+def test_a_window_that_reaches_the_clients_since_ends_the_walk():
+    w = walk.Walk("a", since=iso_us(14))
+    w.take([(w.first(3), flows_at([20, 15, 15]), "memory")])
+    (window,) = w.next(need=10)
+    assert window.since == iso_us(14), "never older than the client asked"
+    w.take([(window, flows_at([15, 15, 15, 14]), "memory")])
+    assert not w.truncated
+
+
+def test_a_window_answered_from_the_agents_history_is_not_used():
+    """An agent with history answers a window older than its memory holds from history, whose records are
+    not memory's: the walk goes on from memory with a growing limit, as the relay did before windows."""
+    w = walk.Walk("a")
+    w.take([(w.first(4), flows_at([20, 15, 15, 15]), "memory")])
+    window, under = w.next(need=10)
+    w.take([(window, flows_at([15] * 9, start=10), "history"), (under, flows_at([3], start=30), "memory")])
+    assert not w.windows and len(w.held) == 4 and w.known_from == 16
+    (again,) = w.next(need=10)
+    assert again.window is None and again.since is None and again.until == iso_us(17)
+    assert again.limit >= 2 * 4
+
+
+class Recorded(StoreFanout):
+    """Store-backed agents; the answers say where they came from, as the agent's do."""
+
+    def __init__(self, stores, source=lambda params: "memory", fail=lambda node, params: False) -> None:
+        super().__init__(stores)
+        self.source, self.fail = source, fail
+
+    async def get(self, target, path, params=(), timeout=None) -> Result:
+        if self.fail(target.name, dict(params)):
+            self.mark(target, "timed out (ReadTimeout)", "timeout")
+            return Result(target, error="timed out (ReadTimeout)")
+        r = await super().get(target, path, params, timeout)
+        if r.error is None:
+            r.data["source"] = self.source(dict(params))
+        return r
+
+
+def asked_everything(fan: StoreFanout) -> list[tuple[str, dict[str, str], int]]:
+    """Requests for every record an agent holds under some time: limit 0 without a `since`."""
+    return [r for r in fan.requests if r[1]["limit"] == "0" and "since" not in r[1]]
+
+
+@st.composite
+def crowded(draw) -> tuple[dict[str, list[int]], int | None, int | None]:
+    """1-4 agents whose records fall in a few microseconds, many in the very same nanosecond; and a
+    client's `since` and `until` (µs from NOW_NS) at or next to those microseconds, or none."""
+    micros = draw(st.lists(st.integers(0, 12), min_size=1, max_size=4, unique=True))
+    at = st.builds(
+        lambda us, ns: NOW_NS + us * 1000 + ns,
+        st.sampled_from(micros),
+        st.one_of(st.just(0), st.sampled_from([499, 500, 501, 999]), st.integers(0, 999)),
+    )
+    nodes = draw(st.lists(st.sampled_from("abcd"), min_size=1, max_size=4, unique=True))
+    per_node = {n: draw(st.lists(at, max_size=70)) for n in nodes}
+    near = st.none() | st.builds(lambda us, d: us + d, st.sampled_from(micros), st.integers(-1, 1))
+    since, until = draw(near), draw(near)
+    assume(since is None or until is None or since <= until)  # else the relay's 400, as the agent's
+    return per_node, since, until
+
+
+def at_us(offset: int | None) -> str | None:
+    return None if offset is None else iso_us(NOW_NS // 1000 + offset)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=crowded(), limit=st.one_of(st.just(0), st.integers(1, 40)))
+def test_paging_through_crowded_microseconds_shows_every_record_once_never_asking_for_everything(data, limit):
+    per_node, since, until = data
+    stores, _ = fill(per_node)
+    forward = [] if since is None else [("since", at_us(since))]
+    # what each agent holds in the client's window, as it reads `since` and `until`
+    req = parse_request(
+        {k: [v] for k, v in [*forward, *([("until", at_us(until))] if until is not None else [])]}
+    )
+    every = sorted(
+        (pos(node, f) for node, s in stores.items() for f in s.query(None, req.since_ns, req.until_ns).flows),
+        reverse=True,
+    )
+    fan = StoreFanout(stores)
+    pages = run_pages(Relay(fan, pair=False), limit, forward, at_us(until))
+    seen = [p for page in pages for p in reversed(positions(page))]
+    assert seen == every, "every record once, newest first across pages"
+    if limit:
+        assert all(len(page) == limit for page in pages[:-1]), "each page is the newest `limit` rows"
+        assert asked_everything(fan) == []
+        for _, params, _ in fan.requests:
+            if params["limit"] == "0":  # a window: one microsecond and its slack
+                assert time_us(params["until"]) - time_us(params["since"]) <= 2 * walk.SLACK_US
+
+
+def test_pieces_stay_inside_the_clients_time_window():
+    # a tie in the client's last microsecond, records just outside either end: a window around the tie
+    # must not reach them
+    stores, _ = fill({"a": [NOW_NS + 6000] * 10 + [NOW_NS + 4600] * 50 + [NOW_NS + 3000] * 5})
+    fan = StoreFanout(stores)
+    pages = run_pages(Relay(fan, pair=False), 10, [("since", at_us(4))], at_us(5))
+    assert sum(len(page) for page in pages) == 50
+    assert any(params["limit"] == "0" for _, params, _ in fan.requests), "the tie was read by a window"
+    for _, params, _ in fan.requests:
+        assert params["since"] == at_us(4) and time_us(params["until"]) <= NOW_NS // 1000 + 5
+
+
+def sweep_store(newest: int, sweep: int, older: int, src: str) -> FlowStore:
+    """`older` records a microsecond apart, then one sweep's `sweep` records in one nanosecond, then
+    `newest` records after it, added in that order (as they come)."""
+    store = FlowStore(10000)
+    store.add_many(make_flow(sport=i, time_ns=NOW_NS + i * 1000, src=src) for i in range(older))
+    t = NOW_NS + 10**9
+    store.add_many(make_flow(sport=10000 + i, time_ns=t, src=src) for i in range(sweep))
+    store.add_many(make_flow(sport=20000 + i, time_ns=t + (i + 1) * 1000, src=src) for i in range(newest))
+    return store
+
+
+def test_a_sweep_of_thousands_in_one_microsecond_costs_a_page_that_microsecond_not_the_store():
+    stores = {"a": sweep_store(5, 2000, 3000, "10.0.1.1"), "b": sweep_store(0, 0, 300, "10.0.2.1")}
+    every = sorted((pos(n, f) for n, s in stores.items() for f in s.query().flows), reverse=True)
+    fan = StoreFanout(stores)
+    relay, cursor, seen = Relay(fan, pair=False), None, []
+    while True:
+        fan.requests.clear()
+        body = asyncio.run(relay.flows([], 100, cursor))
+        seen += reversed(positions(body["flows"]))
+        read = sum(n for node, _, n in fan.requests if node == "a")
+        assert asked_everything(fan) == []
+        assert read <= 2000 + 4 * 101, f"a page read {read} of a's 5005 records"
+        assert len(fan.requests) <= 6
+        if body["cursor"] is None:
+            break
+        cursor = merge.decode_cursor(body["cursor"])
+    assert seen == every
+
+
+def test_an_agent_with_history_pages_exactly_without_windows():
+    # its answers to windows say "history": the walk does not mix them with memory's records
+    stores = {"a": sweep_store(3, 150, 40, "10.0.1.1"), "b": sweep_store(2, 30, 20, "10.0.2.1")}
+    every = sorted((pos(n, f) for n, s in stores.items() for f in s.query().flows), reverse=True)
+    fan = Recorded(stores, source=lambda params: "history" if "since" in params else "memory")
+    pages = run_pages(Relay(fan, pair=False), 25)
+    assert [p for page in pages for p in reversed(positions(page))] == every
+
+
+def test_an_agent_that_fails_a_later_piece_is_named_and_left_out():
+    stores = {"a": sweep_store(2, 300, 10, "10.0.1.1"), "b": sweep_store(0, 0, 50, "10.0.2.1")}
+    fan = Recorded(stores, fail=lambda node, params: node == "a" and "since" in params)
+    body = asyncio.run(Relay(fan, pair=False).flows([], 100))
+    assert body["unreachable"] == ["a"] and body["errors"]["a"] == "timed out (ReadTimeout)"
+    assert {f["node"] for f in body["flows"]} == {"b"} and len(body["flows"]) == 50
