@@ -47,6 +47,8 @@ RTM_NEWTFILTER, RTM_DELTFILTER, RTM_GETTFILTER = 44, 45, 46
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_LINKINFO, IFLA_NET_NS_FD, IFLA_LINK_NETNSID = 18, 28, 37
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_PROTINFO = 12
+IFLA_BRPORT_MODE = 4  # in IFLA_PROTINFO of an AF_BRIDGE message: hairpin
 VETH_INFO_PEER = 1
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
@@ -438,6 +440,13 @@ class Netlink:
             attrs += nla(IFLA_ADDRESS, parse_mac(mac))
         body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, flags, change) + attrs
         self.request(RTM_NEWLINK, 0, body)
+
+    def bridge_port_hairpin(self, index: int, on: bool = True) -> None:
+        """A bridge port that sends frames back out where they came in (`bridge link set hairpin on`):
+        netlink, not /sys/class/net, which shows the devices of the namespace sysfs was mounted in."""
+        mode = nla(IFLA_BRPORT_MODE, struct.pack("=B", 1 if on else 0))
+        body = _IFINFOMSG.pack(socket.AF_BRIDGE, 0, index, 0, 0) + nla_nested(IFLA_PROTINFO, mode)
+        self.request(RTM_SETLINK, 0, body)
 
     def link_del(self, index: int = 0, name: str | None = None) -> bool:
         """Delete a link; False when it was already gone (DEL must be idempotent)."""

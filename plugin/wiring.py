@@ -65,8 +65,7 @@ def create_veth(
         pass  # IPv6 disabled on the host altogether
     nl.link_set(host.index, master=bridge.index, up=True)
     if hairpin:
-        with open(f"/sys/class/net/{host_name}/brport/hairpin_mode", "w") as f:
-            f.write("1")
+        nl.bridge_port_hairpin(host.index)
     host = nl.link(index=host.index)
     pod_link = pod.link(ifname)
     if host is None or pod_link is None or not host.up:

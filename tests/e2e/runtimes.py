@@ -71,8 +71,7 @@ class LumenNetwork:
 
         nsenter enters the network namespace only. `ip netns exec` would also give the command a mount
         namespace with a fresh /sys: runc then finds no cgroup mount, and the netns files podman
-        bind-mounts under /run/netns would stay inside that short-lived mount namespace. /sys keeps
-        showing the root's devices, so the conflist leaves hairpinMode (a sysfs write) off."""
+        bind-mounts under /run/netns would stay inside that short-lived mount namespace."""
         return ["nsenter", f"--net=/run/netns/{self.ns}"]
 
     def conflist(self) -> dict[str, Any]:

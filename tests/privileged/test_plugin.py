@@ -159,6 +159,14 @@ def test_requested_ip_and_mac(node: Node):
         netns_del(ns)
 
 
+def test_hairpin_mode_turns_the_pods_bridge_port_hairpin_on(node: Node):
+    on = node.add_pod("hp", conf=node.conf(hairpinMode=True))
+    off = node.add_pod("nohp")
+    for pod, want in ((on, "hairpin on"), (off, "hairpin off")):
+        port = pod.result["interfaces"][1]["name"]
+        assert want in node.exec("bridge", "-d", "link", "show", "dev", port, check=True).stdout
+
+
 FAULT_STEPS = ["after-ipam", "after-record", "after-bridge", "after-veth", "after-configure", "after-attach"]
 
 
