@@ -26,7 +26,7 @@ from exporter.relay.fanout import SseParser
 from exporter.relay.mirror import Copy
 from exporter.relay.service import Relay
 from exporter.relay.wire import flow_from_dict
-from tests.relay_harness import agents, relay, wait_until
+from tests.relay_harness import Served, agents, relay, wait_until
 from tests.unit.exporter_fixtures import NOW_NS, make_flow
 from tests.unit.test_relay_merge import StoreFanout
 
@@ -329,3 +329,24 @@ def test_a_streams_backlog_comes_from_the_copies(cluster):
                         break
         assert rows == page["flows"]
         assert pages_from(r.url, "copies") == before + 1
+
+
+def test_after_an_agent_restarts_the_copy_holds_what_the_new_agent_holds(cluster):
+    """A restarted agent starts with an empty store: its copy must not keep showing the old flows."""
+    n1 = cluster[0]
+    with relay([Target(n.name, n.url) for n in cluster], mirror=64) as r:
+        assert "n1" in [f["node"] for f in from_copies(r.url, "?limit=5")["flows"]]
+        port, app = n1.served.port, n1.served.server.config.app
+        n1.served.stop()
+        n1.store = FlowStore(500)
+        n1.store.add(flow("n1", 4242, NOW_NS + 10**9))
+        n1.served = Served(app, port=port).start()
+
+        def newest() -> list[dict[str, Any]] | None:
+            answer = from_copies(r.url, "?limit=5")
+            return answer["flows"] if answer["flows"][-1]["source"]["port"] == 4242 else None
+
+        rows = wait_until(newest, timeout=15)
+        # the new agent's one flow, and no flow of the agent before its restart
+        assert [f["node"] for f in rows] == ["n2", "n3", "n2", "n3", "n1"]
+        assert from_copies(r.url, "?limit=5")["stored"] == 1 + 90 + 80
