@@ -438,20 +438,30 @@ def parse(params: Mapping[str, Sequence[str]], ignore: Iterable[str] = ()) -> Fl
 
 # -- time ------------------------------------------------------------------------------------------
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
-_UNITS = {"ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# Go's time.ParseDuration as `hubble observe --since 1h30m` takes it, and d for days
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h|d))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400}
 #: the latest time accepted: 9999-12-31T23:59:59Z (datetime's range; beyond it nothing is stored anyway)
 MAX_TIME_S = 253402300799
 
 
+def parse_duration(value: str) -> float | None:
+    """`90s`, `5m`, `1h30m`, `2d`, `1.5h`, `250ms` -> seconds; None if `value` is no duration."""
+    text = value.strip()
+    if not _DURATION.fullmatch(text):
+        return None
+    return sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+
+
 def parse_time(value: str, now: float | None = None) -> int:
-    """RFC 3339 (`2026-01-02T03:04:05Z`), unix seconds, or a duration ago (`90s`, `5m`, `2h`) -> ns since
-    the epoch. Rejects what is no point in time: inf, nan, before 1970, after year 9999."""
+    """RFC 3339 (`2026-01-02T03:04:05Z`), unix seconds, or a duration ago (`90s`, `5m`, `1h30m`) -> ns
+    since the epoch. Rejects what is no point in time: inf, nan, before 1970, after year 9999."""
     now = time.time() if now is None else now
     seconds: float | None = None
-    m = _DURATION.match(value.strip())
-    if m:
-        seconds = now - float(m.group(1)) * _UNITS[m.group(2)]
+    ago = parse_duration(value)
+    if ago is not None:
+        seconds = now - ago
     else:
         try:
             seconds = float(value)
@@ -462,7 +472,7 @@ def parse_time(value: str, now: float | None = None) -> int:
             dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError:
             raise FilterError(
-                f"time {value!r}: expected RFC 3339, unix seconds or a duration like 5m"
+                f"time {value!r}: expected RFC 3339, unix seconds or a duration like 5m or 1h30m"
             ) from None
         if dt.tzinfo is None:
             raise FilterError(f"time {value!r}: give a timezone (Z or +hh:mm)")

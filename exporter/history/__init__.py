@@ -22,17 +22,17 @@ DEFAULT_FILE = "history.sqlite"
 DEFAULT_RETENTION_S = 24 * 3600.0
 DEFAULT_MAX_BYTES = 1 << 30
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)?$", re.I)
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(text: str) -> float:
-    """`90m`, `24h`, `7d`, `3600s` -> seconds (the retention flag)."""
-    m = _DURATION.match(text.strip())
-    if not m or float(m.group(1)) <= 0:
-        raise ValueError(f"{text!r}: expected a duration like 90m, 24h or 7d")
-    return float(m.group(1)) * _UNITS[m.group(2)]
+    """`90m`, `24h`, `7d`, `1d12h` -> seconds (the retention flag): the flow filters' durations."""
+    from exporter.filters import parse_duration as seconds
+
+    value = seconds(text)
+    if value is None or value <= 0:
+        raise ValueError(f"{text!r}: expected a duration like 90m, 24h, 7d or 1d12h")
+    return value
 
 
 def parse_size(text: str) -> int:

@@ -4,6 +4,8 @@ query params == JSON."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from exporter import cli, filters
 from tests.unit.exporter_fixtures import NOW_NS, make_flow
@@ -188,3 +190,28 @@ def test_cli_flags_and_query_params_build_the_same_query():
     from_cli = filters.parse(params)
     from_api = filters.parse({"from_pod": ["shop/web"], "port": ["53,5432"], "not_verdict": ["dropped"]})
     assert [from_cli(f) for f in ALL] == [from_api(f) for f in ALL] == [True, False, False, False]
+
+
+UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@given(st.lists(st.tuples(st.integers(0, 999), st.sampled_from(sorted(UNIT_S))), min_size=1, max_size=4))
+def test_a_duration_is_its_parts_added_as_hubble_writes_them(parts):
+    text = "".join(f"{n}{unit}" for n, unit in parts)  # 1h30m, 2m7s, 1d12h, 250ms
+    assert filters.parse_duration(text) == pytest.approx(sum(n * UNIT_S[unit] for n, unit in parts))
+    assert filters.parse_time(text, now=10**9) == pytest.approx(
+        (10**9 - sum(n * UNIT_S[unit] for n, unit in parts)) * 1e9, abs=1e3
+    )
+
+
+@pytest.mark.parametrize("value", ["1h30", "h", "5 m", "5x", "1h-30m", "m5", "1.h", ""])
+def test_what_is_no_duration_is_not_one(value):
+    assert filters.parse_duration(value) is None
+
+
+def test_retention_takes_the_same_durations():
+    from exporter.history import parse_duration
+
+    assert parse_duration("1d12h") == 36 * 3600
+    with pytest.raises(ValueError, match="1d12h"):
+        parse_duration("0s")
