@@ -82,7 +82,7 @@ def add_arguments(p: argparse.ArgumentParser, criteria: Iterable[tuple[str, str]
     sel.add_argument("--last", type=_count, metavar="N", help=f"the newest N flows (default {DEFAULT_LAST})")
     sel.add_argument("--first", type=_count, metavar="N", help="the oldest N stored flows")
     sel.add_argument("--all", action="store_true", help="every stored flow (use with filters)")
-    sel.add_argument("--since", metavar="TIME", help="flows seen at or after: RFC 3339, unix s, or 5m, 1h30m (ago)")
+    sel.add_argument("--since", metavar="TIME", help="flows seen at or after: RFC 3339, unix s, or 1h30m ago")
     sel.add_argument("--until", metavar="TIME", help="flows seen at or before (same forms as --since)")
 
     fmt = p.add_argument_group("how they are printed")
