@@ -400,7 +400,11 @@ def cmd_relay(args: argparse.Namespace) -> int:
         from exporter.relay.writer import HistoryWriter
 
         # its own store: the writer's thread and the API's queries each hold their own client
-        writer = HistoryWriter(fanout, HistorySink(ClickHouseHistory(args.history, args.history_retention)))
+        store = ClickHouseHistory(args.history, args.history_retention)
+        # agents that write to this same ClickHouse themselves are not written again
+        writer = HistoryWriter(
+            fanout, HistorySink(store), url=f"clickhouse://{store.host}:{store.port}/{store.db}"
+        )
     mirrors = None
     if args.mirror:
         from exporter.relay.mirror import Mirrors

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 
 import httpx
 
@@ -27,14 +28,43 @@ from exporter.relay.follow import Follow
 from exporter.relay.streams import RETRY_S, dropped_of
 from exporter.relay.wire import flow_from_dict
 
+log = logging.getLogger("lumen.relay")
+
 REFRESH_S = 10.0
 
 
+#: how long an agent that writes to this history itself is left alone before it is asked again
+SELF_WRITER_RECHECK_S = 60.0
+
+
 class HistoryWriter:
-    def __init__(self, fanout: Fanout, sink: HistorySink, refresh_s: float = REFRESH_S) -> None:
+    def __init__(
+        self, fanout: Fanout, sink: HistorySink, refresh_s: float = REFRESH_S, url: str | None = None
+    ) -> None:
         self.fanout = fanout
         self.sink = sink
+        self.url = url  # the history written to, as agents name it in /api/status (clickhouse://h:p/db)
         self.follow = Follow(fanout, self._pump, refresh_s)
+        self.skipped: set[str] = set()  # agents that write to the same history themselves
+
+    async def _writes_itself(self, target: Target) -> bool:
+        """True when the agent's own history sink writes to this very history: its flows would be
+        stored twice (an agent left at --history clickhouse://... while the relay has --history-write)."""
+        if self.url is None:
+            return False
+        r = await self.fanout.get(target, "/api/status")
+        history = r.data.get("history") if r.error is None and isinstance(r.data, dict) else None
+        same = isinstance(history, dict) and history.get("url") == self.url
+        if same and target.name not in self.skipped:
+            log.warning(
+                "agent writes its own flows to this history: the relay does not write them again",
+                extra={"node": target.name, "history": self.url},
+            )
+        if same:
+            self.skipped.add(target.name)
+        else:
+            self.skipped.discard(target.name)
+        return same
 
     @property
     def streams(self) -> dict[str, asyncio.Task[None]]:
@@ -54,6 +84,9 @@ class HistoryWriter:
         """One agent's live flows into the sink; reconnects until the agent leaves."""
         attempt = 0
         while True:
+            if await self._writes_itself(target):
+                await asyncio.sleep(SELF_WRITER_RECHECK_S)
+                continue
             reported = 0  # the stream's `lost` count is cumulative
             try:
                 async with contextlib.aclosing(

@@ -62,3 +62,31 @@ def test_agents_that_come_and_go_get_and_lose_their_stream(tmp_path):
     assert sink.dropped == {}
     stored = SqliteHistory(str(tmp_path / "h.sqlite")).query(FlowQuery((), ()), None, None, 10, None).flows
     assert sorted((f.node, f.source.port) for f in stored) == [("j1", 1), ("j2", 3)]
+
+
+def test_an_agent_that_writes_to_the_same_history_itself_is_not_written_again(tmp_path):
+    url = "clickhouse://clickhouse.lumen-system:9000/lumen"
+    with agents(["w1", "w2"]) as (w1, w2):
+        # w1 runs with --history clickhouse://... (the relay's own store); w2 with --history off
+        w1_status = w1.status
+        w1.status = lambda: {**w1_status(), "history": {"backend": "clickhouse", "url": url}}  # type: ignore[method-assign]
+        fanout = Fanout(Static([Target("w1", w1.url), Target("w2", w2.url)]), timeout_s=2.0)
+        sink = HistorySink(SqliteHistory(str(tmp_path / "h.sqlite")), flush_interval_s=0.05)
+        writer = HistoryWriter(fanout, sink, refresh_s=0.05, url=url)
+
+        async def run() -> None:
+            writer.start()
+            try:
+                await until(lambda: writer.skipped == {"w1"} and bool(w2.store.subscribers))
+                w1.store.add(end("w1", 1))
+                w2.store.add(end("w2", 2))
+                await until(lambda: sink.written == 1)
+                await asyncio.sleep(0.3)
+                assert sink.written == 1 and not w1.store.subscribers, "w1 is not streamed at all"
+            finally:
+                await writer.aclose()
+                await fanout.aclose()
+
+        asyncio.run(run())
+    stored = SqliteHistory(str(tmp_path / "h.sqlite")).query(FlowQuery((), ()), None, None, 10, None).flows
+    assert [(f.node, f.source.port) for f in stored] == [("w2", 2)]
