@@ -235,10 +235,11 @@ def create_app(
     @api.get("/map", tags=["flows"])
     async def service_map(request: Request) -> JSONResponse:
         """The service map over every node's flows (same filters as /api/flows)."""
-        forward, until = _filter(_params(request))
+        params = _params(request)
+        forward, until = _filter(params)
         if until is not None:
             forward.append(("until", until))
-        return JSONResponse(await relay.service_map(forward))
+        return JSONResponse(await relay.service_map(forward, parse_request(params)))
 
     @app.exception_handler(Refused)
     async def refused(_request: Request, exc: Refused) -> JSONResponse:

@@ -24,11 +24,13 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from exporter import jsonbody
 from exporter.flows import Flow
@@ -129,6 +131,29 @@ class Copy:
         return self.synced and now - self.heard <= FRESH_S
 
 
+class CopyCollector(Collector):
+    """Each copy's size and whether it answers pages, read at scrape time."""
+
+    def __init__(self, mirrors: Mirrors) -> None:
+        self.mirrors = mirrors
+
+    def collect(self) -> Iterator[Metric]:
+        flows = GaugeMetricFamily(
+            "lumen_relay_mirror_flows", "flows in the relay's copy of the agent's store", labels=["node"]
+        )
+        in_sync = GaugeMetricFamily(
+            "lumen_relay_mirror_in_sync",
+            f"1 while the copy answers pages (stream open, backlog read, agent heard within {FRESH_S:g} s)",
+            labels=["node"],
+        )
+        now = time.monotonic()
+        for name, copy in sorted(list(self.mirrors.copies.items())):  # a snapshot: the loop changes it
+            flows.add_metric([name], len(copy.entries))
+            in_sync.add_metric([name], 1 if copy.fresh(now) else 0)
+        yield flows
+        yield in_sync
+
+
 class Mirrors:
     """A copy per agent, each fed by its own stream task; follows the agents discovery finds."""
 
@@ -138,6 +163,7 @@ class Mirrors:
         self.copies: dict[str, Copy] = {}
         self.pairs = merge.PairCache(4 * size)
         self._follow = Follow(fanout, self._pump, refresh_s, self._changed)
+        fanout.registry.register(CopyCollector(self))
 
     def start(self, known: Sequence[Target] | None = None) -> None:
         self._follow.start(known)

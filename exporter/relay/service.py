@@ -468,15 +468,18 @@ class Relay:
             return {"backend": getattr(h, "backend", "history"), "url": getattr(h, "url", "")}
         return {"backend": "off"}
 
-    async def service_map(self, forward: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    async def service_map(
+        self, forward: Sequence[tuple[str, str]], request: FlowRequest | None = None
+    ) -> dict[str, Any]:
         """The agent's service map over every node's flows, cross-node flows counted once (paired).
         Built from every stored flow, so one answer serves every viewer asking within MAP_TTL_S (the
-        UI's map and endpoints pages poll it)."""
+        UI's map and endpoints pages poll it); from the copies when they hold every agent's whole store
+        (`request`: the filter as data)."""
         key = tuple(forward)
         cached = self._maps.get(key)
         if cached is not None and time.monotonic() - cached[0] < MAP_TTL_S:
             return cached[1]
-        page = await self.flows(forward, 0)
+        page = await self.flows(forward, 0, request=request)
         out = servicemap.build(flow_from_dict(f) for f in page["flows"])
         out["stored"] = page["stored"]
         out["unreachable"], out["errors"] = page["unreachable"], page["errors"]

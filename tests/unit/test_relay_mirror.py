@@ -286,12 +286,32 @@ def test_a_new_flow_and_a_flows_next_event_reach_the_copies_page(cluster):
 def test_an_agent_that_stops_is_named_within_the_copies_freshness(cluster):
     with relay([Target(n.name, n.url) for n in cluster], mirror=64) as r:
         from_copies(r.url, "?limit=10")
+        assert copy_gauges(r.url) == {("lumen_relay_mirror_flows", n): 64.0 for n in ("n1", "n2", "n3")} | {
+            ("lumen_relay_mirror_in_sync", n): 1.0 for n in ("n1", "n2", "n3")
+        }
         cluster[2].served.stop()
         started = time.monotonic()
         answer = wait_until(lambda: (a := get(r.url, "?limit=200"))["unreachable"] and a, timeout=10)
         assert answer["unreachable"] == ["n3"] and "n3" in answer["errors"]
         assert time.monotonic() - started <= mirror.FRESH_S + 2
         assert {f["node"] for f in answer["flows"]} == {"n1", "n2"}
+        gauges = copy_gauges(r.url)
+        assert (
+            gauges[("lumen_relay_mirror_in_sync", "n3")] == 0
+            and gauges[("lumen_relay_mirror_flows", "n3")] == 0
+        )
+        assert gauges[("lumen_relay_mirror_in_sync", "n1")] == 1
+
+
+def copy_gauges(url: str) -> dict[tuple[str, str], float]:
+    """lumen_relay_mirror_* by (name, node), from the relay's /metrics."""
+    out = {}
+    for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith("lumen_relay_mirror_"):
+            name, _, rest = line.partition("{")
+            node = rest.split('"')[1]
+            out[(name, node)] = float(line.split()[-1])
+    return out
 
 
 def test_an_agents_stream_says_its_counts_after_the_backlog_and_every_second():
@@ -350,3 +370,13 @@ def test_after_an_agent_restarts_the_copy_holds_what_the_new_agent_holds(cluster
         # the new agent's one flow, and no flow of the agent before its restart
         assert [f["node"] for f in rows] == ["n2", "n3", "n2", "n3", "n1"]
         assert from_copies(r.url, "?limit=5")["stored"] == 1 + 90 + 80
+
+
+def test_the_service_map_comes_from_copies_that_hold_whole_stores(cluster):
+    ts = [Target(n.name, n.url) for n in cluster]
+    with relay(ts, mirror=512) as copies, relay(ts) as asking:
+        from_copies(copies.url, "?limit=1")  # in sync
+        before = pages_from(copies.url, "copies")
+        mine = httpx.get(copies.url + "/api/map?to_port=80", timeout=10).json()
+        assert pages_from(copies.url, "copies") == before + 1
+        assert mine == httpx.get(asking.url + "/api/map?to_port=80", timeout=10).json()
