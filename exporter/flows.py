@@ -27,6 +27,8 @@ from exporter.store import CursorError, Page
 DEFAULT_CAPACITY = 65536
 
 _T = TypeVar("_T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 #: shared by every endpoint without labels (64k stored flows would otherwise hold 128k empty dicts)
 NO_LABELS: Mapping[str, str] = MappingProxyType({})
@@ -384,6 +386,19 @@ class Subscription:
         return out
 
 
+def insert_in_order(entries: OrderedDict[K, V], key: K, value: V, newer: Callable[[V], bool]) -> None:
+    """Put `value` in an ordered dict kept oldest first, before the entries at its end that `newer`
+    says come after it (they move behind it). They are few: events arrive nearly in order."""
+    later = []
+    for k in reversed(entries):
+        if not newer(entries[k]):
+            break
+        later.append(k)
+    entries[key] = value
+    for k in reversed(later):
+        entries.move_to_end(k)
+
+
 def _cursor(time_ns: int, same: int) -> str:
     return f"m{time_ns}.{same}"
 
@@ -485,23 +500,12 @@ class FlowStore:
             self._latest = t
             b[key] = flow
         else:
-            self._insert_in_order(b, key, flow)
+            # another CPU's event, a little late: it goes where its time says
+            t = flow.time_ns
+            insert_in_order(b, key, flow, lambda f: f.time_ns > t)
         self._where[key] = b
         if ob is None and len(self._where) > self.capacity:
             self._evict()
-
-    @staticmethod
-    def _insert_in_order(b: OrderedDict[FlowKey, Flow], key: FlowKey, flow: Flow) -> None:
-        # An event older than the newest stored (another CPU's, a little late): the records after it
-        # move behind it. They are few, the ring buffer keeps events nearly in order.
-        later = []
-        for k in reversed(b):
-            if b[k].time_ns <= flow.time_ns:
-                break
-            later.append(k)
-        b[key] = flow
-        for k in reversed(later):
-            b.move_to_end(k)
 
     def _evict(self) -> None:
         bid = self._ids[0]

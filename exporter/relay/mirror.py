@@ -33,7 +33,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from exporter import jsonbody
-from exporter.flows import Flow
+from exporter.flows import Flow, insert_in_order
 from exporter.relay import merge
 from exporter.relay.discovery import Target
 from exporter.relay.fanout import Fanout, StreamError, describe
@@ -75,13 +75,11 @@ class Copy:
     complete: bool = False  # holds every record the agent holds
     heard: float = 0.0  # monotonic time of the agent's last word
     stats: dict[str, int] = field(default_factory=dict)  # the agent's latest store counts
-    _latest: tuple[int, str, str] | None = None
 
     def reset(self) -> None:
         self.entries.clear()
         self.synced = self.complete = False
         self.stats = {}
-        self._latest = None
 
     def apply(self, row: dict[str, Any]) -> None:
         """One flow from the agent's stream, as its store takes it."""
@@ -89,19 +87,8 @@ class Copy:
         key = rec.pos[2]  # the 5-tuple and direction: the store keeps one record each
         entries = self.entries
         entries.pop(key, None)
-        entry = _Entry(rec)
-        if self._latest is None or rec.pos >= self._latest:
-            entries[key] = entry
-            self._latest = rec.pos
-        else:  # a little late (another CPU's event): the newer ones move behind it
-            later = []
-            for k in reversed(entries):
-                if entries[k].rec.pos <= rec.pos:
-                    break
-                later.append(k)
-            entries[key] = entry
-            for k in reversed(later):
-                entries.move_to_end(k)
+        pos = rec.pos
+        insert_in_order(entries, key, _Entry(rec), lambda e: e.rec.pos > pos)  # late: where its time says
         if len(entries) > self.size:
             entries.popitem(last=False)
             self.complete = False
