@@ -11,9 +11,9 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Collection, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -23,6 +23,8 @@ from exporter.relay import http
 from exporter.relay.discovery import Discovery, Target
 
 log = logging.getLogger("lumen.relay")
+
+_T = TypeVar("_T")
 
 DEFAULT_TIMEOUT_S = 5.0
 STREAM_SILENCE_S = 45.0
@@ -212,9 +214,13 @@ class Fanout:
         """The same GET to every agent at once; one Result each, in the targets' order."""
         if targets is None:
             targets = await self.targets()
+        return await self.timed(route or path, (self.get(t, path, params, refused=refused) for t in targets))
+
+    async def timed(self, route: str, calls: Iterable[Awaitable[_T]]) -> list[_T]:
+        """Requests to several agents at once, the time to hear from all of them observed for `route`."""
         started = time.perf_counter()
-        results = await asyncio.gather(*(self.get(t, path, params, refused=refused) for t in targets))
-        self.metrics.fanout.labels(route or path).observe(time.perf_counter() - started)
+        results = await asyncio.gather(*calls)
+        self.metrics.fanout.labels(route).observe(time.perf_counter() - started)
         return list(results)
 
     async def stream(

@@ -235,10 +235,10 @@ class Relay:
     ) -> None:
         """One round: every agent's asks at once; the answers join each agent's walk. An agent that fails
         any ask is left out of the page, named with the reason."""
-        started = time.perf_counter()
         sent = [(name, ask) for name, some in asks.items() for ask in some]
-        got = await asyncio.gather(*(self._flows_of(targets[name], base, ask) for name, ask in sent))
-        self.fanout.metrics.fanout.labels("/api/flows").observe(time.perf_counter() - started)
+        got = await self.fanout.timed(
+            "/api/flows", (self._flows_of(targets[name], base, ask) for name, ask in sent)
+        )
         pieces: dict[str, list[walk.Piece]] = {}
         for (name, _), (ask, r) in zip(sent, got, strict=True):
             if r.error is not None:
@@ -405,17 +405,13 @@ class Relay:
         except PolicyError as exc:
             raise policy_merge.Refused(400, str(exc)) from None
         targets = await self.fanout.targets()
-        started = time.perf_counter()
-        results = await asyncio.gather(
-            *(
-                self.fanout.post(
-                    t, "/api/policy/whatif", body, "application/yaml", WHATIF_TIMEOUT_S, POLICY_REFUSALS
-                )
-                for t in targets
+        posts = (
+            self.fanout.post(
+                t, "/api/policy/whatif", body, "application/yaml", WHATIF_TIMEOUT_S, POLICY_REFUSALS
             )
+            for t in targets
         )
-        self.fanout.metrics.fanout.labels("/api/policy/whatif").observe(time.perf_counter() - started)
-        results = self._policy_answers(list(results))
+        results = self._policy_answers(await self.fanout.timed("/api/policy/whatif", posts))
         refusals = {r.target.name: r.detail for r in results if r.status == 400}
         answers = _answered(results, refusals)
         # a node that refused while others answered: its flows are not in the answer, so it is named
